@@ -1,0 +1,7 @@
+"""The ``chemgap`` command line: a thin face over the library (DESIGN.md style rule 5)."""
+
+from __future__ import annotations
+
+from chemgap.agent.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,98 @@
+"""The ``chemgap`` group and the commands that read specs and runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+from rich.logging import RichHandler
+from rich.table import Table
+
+from chemgap.agent.cli.common import console, handles_errors, parse_assignments
+from chemgap.agent.errors import BadInput
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    handler = RichHandler(console=console, show_path=False, rich_tracebacks=verbosity > 1)
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="chemgap")
+@click.option("-v", "--verbose", count=True, help="-v: progress log; -vv: debug with tracebacks.")
+def main(verbose: int) -> None:
+    """chemgap: find where a machine-learning interatomic potential fails, and why.
+
+    An active-learning diagnostic agent: it trains MACE ensembles, explores chemical space with
+    molecular dynamics, labels uncertain structures with a reference calculator and ties the
+    errors to chemical features.
+    """
+    _configure_logging(verbose)
+
+
+def _load(spec: str, sets: tuple[str, ...]):
+    from chemgap.campaigns.spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec, parse_assignments(sets))
+    except SpecError as exc:
+        raise BadInput(str(exc)) from None
+
+
+@main.command()
+@click.argument("spec")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="PATH=VALUE",
+    help="Override a field, e.g. --set exploration.steps=50 (repeatable).",
+)
+@handles_errors
+def validate(spec: str, sets: tuple[str, ...]) -> None:
+    """Check a campaign SPEC (a YAML file or a built-in name); list every problem."""
+    console.print(f"[green]ok[/] {_load(spec, sets).summary()}", soft_wrap=True)
+
+
+@main.command()
+@handles_errors
+def schema() -> None:
+    """Print the JSON schema of a campaign spec."""
+    from chemgap.campaigns.spec import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.command()
+@handles_errors
+def campaigns() -> None:
+    """List the built-in campaigns (run one with its name in place of a spec file)."""
+    from chemgap.campaigns.builtin import builtin_descriptions
+
+    for name, text in builtin_descriptions().items():
+        console.print(f"[bold]{name:16s}[/] {text}", soft_wrap=True)
+
+
+@main.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
+@handles_errors
+def status(run: Path, as_json: bool) -> None:
+    """Where campaign RUN stands: state, iteration, labels, failure regions."""
+    from chemgap.agent.store import run_status
+
+    info = run_status(run)
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    table = Table(title=f"{info['campaign']} · {info['path']}", show_header=False)
+    table.add_row(
+        "state", info["state"] + (f" ({info['stop_reason']})" if info["stop_reason"] else "")
+    )
+    table.add_row("iteration", f"{info['iteration']} (step: {info['step']})")
+    table.add_row("labels", f"{info['labels']['ok']} ok, {info['labels']['failed']} failed")
+    table.add_row("failure regions", str(info["regions"]))
+    console.print(table)

@@ -1,0 +1,390 @@
+"""The run directory: one campaign, one folder, everything a later command needs.
+
+```
+RUN/
+  spec.yaml        the resolved spec (every default written out)
+  state.json       the state machine, written atomically (temp file + fsync + rename)
+  data.db          ASE SQLite database: every structure labelled or tried, with provenance
+  run.lock         held (flock) by the process driving the run; released even on kill -9
+  iterations/NNN/  member checkpoints, calibration, exploration summary, selection
+```
+
+``ase db RUN/data.db`` lists the structures; labels are stored as the row's single-point results
+(so ``energy`` and ``fmax`` show up there) and come back as ``REF_energy`` / ``REF_forces`` /
+``REF_stress`` in ``atoms.info`` / ``atoms.arrays`` with no calculator attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from chemgap.agent.errors import RunDirError
+from chemgap.campaigns.spec import CampaignSpec, dump_spec, parse_spec
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+STATE_FILE, SPEC_FILE, DB_FILE, LOCK_FILE = "state.json", "spec.yaml", "data.db", "run.lock"
+ITERATIONS_DIR = "iterations"
+# provenance keys every row of data.db carries (ase.db key-value pairs)
+PROVENANCE_KEYS = ("iteration", "source", "walker", "temperature_K", "oracle", "status", "seconds")
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class RunState(BaseModel):
+    """``state.json``: where the campaign's state machine stands."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = FORMAT_VERSION
+    chemgap_version: str
+    campaign: str
+    status: RunStatus = RunStatus.RUNNING
+    iteration: int = Field(0, ge=0, description="current iteration (0: initial labelling)")
+    step: str = Field("init", description="the step in progress, or the last one finished")
+    stop_reason: str | None = None
+    created: float = Field(default_factory=time.time, description="Unix time, s")
+    updated: float = Field(default_factory=time.time, description="Unix time, s")
+    host: str = Field(default_factory=socket.gethostname)
+    pid: int = Field(default_factory=os.getpid)
+    history: list[dict[str, Any]] = Field(default_factory=list, description="per-iteration metrics")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chemgap")
+    except PackageNotFoundError:  # running from a source tree
+        return "0+unknown"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a crash leaves either the old or the new file, never half.
+
+    Temp file in the same directory, fsync, ``os.replace``, fsync of the directory.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def structure_key(atoms: Atoms, decimals: int = 4) -> str:
+    """Content hash of a structure (species, positions to 1e-4 Å, cell, pbc), for de-duplication."""
+    h = hashlib.sha1()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.round(atoms.positions, decimals).astype(np.float64).tobytes())
+    h.update(np.round(np.asarray(atoms.cell), decimals).astype(np.float64).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
+    return h.hexdigest()[:20]
+
+
+class RunStore:
+    """A campaign's run directory. Create with :meth:`create`, open with :meth:`open`."""
+
+    def __init__(self, root: Path, spec: CampaignSpec, state: RunState):
+        self.root = root
+        self.spec = spec
+        self.state = state
+        self._db: Any = None
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(cls, root: str | Path, spec: CampaignSpec) -> RunStore:
+        """Make a new run directory for ``spec``. ``root`` must be missing or empty."""
+        root = Path(root)
+        if root.exists():
+            if not root.is_dir():
+                raise RunDirError(f"{root} is a file, not a run directory")
+            if (root / STATE_FILE).exists():
+                raise RunDirError(
+                    f"{root} already holds a chemgap run; continue it with "
+                    f"'chemgap resume {root}' or choose another --out"
+                )
+            if any(root.iterdir()):
+                raise RunDirError(
+                    f"{root} is a non-empty directory that is not a chemgap run; "
+                    "refusing to write into it (choose an empty or new --out)"
+                )
+        (root / ITERATIONS_DIR).mkdir(parents=True, exist_ok=True)
+        state = RunState(chemgap_version=_version(), campaign=spec.name)
+        atomic_write_text(root / SPEC_FILE, dump_spec(spec))
+        store = cls(root, spec, state)
+        store.db.count()  # creates data.db with its tables
+        store.write_state()  # last: a directory with state.json is a complete run
+        log.info("created run %s", root)
+        return store
+
+    @classmethod
+    def open(cls, root: str | Path) -> RunStore:
+        """Open an existing run; refuse (``RunDirError``) anything that is not a readable one.
+
+        Opening reads only: nothing in the directory changes until the caller writes.
+        """
+        root = Path(root)
+        state = read_state(root)
+        try:
+            import yaml
+
+            data = yaml.safe_load((root / SPEC_FILE).read_text())
+            spec = parse_spec(data, source=str(root / SPEC_FILE), base_dir=root)
+        except FileNotFoundError:
+            raise RunDirError(
+                f"{root} has state.json but no spec.yaml; the run is incomplete"
+            ) from None
+        except ValueError as exc:
+            raise RunDirError(f"{root / SPEC_FILE} is not a valid spec: {exc}") from None
+        return cls(root, spec, state)
+
+    # ------------------------------------------------------------------ state
+    def write_state(self, **changes: Any) -> RunState:
+        """Apply ``changes`` to the state and write ``state.json`` atomically."""
+        data = self.state.model_dump()
+        data.update(changes, updated=time.time(), pid=os.getpid(), host=socket.gethostname())
+        self.state = RunState.model_validate(data)
+        atomic_write_text(self.root / STATE_FILE, self.state.model_dump_json(indent=2) + "\n")
+        return self.state
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock while driving it; a second driver gets a clear error."""
+        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunDirError(f"{self.root} is being driven by another chemgap process") from None
+        self._lock_fd = fd
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            self._lock_fd = None
+
+    # ------------------------------------------------------------------ data.db
+    @property
+    def db(self) -> Any:
+        """The ASE SQLite database (``ase.db.core.Database``)."""
+        if self._db is None:
+            from ase.db import connect
+
+            self._db = connect(str(self.root / DB_FILE), type="db", append=True)
+        return self._db
+
+    def add(self, atoms: Atoms, **provenance: Any) -> int:
+        """Write one structure (labelled or not) with its provenance; returns the row id.
+
+        Labels are read from ``atoms.info['REF_energy']``, ``atoms.arrays['REF_forces']`` and
+        ``atoms.info['REF_stress']``; ``status`` is ``'ok'``, a failure category, or
+        ``'pending'``. Each call commits, so a crash after it loses nothing.
+        """
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        row_atoms = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        results = {}
+        if "REF_energy" in atoms.info:
+            results["energy"] = float(atoms.info["REF_energy"])
+        if "REF_forces" in atoms.arrays:
+            results["forces"] = np.asarray(atoms.arrays["REF_forces"], dtype=float)
+        if "REF_stress" in atoms.info:
+            results["stress"] = np.asarray(atoms.info["REF_stress"], dtype=float)
+        if results:
+            row_atoms.calc = SinglePointCalculator(row_atoms, **results)
+        kvp = {k: _kvp_value(v) for k, v in provenance.items() if v is not None}
+        kvp.setdefault("status", atoms.info.get("label_status", "ok" if results else "pending"))
+        kvp["key"] = structure_key(atoms)
+        data = {}
+        if msg := atoms.info.get("label_message"):
+            data["message"] = str(msg)
+        return self.db.write(row_atoms, key_value_pairs=kvp, data=data)
+
+    def has(self, atoms: Atoms) -> bool:
+        """True when data.db already holds this structure (any status but pending)."""
+        key = structure_key(atoms)
+        return any(row.get("status") != "pending" for row in self.db.select(key=key))
+
+    def structures(self, **query: Any) -> list[Atoms]:
+        """Rows matching ``query`` (ase.db selection) as Atoms with REF_ keys and provenance in
+        ``atoms.info``; no calculator attached."""
+        return [row_to_atoms(row) for row in self.db.select(**query)]
+
+    def label_counts(self) -> dict[str, int]:
+        """``{"ok": n, "failed": n}``: rows labelled, and rows whose oracle call failed."""
+        return label_counts(self.root / DB_FILE)
+
+    # ------------------------------------------------------------------ iterations
+    def iteration_dir(self, iteration: int) -> Path:
+        path = self.root / ITERATIONS_DIR / f"{iteration:03d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def _kvp_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def row_to_atoms(row: Any) -> Atoms:
+    """An ase.db row as Atoms with labels under REF_ keys and provenance in ``info``."""
+    atoms = Atoms(row.numbers, row.positions, cell=row.cell, pbc=row.pbc)
+    if row.get("energy") is not None:
+        atoms.info["REF_energy"] = float(row.energy)
+    if row.get("forces") is not None:
+        atoms.arrays["REF_forces"] = np.array(row.forces, dtype=float)
+    if row.get("stress") is not None:
+        atoms.info["REF_stress"] = np.array(row.stress, dtype=float)
+    atoms.info.update(row.key_value_pairs)
+    atoms.info["label_status"] = row.key_value_pairs.get("status", "ok")
+    if row.data and "message" in row.data:
+        atoms.info["label_message"] = row.data["message"]
+    atoms.info["db_id"] = row.id
+    return atoms
+
+
+# ---------------------------------------------------------------------- read-only views
+def read_state(root: Path) -> RunState:
+    """Read and check ``RUN/state.json`` without changing anything; ``RunDirError`` otherwise."""
+    if not root.exists():
+        raise RunDirError(f"{root} does not exist")
+    if not root.is_dir():
+        raise RunDirError(f"{root} is a file, not a run directory")
+    state_path = root / STATE_FILE
+    if not state_path.exists():
+        if not any(root.iterdir()):
+            raise RunDirError(f"{root} is an empty directory, not a chemgap run")
+        raise RunDirError(f"{root} is not a chemgap run: it has no {STATE_FILE}")
+    try:
+        raw = json.loads(state_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{state_path} is corrupt ({exc}); the run was left unchanged") from None
+    if not isinstance(raw, dict):
+        raise RunDirError(
+            f"{state_path} is corrupt (not a JSON object); the run was left unchanged"
+        )
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RunDirError(
+            f"{root} was written by chemgap {raw.get('chemgap_version', '?')} with run format "
+            f"{version!r}; this chemgap ({_version()}) reads format {FORMAT_VERSION} only"
+        )
+    try:
+        return RunState.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise RunDirError(
+            f"{state_path} is corrupt ({field}: {first['msg']}); the run was left unchanged"
+        ) from None
+
+
+def is_locked(root: Path) -> bool:
+    """True while a chemgap process holds the run's lock (the run is being driven)."""
+    path = root / LOCK_FILE
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def label_counts(db_path: Path) -> dict[str, int]:
+    """``{"ok": n, "failed": n}`` from a data.db, read-only (a missing db counts zero)."""
+    import sqlite3
+
+    counts = {"ok": 0, "failed": 0}
+    if not db_path.exists():
+        return counts
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=20)
+    try:
+        rows = con.execute(
+            "SELECT value, COUNT(*) FROM text_key_values WHERE key = 'status' GROUP BY value"
+        ).fetchall()
+    except sqlite3.DatabaseError:
+        rows = []
+    finally:
+        con.close()
+    for value, n in rows:
+        if value == "ok":
+            counts["ok"] += n
+        elif value != "pending":
+            counts["failed"] += n
+    return counts
+
+
+def run_status(root: str | Path) -> dict[str, Any]:
+    """What ``chemgap status`` reports, read without changing anything in the directory.
+
+    Keys: ``campaign``, ``state`` (running | done | failed | interrupted), ``iteration``,
+    ``step``, ``labels`` (``{"ok": n, "failed": n}``), ``regions`` (count), ``stop_reason``,
+    ``path``, ``updated``, ``history``.
+    """
+    root = Path(root)
+    state = read_state(root)
+    status = state.status
+    if status == RunStatus.RUNNING and not is_locked(root):
+        status = RunStatus.INTERRUPTED  # killed without a chance to say so: resumable
+    regions = 0
+    regions_path = root / "regions.json"
+    if regions_path.exists():
+        with contextlib.suppress(json.JSONDecodeError, OSError):
+            payload = json.loads(regions_path.read_text())
+            regions = len(payload.get("regions", payload) if isinstance(payload, dict) else payload)
+    return {
+        "campaign": state.campaign,
+        "state": str(status),
+        "iteration": state.iteration,
+        "step": state.step,
+        "labels": label_counts(root / DB_FILE),
+        "regions": regions,
+        "stop_reason": state.stop_reason,
+        "path": str(root.resolve()),
+        "updated": state.updated,
+        "history": state.history,
+    }

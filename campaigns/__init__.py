@@ -1,0 +1,1 @@
+"""Built-in campaign specs (YAML package data) and the campaign spec schema."""

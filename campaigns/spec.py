@@ -1,0 +1,573 @@
+"""The campaign spec: one YAML document composed of sections owned by the packages that use them.
+
+``oracle`` is :class:`chemgap.oracle.config.OracleConfig`; ``model`` and ``ensemble`` are
+:class:`chemgap.models.config.ModelConfig` and :class:`~chemgap.models.config.EnsembleConfig`. The
+sections the agent owns (seed structures, exploration, selection, budget, diagnostics) are defined
+here, because ``campaigns`` is the schema and ``agent`` depends on it, not the other way round.
+
+Every model forbids unknown keys. :func:`load_spec` collects *every* problem of a spec into one
+:class:`SpecError` whose lines read ``path.to.field: message (got VALUE)``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from ase.data import chemical_symbols
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from chemgap.models.config import EnsembleConfig, ModelConfig
+from chemgap.oracle.config import OracleConfig, supported_elements
+
+SPEC_VERSION = 1
+_ELEMENTS = frozenset(chemical_symbols[1:])
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+
+# --------------------------------------------------------------------------- seed structures
+class _SeedBase(_Section):
+    """Options every seed generator shares: copies, and random strain/rattle of each copy."""
+
+    count: int = Field(1, ge=1, description="structures generated from this entry")
+    strain: float = Field(0.0, ge=0, lt=0.5, description="max random strain per cell component")
+    rattle_A: float = Field(0.0, ge=0, lt=1.0, description="std of Gaussian displacements, Å")
+
+    def elements(self, base_dir: Path) -> set[str]:
+        raise NotImplementedError
+
+
+class _CrystalSeed(_SeedBase):
+    formula: str = Field(description="chemical formula or element, as ase.build.bulk takes it")
+    crystal: Literal["fcc", "bcc", "hcp", "diamond", "zincblende", "rocksalt", "cesiumchloride"]
+    a: float | None = Field(None, gt=0, description="lattice constant, Å (default: ASE's)")
+    supercell: tuple[int, int, int] = Field((1, 1, 1), description="repetitions of the cell")
+    cubic: bool = Field(False, description="use the conventional cubic cell")
+
+    @field_validator("formula")
+    @classmethod
+    def _known_elements(cls, value: str) -> str:
+        _formula_symbols(value)
+        return value
+
+    @field_validator("supercell")
+    @classmethod
+    def _positive(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(value) < 1:
+            raise ValueError("repetitions must be >= 1")
+        return value
+
+    def elements(self, base_dir: Path) -> set[str]:
+        return set(_formula_symbols(self.formula))
+
+
+class BulkSeed(_CrystalSeed):
+    """A perfect crystal (supercell), optionally strained and rattled."""
+
+    kind: Literal["bulk"] = "bulk"
+
+
+class VacancySeed(_CrystalSeed):
+    """A supercell with randomly chosen atoms removed (point defects)."""
+
+    kind: Literal["vacancy"] = "vacancy"
+    vacancies: int = Field(1, ge=1, description="atoms removed per structure")
+
+
+class SurfaceSeed(_CrystalSeed):
+    """A slab cut along ``miller`` with vacuum on both sides (periodic in-plane)."""
+
+    kind: Literal["surface"] = "surface"
+    miller: tuple[int, int, int] = Field((1, 1, 1), description="surface normal (Miller indices)")
+    layers: int = Field(4, ge=1)
+    vacuum_A: float = Field(8.0, ge=0, description="vacuum on each side, Å")
+    size: tuple[int, int] = Field((2, 2), description="in-plane repetitions")
+
+
+class ClusterSeed(_CrystalSeed):
+    """A finite cluster: the atoms of a crystal within ``radius_A`` of a site (non-periodic)."""
+
+    kind: Literal["cluster"] = "cluster"
+    radius_A: float = Field(4.0, gt=0, description="cut radius, Å")
+
+
+class MoleculeSeed(_SeedBase):
+    """A molecule from SMILES (RDKit ETKDG conformers) or from ASE's G2 collection by name."""
+
+    kind: Literal["molecule"] = "molecule"
+    smiles: str | None = None
+    name: str | None = Field(None, description="G2 name, e.g. 'CH3CH2OH'")
+    charge: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MoleculeSeed:
+        if (self.smiles is None) == (self.name is None):
+            raise ValueError("give exactly one of 'smiles' or 'name'")
+        if self.smiles is not None:
+            _smiles_symbols(self.smiles)
+        elif self.name is not None:
+            from ase.collections import g2
+
+            if self.name not in g2.names:
+                raise ValueError(f"name {self.name!r} is not in ASE's G2 collection")
+        return self
+
+    def elements(self, base_dir: Path) -> set[str]:
+        if self.smiles is not None:
+            return set(_smiles_symbols(self.smiles))
+        from ase.build import molecule
+
+        return set(molecule(self.name).get_chemical_symbols())
+
+
+class DimerSeed(_SeedBase):
+    """Two atoms at a range of separations (e.g. an ion pair), non-periodic."""
+
+    kind: Literal["dimer"] = "dimer"
+    symbols: tuple[str, str]
+    distances_A: list[float] = Field(min_length=1, description="separations, Å")
+
+    @field_validator("symbols")
+    @classmethod
+    def _known(cls, value: tuple[str, str]) -> tuple[str, str]:
+        for s in value:
+            if s not in _ELEMENTS:
+                raise ValueError(f"unknown element {s!r}")
+        return value
+
+    @field_validator("distances_A")
+    @classmethod
+    def _positive_distances(cls, value: list[float]) -> list[float]:
+        if min(value) <= 0:
+            raise ValueError("distances must be > 0 Å")
+        return value
+
+    def elements(self, base_dir: Path) -> set[str]:
+        return set(self.symbols)
+
+
+class FileSeed(_SeedBase):
+    """Structures from a file ASE reads (extxyz, CIF, POSCAR, ...); path relative to the spec."""
+
+    kind: Literal["file"] = "file"
+    path: str
+    index: str = Field(":", description="ASE index string: ':' all, '0' first, '::10' ...")
+    format: str | None = Field(None, description="ASE format name when the suffix is ambiguous")
+
+    def resolve(self, base_dir: Path) -> Path:
+        p = Path(self.path).expanduser()
+        return p if p.is_absolute() else base_dir / p
+
+    def elements(self, base_dir: Path) -> set[str]:
+        from ase.io import read
+
+        path = self.resolve(base_dir)
+        if not path.is_file():
+            raise ValueError(f"file {str(path)!r} does not exist")
+        try:
+            images = read(path, index=self.index, format=self.format)
+        except Exception as exc:
+            raise ValueError(f"ASE cannot read {str(path)!r}: {exc}") from exc
+        images = images if isinstance(images, list) else [images]
+        return {s for atoms in images for s in atoms.get_chemical_symbols()}
+
+
+Seed = Annotated[
+    BulkSeed | VacancySeed | SurfaceSeed | ClusterSeed | MoleculeSeed | DimerSeed | FileSeed,
+    Field(discriminator="kind"),
+]
+
+
+class SystemConfig(_Section):
+    """The region of chemical space: seed structures the campaign starts from."""
+
+    seeds: list[Seed] = Field(min_length=1, description="seed structure generators")
+    initial_labels: int = Field(16, ge=2, description="seed structures labelled before iter 1")
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="labelled seeds kept out of training for calibration"
+    )
+
+
+# --------------------------------------------------------------------------- exploration
+class TrustMode(StrEnum):
+    CALIBRATED = "calibrated"  # per-element levels from the calibrated ensemble uncertainty
+    FIXED = "fixed"  # DP-GEN-style fixed force-deviation levels (Zhang et al. 2020)
+
+
+class TrustConfig(_Section):
+    """Trust window on the (calibrated) max per-atom force uncertainty, eV/Å."""
+
+    mode: TrustMode = TrustMode.CALIBRATED
+    lower: float = Field(0.05, gt=0, description="below: accurate (fixed mode), eV/Å")
+    upper: float = Field(0.15, gt=0, description="above: candidate (fixed mode), eV/Å")
+    lower_quantile: float = Field(0.68, gt=0, lt=1, description="calibrated mode, lower level")
+    upper_quantile: float = Field(0.95, gt=0, lt=1, description="calibrated mode, upper level")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TrustConfig:
+        if self.upper <= self.lower:
+            raise ValueError(f"upper ({self.upper}) must exceed lower ({self.lower})")
+        if self.upper_quantile <= self.lower_quantile:
+            raise ValueError("upper_quantile must exceed lower_quantile")
+        return self
+
+
+class ExplorationConfig(_Section):
+    """Batched Langevin MD walkers driven by the ensemble-mean force."""
+
+    walkers: int = Field(16, ge=1, description="MD walkers advanced together")
+    steps: int = Field(200, ge=1, description="MD steps per walker per iteration")
+    temperatures_K: list[float] = Field([300.0], min_length=1, description="temperature ladder, K")
+    timestep_fs: float = Field(1.0, gt=0, le=10, description="MD timestep, fs")
+    friction_per_fs: float = Field(0.01, gt=0, description="Langevin friction, 1/fs")
+    neighbour_skin_A: float = Field(0.5, ge=0, description="neighbour-list skin, Å")
+    min_distance_factor: float = Field(
+        0.5, gt=0, lt=1, description="stop a walker below this x covalent-radius sum"
+    )
+    trust: TrustConfig = Field(default_factory=TrustConfig)
+
+    @field_validator("temperatures_K")
+    @classmethod
+    def _positive_temperatures(cls, value: list[float]) -> list[float]:
+        if min(value) <= 0:
+            raise ValueError("temperatures must be > 0 K")
+        return value
+
+
+# --------------------------------------------------------------------------- selection
+class SelectionStrategy(StrEnum):
+    UNCERTAINTY = "uncertainty"  # highest calibrated uncertainty first
+    DIVERSE = "diverse"  # uncertainty-ranked, farthest-point sampling on descriptors
+    RANDOM = "random"  # control
+
+
+class SelectionConfig(_Section):
+    strategy: SelectionStrategy = SelectionStrategy.DIVERSE
+    batch_size: int = Field(16, ge=1, description="structures labelled per iteration")
+    per_element_quota: dict[str, int] = Field(
+        default_factory=dict, description="minimum structures containing each element"
+    )
+    dedup_distance: float = Field(
+        1e-3, ge=0, description="descriptor distance below which two structures are duplicates"
+    )
+
+    @field_validator("per_element_quota")
+    @classmethod
+    def _quota_elements(cls, value: dict[str, int]) -> dict[str, int]:
+        for element, n in value.items():
+            if element not in _ELEMENTS:
+                raise ValueError(f"unknown element {element!r}")
+            if n < 0:
+                raise ValueError(f"quota for {element} must be >= 0")
+        return value
+
+
+# --------------------------------------------------------------------------- budget and stop
+class ConvergenceConfig(_Section):
+    accurate_fraction: float = Field(0.95, gt=0, le=1, description="explored frames accurate")
+    force_mae_tol: float = Field(0.005, ge=0, description="change of validation force MAE, eV/Å")
+    patience: int = Field(2, ge=1, description="iterations the criteria must hold")
+
+
+class BudgetConfig(_Section):
+    max_iterations: int = Field(5, ge=1)
+    max_oracle_calls: int = Field(500, ge=1, description="labels, failures included")
+    wall_time_s: float = Field(3600.0, gt=0, description="campaign wall-time budget, s")
+    convergence: ConvergenceConfig = Field(default_factory=ConvergenceConfig)
+
+
+# --------------------------------------------------------------------------- diagnostics
+class SplitName(StrEnum):
+    """Biased train/test splits that expose out-of-distribution failure."""
+
+    RANDOM = "random"
+    CLUSTER = "cluster"
+    MAXSEP = "maxsep"
+    SIZE = "size"
+    ELEMENT = "element"
+    GROUP = "group"
+    TEMPERATURE = "temperature"
+
+
+class DiagnosticsConfig(_Section):
+    splits: list[SplitName] = Field(
+        [SplitName.RANDOM, SplitName.CLUSTER, SplitName.MAXSEP, SplitName.SIZE]
+    )
+    n_clusters: int = Field(20, ge=2, description="KMeans clusters for the cluster split")
+    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for CIs")
+    alpha: float = Field(0.05, gt=0, lt=1, description="false-discovery rate (Benjamini-Hochberg)")
+    min_region_atoms: int = Field(10, ge=1, description="smallest region reported")
+    tree_depth: int = Field(3, ge=1, le=6, description="depth of the rule-finding tree")
+
+
+# --------------------------------------------------------------------------- the whole spec
+class CampaignSpec(_Section):
+    """A campaign: where to look (system), who tells the truth (oracle), what learns (model,
+    ensemble), how to look (exploration, selection), when to stop (budget), what to report."""
+
+    spec_version: Literal[1] = SPEC_VERSION
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="campaign name")
+    description: str = ""
+    seed: int = Field(0, ge=0, description="master RNG seed")
+    system: SystemConfig
+    oracle: OracleConfig = Field(default_factory=OracleConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+
+    def elements(self, base_dir: Path | None = None) -> set[str]:
+        """Every element the seed structures contain."""
+        base = base_dir or Path.cwd()
+        return set().union(*(seed.elements(base) for seed in self.system.seeds))
+
+    def summary(self) -> str:
+        """One line a user reads to see what the campaign will do."""
+        m, e, x = self.model, self.ensemble, self.exploration
+        temps = "/".join(f"{t:g}" for t in x.temperatures_K)
+        return (
+            f"{self.name}: oracle {self.oracle.name} · {len(self.system.seeds)} seed sets · "
+            f"{e.members}×MACE({m.num_channels}ch L{m.max_L}, r_max {m.r_max:g} Å, {e.mode}) · "
+            f"{x.walkers} walkers × {x.steps} steps at {temps} K · "
+            f"{self.selection.batch_size} labels/iter, ≤{self.budget.max_iterations} iterations, "
+            f"≤{self.budget.max_oracle_calls} oracle calls"
+        )
+
+
+# --------------------------------------------------------------------------- loading
+class SpecError(ValueError):
+    """Every problem found in a spec, one ``path.to.field: message (got VALUE)`` per line."""
+
+    def __init__(self, problems: list[str], source: str = "spec"):
+        self.problems = problems
+        self.source = source
+        n = len(problems)
+        head = f"{source}: {n} problem{'s' if n != 1 else ''}"
+        super().__init__(head + "\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _formula_symbols(formula: str) -> list[str]:
+    from ase.symbols import string2symbols
+
+    try:
+        symbols = string2symbols(formula)
+    except Exception as exc:
+        raise ValueError(f"cannot parse formula {formula!r}") from exc
+    unknown = sorted(set(symbols) - _ELEMENTS)
+    if unknown or not symbols:
+        raise ValueError(f"unknown element(s) in formula {formula!r}: {', '.join(unknown)}")
+    return symbols
+
+
+def _smiles_symbols(smiles: str) -> list[str]:
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"RDKit cannot parse SMILES {smiles!r}")
+    mol = Chem.AddHs(mol)
+    return [a.GetSymbol() for a in mol.GetAtoms()]
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        # drop the tag pydantic inserts for tagged unions (seeds.0.bulk.a -> seeds.0.a)
+        loc = [
+            p
+            for i, p in enumerate(loc)
+            if not (i > 0 and loc[i - 1].isdigit() and p in _SEED_KINDS)
+        ]
+        path = ".".join(loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        problems.append(f"{path}: {msg} (got {_short(err.get('input'))})")
+    return problems
+
+
+_SEED_KINDS = {"bulk", "vacancy", "surface", "cluster", "molecule", "dimer", "file"}
+
+
+def _semantic_problems(spec: CampaignSpec, base_dir: Path) -> list[str]:
+    """Checks across sections: elements of the seeds against the oracle and quotas."""
+    problems = []
+    elements: set[str] = set()
+    for i, seed in enumerate(spec.system.seeds):
+        try:
+            elements |= seed.elements(base_dir)
+        except ValueError as exc:
+            problems.append(
+                f"system.seeds.{i}: {exc} (got {_short(getattr(seed, 'path', seed.kind))})"
+            )
+    supported = supported_elements(spec.oracle)
+    if supported is not None and elements:
+        missing = sorted(elements - supported)
+        if missing:
+            problems.append(
+                f"oracle.name: oracle {spec.oracle.name!r} does not support "
+                f"{', '.join(missing)}; it supports {', '.join(sorted(supported))} "
+                f"(got {spec.oracle.name!r})"
+            )
+    for element in spec.selection.per_element_quota:
+        if elements and element not in elements:
+            problems.append(
+                f"selection.per_element_quota.{element}: no seed structure contains {element} "
+                f"(got {element!r})"
+            )
+    return problems
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+    """Set ``path.to.field`` in a spec dict from strings, typed by the schema.
+
+    A value whose target field is a string (or a string enum) is kept verbatim; any other value is
+    parsed as YAML (``3``, ``2.5``, ``true``, ``[300, 600]``, ``{method: GFN1-xTB}``) and then
+    validated by the schema like the file. List items are addressed by index (``system.seeds.0.a``).
+    """
+    for path, raw in overrides.items():
+        parts = path.split(".")
+        if not all(parts):
+            raise SpecError([f"{path}: empty path component (got {raw!r})"], "--set")
+        value = raw if _is_string_field(parts) else _parse_scalar(raw)
+        node: Any = data
+        for depth, key in enumerate(parts[:-1]):
+            node = _descend(node, key, parts[: depth + 1], path, raw)
+        last = parts[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise SpecError([f"{path}: no list item {last} (got {raw!r})"], "--set")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _descend(node: Any, key: str, so_far: list[str], path: str, raw: str) -> Any:
+    if isinstance(node, list):
+        if not key.isdigit() or int(key) >= len(node):
+            where = ".".join(so_far)
+            raise SpecError([f"{path}: {where} has no item {key} (got {raw!r})"], "--set")
+        return node[int(key)]
+    if not isinstance(node, dict):
+        raise SpecError(
+            [f"{path}: {'.'.join(so_far[:-1])} is not a section (got {raw!r})"], "--set"
+        )
+    child = node.get(key)
+    if child is None:
+        child = node[key] = {}
+    return child
+
+
+def _parse_scalar(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
+
+
+def _is_string_field(parts: list[str]) -> bool:
+    """True when the schema says the field at ``parts`` holds a string."""
+    import typing
+
+    from pydantic.fields import FieldInfo
+
+    annotation: Any = CampaignSpec
+    for part in parts:
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            info: FieldInfo | None = annotation.model_fields.get(part)
+            if info is None:
+                return False
+            annotation = info.annotation
+        elif origin in (list, tuple) and part.isdigit():
+            annotation = typing.get_args(annotation)[0]
+            if typing.get_origin(annotation) is Annotated:  # a tagged union: unknown kind
+                return False
+        else:
+            return False
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    candidates = args if typing.get_origin(annotation) is not Literal and args else [annotation]
+    if typing.get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    return all(isinstance(c, type) and issubclass(c, str) for c in candidates)
+
+
+def parse_spec(
+    data: Any,
+    *,
+    source: str = "spec",
+    base_dir: Path | None = None,
+    overrides: dict[str, str] | None = None,
+) -> CampaignSpec:
+    """Validate a spec mapping (after ``--set`` overrides); raise :class:`SpecError` listing all
+    problems."""
+    if not isinstance(data, dict):
+        raise SpecError(
+            [f"(top level): expected a mapping of sections (got {_short(data)})"], source
+        )
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        spec = CampaignSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(exc), source) from None
+    problems = _semantic_problems(spec, base_dir or Path.cwd())
+    if problems:
+        raise SpecError(problems, source)
+    return spec
+
+
+def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> CampaignSpec:
+    """Read a spec from a YAML file, or a built-in campaign by name (``cu-defects``)."""
+    from chemgap.campaigns.builtin import builtin_path
+
+    p = Path(path)
+    if not p.exists():
+        builtin = builtin_path(str(path))
+        if builtin is None:
+            raise FileNotFoundError(2, "no such file or directory", str(path))
+        p = builtin
+    if p.is_dir():
+        raise SpecError(
+            [f"(file): expected a YAML file, not a directory (got {str(p)!r})"], str(path)
+        )
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise SpecError(
+            [f"(yaml): not valid YAML at {where}: {getattr(exc, 'problem', exc)}"], str(path)
+        ) from None
+    return parse_spec(data, source=str(path), base_dir=p.resolve().parent, overrides=overrides)
+
+
+def dump_spec(spec: CampaignSpec) -> str:
+    """The resolved spec as YAML (every default written out)."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def json_schema() -> dict[str, Any]:
+    return CampaignSpec.model_json_schema()

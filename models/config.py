@@ -1,0 +1,69 @@
+"""The ``model`` and ``ensemble`` sections of a campaign spec."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Dtype(StrEnum):
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+
+class EnsembleMode(StrEnum):
+    """How ensemble members differ (Lakshminarayanan et al. 2017; Huang et al. 2017)."""
+
+    DEEP = "deep"  # independent seeds
+    BAGGING = "bagging"  # each member on a bootstrap resample of the training set
+    SNAPSHOT = "snapshot"  # one run, cyclic learning rate, one member per cycle
+
+
+class LongRange(StrEnum):
+    NONE = "none"
+
+
+class ModelConfig(BaseModel):
+    """Architecture of one MACE member (Batatia et al., NeurIPS 2022)."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+    r_max: float = Field(5.0, gt=0, description="radial cutoff, Å")
+    num_channels: int = Field(16, ge=1, description="channels per irrep in the hidden features")
+    max_L: int = Field(1, ge=0, le=3, description="highest irrep order of the hidden features")
+    num_interactions: int = Field(2, ge=1, le=4, description="message-passing layers")
+    correlation: int = Field(3, ge=1, le=4, description="body order of the ACE product minus one")
+    num_bessel: int = Field(8, ge=1, description="radial Bessel basis functions")
+    num_polynomial_cutoff: int = Field(5, ge=1, description="polynomial envelope order")
+    max_ell: int = Field(3, ge=0, description="spherical-harmonic order of edge features")
+    dtype: Dtype = Field(Dtype.FLOAT32, description="float32 (fast on CPU) or float64")
+    long_range: LongRange = Field(LongRange.NONE, description="long-range term added to MACE")
+    mlp_channels: int = Field(16, ge=1, description="hidden width of the last (non-linear) readout")
+    radial_mlp: list[int] = Field(
+        default_factory=lambda: [64, 64, 64], description="hidden widths of the radial MLP"
+    )
+
+
+class EnsembleConfig(BaseModel):
+    """How the K members are trained."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+    members: int = Field(4, ge=1, description="ensemble size K")
+    mode: EnsembleMode = Field(EnsembleMode.DEEP)
+    max_epochs: int = Field(200, ge=1, description="epoch cap per member")
+    wall_time_s: float = Field(600.0, gt=0, description="wall-time cap per member, s")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-2, gt=0, description="initial learning rate")
+    weight_decay: float = Field(0.0, ge=0)
+    energy_weight: float = Field(1.0, ge=0, description="loss weight of per-atom energies")
+    forces_weight: float = Field(10.0, ge=0, description="loss weight of forces")
+    stress_weight: float = Field(0.0, ge=0, description="loss weight of stress (periodic only)")
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="0 disables weight EMA")
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="held out for early stopping")
+    patience: int = Field(30, ge=1, description="epochs without validation gain before stopping")
+    gpus_per_member: float = Field(0.0, ge=0, description="GPU share per member when GPUs exist")
+    min_lr_factor: float = Field(
+        0.01, gt=0, le=1, description="floor of the learning-rate schedule, as a fraction of lr"
+    )

@@ -1,0 +1,31 @@
+"""Reference calculators (oracles) behind one interface, and labelling as Ray tasks.
+
+Public API::
+
+    from chemgap.oracle import OracleConfig, label_one, label_batch, check_elements
+"""
+
+from chemgap.oracle.backends import check_backend, cost_model, make_calculator
+from chemgap.oracle.config import (
+    OracleConfig,
+    OracleName,
+    check_elements,
+    supported_elements,
+)
+from chemgap.oracle.labelling import label_batch, label_one
+from chemgap.oracle.results import FailureCategory, LabelResult, LabelSummary
+
+__all__ = [
+    "FailureCategory",
+    "LabelResult",
+    "LabelSummary",
+    "OracleConfig",
+    "OracleName",
+    "check_backend",
+    "check_elements",
+    "cost_model",
+    "label_batch",
+    "label_one",
+    "make_calculator",
+    "supported_elements",
+]
