@@ -101,6 +101,11 @@ class ClusterSeed(_CrystalSeed):
 
     kind: Literal["cluster"] = "cluster"
     radius_A: float = Field(4.0, gt=0, description="cut radius, Å")
+    offset_A: tuple[float, float, float] = Field(
+        (0.0, 0.0, 0.0),
+        description="centre = the atom nearest the crystal's middle + this offset, Å "
+        "(off an atom, e.g. a/4 (1,1,1) in rocksalt, gives charge-neutral clusters)",
+    )
 
 
 class MoleculeSeed(_SeedBase):
