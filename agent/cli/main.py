@@ -96,3 +96,14 @@ def status(run: Path, as_json: bool) -> None:
     table.add_row("labels", f"{info['labels']['ok']} ok, {info['labels']['failed']} failed")
     table.add_row("failure regions", str(info["regions"]))
     console.print(table)
+
+
+def _register() -> None:
+    """Commands that live in their own modules (one per library area)."""
+    from chemgap.agent.cli.train import predict, train
+
+    main.add_command(train)
+    main.add_command(predict)
+
+
+_register()

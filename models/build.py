@@ -1,0 +1,123 @@
+"""Build a MACE member (``ScaleShiftMACE``, Batatia et al., NeurIPS 2022) from the spec.
+
+The data-dependent constants follow mace-torch's own training script: per-element reference
+energies E0 by least squares of total energies on element counts, the average number of
+neighbours within the cutoff, and the scale/shift of the interaction energy (shift: mean
+per-atom interaction energy, scale: RMS of the force components, ``rms_forces_scaling``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from .config import ModelConfig
+from .data import ENERGY_KEY, FORCES_KEY, default_dtype, to_graphs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class DataStats:
+    """Constants a member is built with.
+
+    Attributes:
+        z_table: atomic numbers, ascending (the one-hot order of ``node_attrs``).
+        atomic_energies: (n_elements,) eV, reference energy per element.
+        avg_num_neighbors: mean neighbours within ``r_max``.
+        shift: eV/atom, mean interaction energy per atom.
+        scale: eV/Å, RMS of force components (1 when the data carry no forces).
+    """
+
+    z_table: list[int]
+    atomic_energies: list[float]
+    avg_num_neighbors: float
+    shift: float
+    scale: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fit_atomic_energies(structures: Sequence[Atoms], z_table: Sequence[int]) -> np.ndarray:
+    """Least-squares E0 per element: min ‖counts · E0 − E_ref‖² (eV); shape (n_elements,)."""
+    counts = np.array([[np.count_nonzero(a.numbers == z) for z in z_table] for a in structures])
+    energies = np.array([float(a.info[ENERGY_KEY]) for a in structures])
+    e0, *_ = np.linalg.lstsq(counts.astype(float), energies, rcond=None)
+    return e0
+
+
+def compute_stats(structures: Sequence[Atoms], z_table: Sequence[int], r_max: float) -> DataStats:
+    """E0s, average neighbour count and scale/shift from labelled ``structures``."""
+    if not structures:
+        raise ValueError("training data: no labelled structures to compute statistics from")
+    z_table = sorted(int(z) for z in z_table)
+    e0 = fit_atomic_energies(structures, z_table)
+    graphs = to_graphs(structures, z_table, r_max, "float64", labels=False)
+    n_edges = sum(int(g.edge_index.shape[1]) for g in graphs)
+    n_atoms = sum(len(a) for a in structures)
+    avg_nn = max(n_edges / max(n_atoms, 1), 1.0)
+    zidx = {z: i for i, z in enumerate(z_table)}
+    inter = [
+        (float(a.info[ENERGY_KEY]) - sum(e0[zidx[int(z)]] for z in a.numbers)) / len(a)
+        for a in structures
+    ]
+    forces = [np.ravel(a.arrays[FORCES_KEY]) for a in structures if FORCES_KEY in a.arrays]
+    rms = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else 0.0
+    return DataStats(
+        z_table=list(z_table),
+        atomic_energies=[float(x) for x in e0],
+        avg_num_neighbors=float(avg_nn),
+        shift=float(np.mean(inter)),
+        scale=rms if rms > 1e-8 else 1.0,
+    )
+
+
+def build_model(cfg: ModelConfig, stats: DataStats, *, seed: int | None = None) -> torch.nn.Module:
+    """A fresh ``ScaleShiftMACE`` with ``cfg``'s architecture and ``stats``'s constants.
+
+    Weights are drawn from torch's RNG seeded with ``seed`` (when given), in ``cfg.dtype``.
+    """
+    # mace first: its import sets the torch.load default that e3nn's import relies on
+    from mace.modules import ScaleShiftMACE, interaction_classes  # noqa: I001
+    from e3nn import o3
+
+    if cfg.long_range != "none":
+        raise ValueError(f"model.long_range: {cfg.long_range!r} is not implemented; allowed: none")
+    if seed is not None:
+        torch.manual_seed(seed)
+    ch, L = cfg.num_channels, cfg.max_L
+    parity = ["e", "o"]
+    hidden = o3.Irreps("+".join(f"{ch}x{ell}{parity[ell % 2]}" for ell in range(L + 1)))
+    with default_dtype(cfg.dtype):
+        model = ScaleShiftMACE(
+            r_max=float(cfg.r_max),
+            num_bessel=cfg.num_bessel,
+            num_polynomial_cutoff=cfg.num_polynomial_cutoff,
+            max_ell=cfg.max_ell,
+            interaction_cls=interaction_classes["RealAgnosticResidualInteractionBlock"],
+            interaction_cls_first=interaction_classes["RealAgnosticResidualInteractionBlock"],
+            num_interactions=cfg.num_interactions,
+            num_elements=len(stats.z_table),
+            hidden_irreps=hidden,
+            MLP_irreps=o3.Irreps(f"{cfg.mlp_channels}x0e"),
+            atomic_energies=np.asarray(stats.atomic_energies, dtype=float),
+            avg_num_neighbors=float(stats.avg_num_neighbors),
+            atomic_numbers=list(stats.z_table),
+            correlation=cfg.correlation,
+            gate=torch.nn.functional.silu,
+            radial_MLP=list(cfg.radial_mlp),
+            atomic_inter_scale=float(stats.scale),
+            atomic_inter_shift=float(stats.shift),
+        )
+    return model.to(dtype=torch.float64 if cfg.dtype == "float64" else torch.float32)
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The floating dtype of a member's parameters."""
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())

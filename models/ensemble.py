@@ -1,0 +1,616 @@
+"""MACE ensembles: train K members as parallel Ray tasks, load them, predict with uncertainty.
+
+Ensemble modes (a ``StrEnum`` plus a registry of planners, see :data:`MODES`):
+
+- ``deep``: K independent members, different seeds, same data (Lakshminarayanan et al. 2017);
+- ``bagging``: each member on a bootstrap resample of the training set (Breiman 1996);
+- ``snapshot``: one run with a cyclic cosine learning rate, one member per cycle
+  (Huang et al., ICLR 2017).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from .build import DataStats, build_model, compute_stats
+from .calibration import Calibration
+from .config import EnsembleConfig, EnsembleMode, ModelConfig
+from .data import (
+    Batch,
+    bootstrap,
+    data_hash,
+    element_list,
+    make_batch,
+    split_valid,
+    symbols_to_z,
+    usable,
+)
+from .io import (
+    ENSEMBLE_FILE,
+    FORMAT_VERSION,
+    load_member,
+    member_stem,
+    model_from_bytes,
+    model_to_bytes,
+    read_json,
+    save_member,
+    versions,
+    write_json,
+)
+from .predict import MemberOutputs, Prediction, evaluate_members, summarise
+from .train import MemberResult, ProgressEvent, ProgressFn, train_member
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MODES",
+    "Ensemble",
+    "MemberJob",
+    "plan_jobs",
+    "train_ensemble",
+]
+
+
+# --------------------------------------------------------------------------- the loaded ensemble
+
+
+class Ensemble:
+    """K trained MACE members sharing one architecture and element set.
+
+    Attributes:
+        members: the torch models (``ScaleShiftMACE``), in eval mode on ``device``.
+        model_cfg / ens_cfg: the spec sections they were trained with.
+        elements: chemical symbols, ordered by atomic number (the one-hot order).
+        calibration: the stored :class:`Calibration` or None (then ``*_cal`` equals raw).
+        path: the model directory, when loaded from / saved to one.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[torch.nn.Module],
+        *,
+        model_cfg: ModelConfig,
+        ens_cfg: EnsembleConfig | None = None,
+        calibration: Calibration | None = None,
+        path: str | Path | None = None,
+        metadata: dict | None = None,
+        device: str | torch.device | None = None,
+    ):
+        if not members:
+            raise ValueError("ensemble: needs at least one member")
+        self.device = torch.device(device) if device else next(members[0].parameters()).device
+        self.members = [m.to(self.device).eval() for m in members]
+        self.model_cfg = model_cfg
+        self.ens_cfg = ens_cfg or EnsembleConfig(members=len(members))
+        self.calibration = calibration
+        self.path = Path(path) if path is not None else None
+        self.metadata = dict(metadata or {})
+        zs = [int(z) for z in self.members[0].atomic_numbers.tolist()]
+        for m in self.members[1:]:
+            if [int(z) for z in m.atomic_numbers.tolist()] != zs:
+                raise ValueError("ensemble: members have different element sets")
+        self.z_table = zs
+
+    # -- properties
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    @property
+    def elements(self) -> list[str]:
+        from ase.data import chemical_symbols
+
+        return [chemical_symbols[z] for z in self.z_table]
+
+    @property
+    def r_max(self) -> float:
+        return float(self.members[0].r_max)
+
+    @property
+    def dtype(self) -> str:
+        return str(next(self.members[0].parameters()).dtype).removeprefix("torch.")
+
+    def to(self, device: str | torch.device) -> Ensemble:
+        self.device = torch.device(device)
+        self.members = [m.to(self.device) for m in self.members]
+        return self
+
+    # -- graph construction and evaluation (reusable by the explorer)
+    def make_batch(self, structures: Sequence[Atoms], *, labels: bool = False) -> Batch:
+        """One batched graph of ``structures`` for this ensemble (cutoff, elements, dtype)."""
+        return make_batch(
+            structures, self.z_table, self.r_max, self.dtype, self.device, labels=labels
+        )
+
+    def evaluate(
+        self, batch: Batch, *, compute_stress: bool = False, node_features: bool = False
+    ) -> MemberOutputs:
+        """All members on one prepared batch: energies (K, n_struct), forces (K, n_atoms, 3)."""
+        return evaluate_members(
+            self.members, batch, compute_stress=compute_stress, node_features=node_features
+        )
+
+    # -- predictions
+    def predict(
+        self,
+        structures: Sequence[Atoms],
+        *,
+        compute_stress: bool = False,
+        calibrated: bool = True,
+        max_atoms_per_batch: int = 20000,
+    ) -> Prediction:
+        """Ensemble mean and std for ``structures`` (one batched graph per member per chunk).
+
+        The stored calibration (if any, and ``calibrated``) fills the ``*_cal`` fields.
+        Structures are grouped into chunks of at most ``max_atoms_per_batch`` atoms.
+        """
+        structures = list(structures)
+        if not structures:
+            raise ValueError("predict: got no structures")
+        parts = []
+        for chunk in _chunks(structures, max_atoms_per_batch):
+            batch = self.make_batch(chunk)
+            outputs = self.evaluate(batch, compute_stress=compute_stress)
+            cal = self.calibration if calibrated else None
+            parts.append(
+                summarise(
+                    outputs,
+                    batch,
+                    energy_scale=cal.energy_scale if cal else 1.0,
+                    force_scale_per_atom=cal.force_scales_for(batch.numbers) if cal else None,
+                    calibrated=cal is not None,
+                )
+            )
+        return parts[0] if len(parts) == 1 else _concat(parts)
+
+    def descriptors(
+        self, structures: Sequence[Atoms], *, members: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Per-structure descriptors: members' invariant node features averaged per structure.
+
+        Member feature spaces are not aligned, so the chosen members' averages are concatenated:
+        shape (n_struct, d · n_chosen), d = invariant channels summed over interaction layers.
+        """
+        chosen = [self.members[i] for i in (members if members is not None else range(1))]
+        out = []
+        for chunk in _chunks(list(structures), 20000):
+            batch = self.make_batch(chunk)
+            res = evaluate_members(chosen, batch, node_features=True)
+            idx = torch.as_tensor(batch.system_idx, device=self.device)
+            per = []
+            for feats in res.node_feats or []:
+                sums = torch.zeros(batch.n_struct, feats.shape[1], dtype=feats.dtype)
+                sums = sums.to(self.device).index_add_(0, idx, feats)
+                counts = torch.as_tensor(batch.n_atoms, dtype=feats.dtype, device=self.device)
+                per.append((sums / counts[:, None]).double().cpu().numpy())
+            out.append(np.concatenate(per, axis=1))
+        return np.concatenate(out, axis=0)
+
+    # -- persistence
+    def save(self, path: str | Path, *, member_metadata: Sequence[dict] | None = None) -> Path:
+        """Write every member (``.model``, ``.pt``, ``.json``) and ``ensemble.json``."""
+        path = Path(path)
+        for k, model in enumerate(self.members):
+            meta = dict(member_metadata[k]) if member_metadata else {}
+            meta.setdefault("member", k)
+            meta.setdefault("model", self.model_cfg.model_dump(mode="json"))
+            meta.setdefault("ensemble", self.ens_cfg.model_dump(mode="json"))
+            meta.setdefault("stats", _stats_of(model).to_dict())
+            meta.setdefault("versions", versions())
+            save_member(model, path, k, meta)
+        self.path = path
+        self.save_metadata()
+        return path
+
+    def save_metadata(self) -> None:
+        """(Re)write ``ensemble.json`` (configs, elements, calibration) in ``self.path``."""
+        if self.path is None:
+            raise ValueError("ensemble: no model directory to save metadata in")
+        meta = {
+            **self.metadata,
+            "format": FORMAT_VERSION,
+            "elements": self.elements,
+            "n_members": self.n_members,
+            "members": [f"{member_stem(k)}.model" for k in range(self.n_members)],
+            "model": self.model_cfg.model_dump(mode="json"),
+            "ensemble": self.ens_cfg.model_dump(mode="json"),
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "versions": versions(),
+        }
+        write_json(self.path / ENSEMBLE_FILE, meta)
+        self.metadata = meta
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> Ensemble:
+        """Load a model directory written by :meth:`save` / :func:`train_ensemble`."""
+        path = Path(path)
+        meta_file = path / ENSEMBLE_FILE
+        if not meta_file.exists():
+            raise FileNotFoundError(2, "not a model directory (no ensemble.json)", str(path))
+        meta = read_json(meta_file)
+        model_cfg = ModelConfig(**meta["model"])
+        ens_cfg = EnsembleConfig(**meta["ensemble"])
+        dev = torch.device(device) if device else torch.device("cpu")
+        members = []
+        for k in range(int(meta["n_members"])):
+            mfile = path / f"{member_stem(k)}.json"
+            stats = DataStats(**read_json(mfile)["stats"]) if mfile.exists() else None
+
+            def rebuild(stats=stats):
+                return build_model(model_cfg, stats)
+
+            members.append(load_member(path, k, rebuild if stats else None, dev))
+        cal = meta.get("calibration")
+        return cls(
+            members,
+            model_cfg=model_cfg,
+            ens_cfg=ens_cfg,
+            calibration=Calibration.from_dict(cal) if cal else None,
+            path=path,
+            metadata=meta,
+            device=dev,
+        )
+
+
+def _stats_of(model: torch.nn.Module) -> DataStats:
+    """The build constants of a member, read back from the model."""
+    e0 = torch.atleast_2d(model.atomic_energies_fn.atomic_energies).detach().cpu()
+    return DataStats(
+        z_table=[int(z) for z in model.atomic_numbers.tolist()],
+        atomic_energies=[float(x) for x in e0[0]],
+        avg_num_neighbors=float(model.interactions[0].avg_num_neighbors),
+        shift=float(torch.atleast_1d(model.scale_shift.shift)[0]),
+        scale=float(torch.atleast_1d(model.scale_shift.scale)[0]),
+    )
+
+
+def _chunks(structures: list[Atoms], max_atoms: int) -> list[list[Atoms]]:
+    out, cur, n = [], [], 0
+    for a in structures:
+        if cur and n + len(a) > max_atoms:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(a)
+        n += len(a)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _concat(parts: list[Prediction]) -> Prediction:
+    offsets = np.cumsum([0] + [p.n_struct for p in parts[:-1]])
+    fields = {}
+    for name in Prediction.__dataclass_fields__:
+        vals = [getattr(p, name) for p in parts]
+        if name == "calibrated":
+            fields[name] = vals[0]
+        elif name == "system_idx":
+            fields[name] = np.concatenate([v + o for v, o in zip(vals, offsets, strict=True)])
+        elif vals[0] is None:
+            fields[name] = None
+        elif name in ("energy_members", "forces_members"):
+            fields[name] = np.concatenate(vals, axis=1)
+        else:
+            fields[name] = np.concatenate(vals, axis=0)
+    return Prediction(**fields)
+
+
+# --------------------------------------------------------------------------- planning the members
+
+
+@dataclass(kw_only=True)
+class MemberJob:
+    """One training task: which members it produces and on which data.
+
+    Attributes:
+        members: indices of the members this task produces (K for a snapshot run, else one).
+        seed: the task's seed.
+        train: its training structures (a bootstrap resample for bagging).
+        snapshots: 1, or K for a snapshot run.
+        init_source: index of the source member to initialise from (transfer), or None.
+    """
+
+    members: list[int]
+    seed: int
+    train: list[Atoms]
+    snapshots: int = 1
+    init_source: int | None = None
+
+
+Planner = Callable[[list[Atoms], int, int], list[MemberJob]]
+
+
+def _plan_deep(train: list[Atoms], k: int, seed: int) -> list[MemberJob]:
+    return [MemberJob(members=[i], seed=seed + 1000 * i, train=train) for i in range(k)]
+
+
+def _plan_bagging(train: list[Atoms], k: int, seed: int) -> list[MemberJob]:
+    jobs = []
+    for i in range(k):
+        rng = np.random.default_rng([seed, i])
+        jobs.append(MemberJob(members=[i], seed=seed + 1000 * i, train=bootstrap(train, rng)))
+    return jobs
+
+
+def _plan_snapshot(train: list[Atoms], k: int, seed: int) -> list[MemberJob]:
+    return [MemberJob(members=list(range(k)), seed=seed, train=train, snapshots=k)]
+
+
+MODES: dict[EnsembleMode, Planner] = {
+    EnsembleMode.DEEP: _plan_deep,
+    EnsembleMode.BAGGING: _plan_bagging,
+    EnsembleMode.SNAPSHOT: _plan_snapshot,
+}
+
+
+def plan_jobs(train: list[Atoms], ens_cfg: EnsembleConfig, seed: int) -> list[MemberJob]:
+    """The training tasks of ``ens_cfg.mode`` (see :data:`MODES`)."""
+    try:
+        planner = MODES[EnsembleMode(ens_cfg.mode)]
+    except ValueError:
+        allowed = ", ".join(m.value for m in EnsembleMode)
+        raise ValueError(f"ensemble.mode: {ens_cfg.mode!r} is not one of {allowed}") from None
+    return planner(train, ens_cfg.members, seed)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _run_job(
+    job: MemberJob,
+    valid: list[Atoms],
+    model_cfg: ModelConfig,
+    ens_cfg: EnsembleConfig,
+    stats: DataStats,
+    init_bytes: bytes | None,
+    freeze: Sequence[str],
+    threads: int | None,
+    progress: ProgressFn | None,
+) -> MemberResult:
+    init = model_from_bytes(init_bytes) if init_bytes is not None else None
+    return train_member(
+        job.train,
+        model_cfg,
+        ens_cfg,
+        seed=job.seed,
+        valid=valid,
+        member=job.members[0],
+        snapshots=job.snapshots,
+        init_model=init,
+        stats=stats,
+        freeze=freeze,
+        threads=threads,
+        progress=progress,
+    )
+
+
+def _ray_job(*args, board=None, **kwargs) -> tuple[list[bytes], list[dict], list[dict]]:
+    """Body of a Ray task: train, then ship the models back as bytes."""
+
+    def report(event: ProgressEvent) -> None:
+        if board is not None:
+            board.report.remote(event)
+
+    result = _run_job(*args, progress=report, **kwargs)
+    return [model_to_bytes(m) for m in result.models], result.metrics, result.history
+
+
+class _Board:
+    """Ray actor collecting per-epoch progress events from member tasks."""
+
+    def __init__(self) -> None:
+        self.events: list[ProgressEvent] = []
+
+    def report(self, event: ProgressEvent) -> None:
+        self.events.append(event)
+
+    def drain(self) -> list[ProgressEvent]:
+        out, self.events = self.events, []
+        return out
+
+
+def _resources(n_tasks: int, ens_cfg: EnsembleConfig) -> tuple[float, float, int]:
+    """(num_cpus, num_gpus, torch threads) per task from the Ray cluster's resources."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus = max(1, int(total.get("CPU", os.cpu_count() or 1)))
+    gpus = float(total.get("GPU", 0.0))
+    if gpus > 0:
+        share = ens_cfg.gpus_per_member or min(1.0, gpus / max(n_tasks, 1))
+        threads = max(1, cpus // max(n_tasks, 1))
+        return 1.0, share, threads
+    concurrent = max(1, min(n_tasks, cpus))
+    threads = max(1, cpus // concurrent)
+    return float(threads), 0.0, threads
+
+
+def train_ensemble(
+    train: Sequence[Atoms],
+    model_cfg: ModelConfig,
+    ens_cfg: EnsembleConfig,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    valid: Sequence[Atoms] | None = None,
+    init_from: str | Path | Ensemble | None = None,
+    element_map: dict[str, str] | str | None = None,
+    freeze: Sequence[str] = (),
+    refit_e0: bool = True,
+    progress: ProgressFn | None = None,
+    task_tag: str = "",
+    use_ray: bool | None = None,
+) -> Ensemble:
+    """Train ``ens_cfg.members`` MACE members and save them in ``out_dir``.
+
+    Members run as Ray tasks named ``train member k/K · <task_tag>`` when Ray is initialised
+    (by the caller; ``use_ray=None`` means "if initialised"), one GPU share each when the
+    cluster has GPUs, else the cluster's CPUs split between concurrent members. Without Ray
+    they run one after another in this process.
+
+    Args:
+        train: labelled structures (unlabelled / failed ones are skipped).
+        valid: validation structures for early stopping; default a random
+            ``ens_cfg.valid_fraction`` of ``train`` (the same split for all members).
+        init_from: a model directory or Ensemble to initialise every member from (member k
+            from source member k mod K_source), mapped through ``element_map`` (e.g.
+            ``"Si=Ge"``); ``refit_e0`` then shifts E0s by least squares on the target data.
+        freeze: parameter prefixes kept fixed while fine-tuning (see ``freeze_blocks``).
+        progress: receives a :class:`ProgressEvent` per member epoch (driver process).
+    Returns:
+        The trained :class:`Ensemble`, saved in ``out_dir``.
+    """
+    from .transfer import refit_atomic_energies, transfer_model
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    data = usable(train)
+    rng = np.random.default_rng(seed)
+    if valid is None:
+        data, valid_set = split_valid(data, ens_cfg.valid_fraction, rng)
+    else:
+        valid_set = usable(valid)
+        if not valid_set:
+            raise ValueError("valid: no labelled structures in the validation set")
+
+    # element set and data constants, shared by every member
+    source: Ensemble | None = None
+    init_models: list[torch.nn.Module] = []
+    if init_from is not None:
+        source = init_from if isinstance(init_from, Ensemble) else Ensemble.load(init_from)
+        emap = element_map or {}
+        target_elements = element_list([*data, *valid_set])
+        for m in source.members:
+            tm = transfer_model(m, source.model_cfg, emap, target_elements=target_elements)
+            if refit_e0:
+                refit_atomic_energies(tm, data)
+            init_models.append(tm)
+        model_cfg = source.model_cfg
+        stats = _stats_of(init_models[0])
+    else:
+        z_table = symbols_to_z(element_list([*data, *valid_set]))
+        stats = compute_stats(data, z_table, model_cfg.r_max)
+
+    jobs = plan_jobs(data, ens_cfg, seed)
+    for job in jobs:
+        if init_models:
+            job.init_source = job.members[0] % len(init_models)
+    init_bytes = {i: model_to_bytes(m) for i, m in enumerate(init_models)}
+
+    import_ray = use_ray if use_ray is not None else _ray_ready()
+    results: dict[int, tuple[list[torch.nn.Module], list[dict]]] = {}
+    if import_ray:
+        results = _train_on_ray(
+            jobs, valid_set, model_cfg, ens_cfg, stats, init_bytes, freeze, progress, task_tag
+        )
+    else:
+        for job in jobs:
+            init = init_bytes.get(job.init_source) if job.init_source is not None else None
+            res = _run_job(job, valid_set, model_cfg, ens_cfg, stats, init, freeze, None, progress)
+            results[job.members[0]] = (res.models, res.metrics)
+
+    emap_json = element_map if isinstance(element_map, str | None) else dict(element_map)
+    members: list[torch.nn.Module] = []
+    member_meta: list[dict] = []
+    dhash = data_hash(data)
+    for job in jobs:
+        models, metrics = results[job.members[0]]
+        for k, model, met in zip(job.members, models, metrics, strict=True):
+            members.append(model)
+            member_meta.append(
+                {
+                    "member": k,
+                    "seed": job.seed,
+                    "mode": str(ens_cfg.mode),
+                    "data_hash": data_hash(job.train),
+                    "metrics": met,
+                    "init_from": str(source.path) if source and source.path else None,
+                    "element_map": emap_json,
+                }
+            )
+    ens = Ensemble(
+        members,
+        model_cfg=model_cfg,
+        ens_cfg=ens_cfg,
+        metadata={
+            "data_hash": dhash,
+            "n_train": len(data),
+            "n_valid": len(valid_set),
+            "seed": seed,
+            "mode": str(ens_cfg.mode),
+            "init_from": str(source.path) if source and source.path else None,
+            "element_map": emap_json,
+            "freeze": list(freeze),
+            "wall_s": None,
+        },
+    )
+    ens.metadata["wall_s"] = time.perf_counter() - t0
+    ens.save(out_dir, member_metadata=member_meta)
+    return ens
+
+
+def _ray_ready() -> bool:
+    try:
+        import ray
+    except ImportError:  # pragma: no cover
+        return False
+    return ray.is_initialized()
+
+
+def _train_on_ray(jobs, valid_set, model_cfg, ens_cfg, stats, init_bytes, freeze, progress, tag):
+    import ray
+
+    num_cpus, num_gpus, threads = _resources(len(jobs), ens_cfg)
+    board = ray.remote(num_cpus=0)(_Board).remote() if progress else None
+    remote = ray.remote(_ray_job)
+    valid_ref = ray.put(valid_set)
+    k_total = ens_cfg.members
+    pending = {}
+    for job in jobs:
+        label = f"{job.members[0] + 1}/{k_total}" if job.snapshots == 1 else f"snapshots ×{k_total}"
+        name = f"train member {label}" + (f" · {tag}" if tag else "")
+        init = init_bytes.get(job.init_source) if job.init_source is not None else None
+        ref = remote.options(name=name, num_cpus=num_cpus, num_gpus=num_gpus).remote(
+            job,
+            valid_ref,
+            model_cfg,
+            ens_cfg,
+            stats,
+            init,
+            tuple(freeze),
+            threads,
+            board=board,
+        )
+        pending[ref] = job
+    log.info("training %d task(s) on Ray: %s CPU, %s GPU each", len(jobs), num_cpus, num_gpus)
+    results = {}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            if board is not None:
+                for event in ray.get(board.drain.remote()):
+                    progress(event)
+            for ref in done:
+                job = pending.pop(ref)
+                blobs, metrics, _history = ray.get(ref)
+                results[job.members[0]] = ([model_from_bytes(b) for b in blobs], metrics)
+        if board is not None:
+            for event in ray.get(board.drain.remote()):
+                progress(event)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if board is not None:
+            ray.kill(board)
+    return results

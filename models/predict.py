@@ -1,0 +1,190 @@
+"""Ensemble predictions: every member on one batched graph, mean and spread per structure/atom.
+
+The spread of a deep ensemble (Lakshminarayanan et al., NeurIPS 2017) is the uncertainty; the
+largest per-atom force deviation of a structure is DP-GEN's ``max_devi_f`` (Zhang et al.,
+Comput. Phys. Commun. 253, 107206, 2020): max_i sqrt(mean_k |F_i^k − <F_i>|²).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import Batch
+
+
+@dataclass(kw_only=True)
+class MemberOutputs:
+    """Raw outputs of K members on one batch (torch tensors on the batch's device).
+
+    Attributes:
+        energy: (K, n_struct) eV, total energies.
+        forces: (K, n_atoms, 3) eV/Å.
+        stress: (K, n_struct, 3, 3) eV/Å³ (ASE sign) or None when not asked for.
+        node_feats: list of K (n_atoms, d) invariant node features, or None when not asked for.
+    """
+
+    energy: torch.Tensor
+    forces: torch.Tensor
+    stress: torch.Tensor | None = None
+    node_feats: list[torch.Tensor] | None = None
+
+
+def scalar_feature_index(model: torch.nn.Module) -> torch.Tensor:
+    """Column indices of the invariant (0e) channels in ``model``'s concatenated ``node_feats``."""
+    import mace  # noqa: F401  (sets torch.load defaults e3nn's import needs)
+    from e3nn import o3
+
+    cols, offset = [], 0
+    for product in model.products:
+        irreps = o3.Irreps(product.linear.irreps_out)
+        for mul, ir in irreps:
+            width = mul * ir.dim
+            if ir == o3.Irrep("0e"):
+                cols.extend(range(offset, offset + width))
+            offset += width
+    return torch.tensor(cols, dtype=torch.long)
+
+
+def evaluate_members(
+    models: Sequence[torch.nn.Module],
+    batch: Batch,
+    *,
+    compute_stress: bool = False,
+    node_features: bool = False,
+) -> MemberOutputs:
+    """Run each member on the same batched graph; forces by autograd of the energy.
+
+    The batch dict is shallow-copied per member (mace's stress path rewrites positions and
+    shifts in the dict it is given). Outputs are detached.
+    """
+    energies, forces, stresses, feats = [], [], [], []
+    for model in models:
+        data = dict(batch.data)
+        data["positions"] = batch.data["positions"].detach().clone()
+        out = model(data, training=False, compute_force=True, compute_stress=compute_stress)
+        energies.append(out["energy"].detach())
+        forces.append(out["forces"].detach())
+        if compute_stress:
+            stresses.append(out["stress"].detach())
+        if node_features:
+            idx = scalar_feature_index(model).to(out["node_feats"].device)
+            feats.append(out["node_feats"].detach()[:, idx])
+    return MemberOutputs(
+        energy=torch.stack(energies),
+        forces=torch.stack(forces),
+        stress=torch.stack(stresses) if compute_stress else None,
+        node_feats=feats if node_features else None,
+    )
+
+
+@dataclass(kw_only=True)
+class Prediction:
+    """Ensemble prediction on a list of structures (all arrays numpy, float64).
+
+    Attributes:
+        energy_mean: (n_struct,) eV, mean over members of the total energy.
+        energy_std: (n_struct,) eV, std over members (ddof=0) of the total energy.
+        forces_mean: (n_atoms_total, 3) eV/Å, atoms of all structures concatenated in order.
+        forces_std: (n_atoms_total, 3) eV/Å, per-component std over members.
+        force_std_atom: (n_atoms_total,) eV/Å, per-atom std magnitude sqrt(Σ_c var_c).
+        max_force_std: (n_struct,) eV/Å, max over a structure's atoms of ``force_std_atom``
+            (DP-GEN ``max_devi_f``).
+        system_idx: (n_atoms_total,) int, the structure each atom belongs to.
+        numbers: (n_atoms_total,) int, atomic numbers.
+        energy_members: (K, n_struct) eV; forces_members: (K, n_atoms_total, 3) eV/Å.
+        stress_mean / stress_std: (n_struct, 6) eV/Å³ Voigt (ASE sign), or None.
+        calibrated: whether the ``*_cal`` fields hold a stored calibration (else they equal raw).
+        energy_std_cal: (n_struct,) eV; forces_std_cal: (n_atoms_total, 3) eV/Å;
+        force_std_atom_cal: (n_atoms_total,) eV/Å; max_force_std_cal: (n_struct,) eV/Å.
+    """
+
+    energy_mean: np.ndarray
+    energy_std: np.ndarray
+    forces_mean: np.ndarray
+    forces_std: np.ndarray
+    force_std_atom: np.ndarray
+    max_force_std: np.ndarray
+    system_idx: np.ndarray
+    numbers: np.ndarray
+    energy_members: np.ndarray
+    forces_members: np.ndarray
+    stress_mean: np.ndarray | None = None
+    stress_std: np.ndarray | None = None
+    calibrated: bool = False
+    energy_std_cal: np.ndarray
+    forces_std_cal: np.ndarray
+    force_std_atom_cal: np.ndarray
+    max_force_std_cal: np.ndarray
+
+    @property
+    def struct_idx(self) -> np.ndarray:
+        """Alias of ``system_idx``."""
+        return self.system_idx
+
+    @property
+    def n_struct(self) -> int:
+        return len(self.energy_mean)
+
+    def per_structure(self, i: int) -> slice:
+        """Slice of structure ``i``'s atoms in the per-atom arrays."""
+        idx = np.flatnonzero(self.system_idx == i)
+        return slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) else slice(0, 0)
+
+
+def segment_max(values: np.ndarray, system_idx: np.ndarray, n_struct: int) -> np.ndarray:
+    """Per-structure maximum of per-atom ``values``; shape (n_struct,)."""
+    out = np.full(n_struct, -np.inf)
+    np.maximum.at(out, system_idx, values)
+    return out
+
+
+def summarise(
+    outputs: MemberOutputs,
+    batch: Batch,
+    *,
+    energy_scale: float = 1.0,
+    force_scale_per_atom: np.ndarray | None = None,
+    calibrated: bool = False,
+) -> Prediction:
+    """Means and stds over members, with the calibration scales applied to the ``*_cal`` fields.
+
+    ``force_scale_per_atom``: (n_atoms_total,) multiplicative scale of each atom's force std.
+    """
+    e = outputs.energy.double().cpu().numpy()
+    f = outputs.forces.double().cpu().numpy()
+    n = batch.n_struct
+    f_std = f.std(axis=0)
+    f_atom = np.sqrt((f_std**2).sum(axis=1))
+    stress_mean = stress_std = None
+    if outputs.stress is not None:
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        s = outputs.stress.double().cpu().numpy()
+        voigt = np.stack([[full_3x3_to_voigt_6_stress(x) for x in member] for member in s])
+        stress_mean, stress_std = voigt.mean(axis=0), voigt.std(axis=0)
+    scale = np.ones(len(f_atom)) if force_scale_per_atom is None else force_scale_per_atom
+    f_std_cal = f_std * scale[:, None]
+    f_atom_cal = f_atom * scale
+    return Prediction(
+        energy_mean=e.mean(axis=0),
+        energy_std=e.std(axis=0),
+        forces_mean=f.mean(axis=0),
+        forces_std=f_std,
+        force_std_atom=f_atom,
+        max_force_std=segment_max(f_atom, batch.system_idx, n),
+        system_idx=batch.system_idx.copy(),
+        numbers=batch.numbers.copy(),
+        energy_members=e,
+        forces_members=f,
+        stress_mean=stress_mean,
+        stress_std=stress_std,
+        calibrated=calibrated,
+        energy_std_cal=e.std(axis=0) * energy_scale,
+        forces_std_cal=f_std_cal,
+        force_std_atom_cal=f_atom_cal,
+        max_force_std_cal=segment_max(f_atom_cal, batch.system_idx, n),
+    )

@@ -1,0 +1,366 @@
+"""MACE ensembles: physics contracts, persistence, uncertainty, calibration, transfer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from chemgap.models.build import DataStats, build_model, compute_stats
+from chemgap.models.calibration import calibrate, miscalibration_area
+from chemgap.models.config import EnsembleConfig, EnsembleMode, ModelConfig
+from chemgap.models.data import data_hash, element_list, symbols_to_z
+from chemgap.models.ensemble import Ensemble, plan_jobs, train_ensemble
+from chemgap.models.train import freeze_blocks, train_member
+from chemgap.models.transfer import parse_element_map, transfer_model
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+SMALL = ModelConfig(num_channels=8, max_L=1, num_interactions=2, r_max=4.0, radial_mlp=[16, 16])
+
+
+def label(atoms: Atoms, calc) -> Atoms:
+    """Attach REF_* labels from ``calc`` and detach it (stored data carry no calculator)."""
+    atoms.calc = calc
+    e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+    atoms.calc = None
+    atoms.info["REF_energy"] = float(e)
+    atoms.arrays["REF_forces"] = np.array(f)
+    atoms.info["REF_stress"] = np.array(s)
+    return atoms
+
+
+def cu_cells(n: int, seed: int, *, rattle: float = 0.05, strain: float = 0.0) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = bulk("Cu", cubic=True).repeat((2, 1, 1))
+        a.set_cell(a.cell * (1 + strain), scale_atoms=True)
+        a.rattle(rattle, seed=int(rng.integers(2**31)))
+        out.append(label(a, EMT()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cu_data():
+    return {
+        "train": cu_cells(24, 0),
+        "test": cu_cells(8, 1),
+        "ood": cu_cells(8, 2, rattle=0.2, strain=0.07),
+    }
+
+
+@pytest.fixture(scope="module")
+def cu_ensemble(cu_data, tmp_path_factory):
+    """Three deep-ensemble members, trained once in-process for the whole module."""
+    cfg = EnsembleConfig(members=3, max_epochs=12, batch_size=6, lr=1e-2, patience=50)
+    out = tmp_path_factory.mktemp("cu_ens")
+    return train_ensemble(cu_data["train"], SMALL, cfg, out, seed=0, use_ray=False)
+
+
+# ---------------------------------------------------------------- physics contracts
+
+
+def test_forces_are_minus_energy_gradient_float64(cu_data):
+    cfg = SMALL.model_copy(update={"dtype": "float64"})
+    atoms = cu_data["train"][0].copy()
+    stats = compute_stats(cu_data["train"], [29], cfg.r_max)
+    model = build_model(cfg, stats, seed=3)
+    with torch.no_grad():  # non-trivial weights everywhere (fresh readouts can be tiny)
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ens = Ensemble([model], model_cfg=cfg)
+    pred = ens.predict([atoms])
+    h = 1e-5
+    fd = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for c in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[i, c] += h
+            minus.positions[i, c] -= h
+            e = ens.predict([plus, minus]).energy_mean
+            fd[i, c] = -(e[0] - e[1]) / (2 * h)
+    assert np.abs(pred.forces_mean).max() > 1e-3  # not a vacuous comparison
+    np.testing.assert_allclose(pred.forces_mean, fd, atol=1e-6, rtol=1e-5)
+
+
+def test_predictions_invariant_under_rotation(cu_ensemble, cu_data):
+    atoms = cu_data["test"][0]
+    rot = atoms.copy()
+    rng = np.random.default_rng(5)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))  # proper rotation
+    rot.set_cell(atoms.cell[:] @ q.T, scale_atoms=False)
+    rot.positions = atoms.positions @ q.T
+    a, b = cu_ensemble.predict([atoms]), cu_ensemble.predict([rot])
+    np.testing.assert_allclose(b.energy_members, a.energy_members, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(b.forces_mean, a.forces_mean @ q.T, atol=2e-4)
+    np.testing.assert_allclose(b.max_force_std, a.max_force_std, atol=2e-4)
+
+
+def test_batched_prediction_equals_single_structure_predictions(cu_ensemble, cu_data):
+    structures = cu_data["test"][:3]
+    together = cu_ensemble.predict(structures)
+    for i, atoms in enumerate(structures):
+        alone = cu_ensemble.predict([atoms])
+        np.testing.assert_allclose(together.energy_mean[i], alone.energy_mean[0], rtol=1e-6)
+        np.testing.assert_allclose(
+            together.forces_mean[together.per_structure(i)], alone.forces_mean, atol=1e-5
+        )
+    assert together.forces_std.shape == (sum(len(a) for a in structures), 3)
+    assert together.energy_members.shape == (3, 3)
+    assert np.array_equal(together.struct_idx, np.repeat(np.arange(3), 8))
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def test_save_load_gives_identical_predictions(cu_ensemble, cu_data):
+    path = cu_ensemble.path
+    assert sorted(p.name for p in path.glob("member_*.model")) == [
+        f"member_0{k}.model" for k in range(3)
+    ]
+    meta = json.loads((path / "ensemble.json").read_text())
+    assert meta["elements"] == ["Cu"]
+    assert meta["data_hash"] and meta["n_members"] == 3
+    member = json.loads((path / "member_01.json").read_text())
+    assert {"metrics", "stats", "versions", "model", "ensemble", "data_hash"} <= set(member)
+    loaded = Ensemble.load(path)
+    a, b = cu_ensemble.predict(cu_data["test"]), loaded.predict(cu_data["test"])
+    np.testing.assert_array_equal(a.energy_members, b.energy_members)
+    np.testing.assert_array_equal(a.forces_members, b.forces_members)
+
+
+def test_mace_calculator_loads_member_and_agrees(cu_ensemble, cu_data):
+    from mace.calculators import MACECalculator
+
+    atoms = cu_data["test"][2].copy()
+    pred = cu_ensemble.predict([atoms])
+    calc = MACECalculator(
+        model_paths=[str(cu_ensemble.path / "member_00.model")],
+        device="cpu",
+        default_dtype="float32",
+    )
+    atoms.calc = calc
+    assert atoms.get_potential_energy() == pytest.approx(pred.energy_members[0, 0], abs=1e-4)
+    np.testing.assert_allclose(atoms.get_forces(), pred.forces_members[0], atol=1e-4)
+
+
+# ---------------------------------------------------------------- uncertainty and calibration
+
+
+def test_std_larger_out_of_distribution(cu_ensemble, cu_data):
+    iid = cu_ensemble.predict(cu_data["test"])
+    ood = cu_ensemble.predict(cu_data["ood"])
+    assert np.median(ood.max_force_std) > 2 * np.median(iid.max_force_std)
+    assert np.median(ood.force_std_atom) > np.median(iid.force_std_atom)
+
+
+def test_calibration_stored_and_applied(cu_ensemble, cu_data):
+    cal = calibrate(cu_ensemble, cu_data["test"])
+    assert cal.force_scale > 0 and "Cu" in cal.force_scale_per_element
+    for key in ("spearman_atom", "miscalibration_area_forces", "coverage_68_forces"):
+        assert key in cal.metrics["raw"] and key in cal.metrics["calibrated"]
+    reloaded = Ensemble.load(cu_ensemble.path)
+    assert reloaded.calibration is not None
+    pred = reloaded.predict(cu_data["ood"])
+    assert pred.calibrated
+    np.testing.assert_allclose(pred.forces_std_cal, pred.forces_std * cal.force_scale, rtol=1e-9)
+    np.testing.assert_allclose(pred.energy_std_cal, pred.energy_std * cal.energy_scale)
+    # σ-scaling makes the mean squared standardised error of the calibration data one
+    cal_pred = reloaded.predict(cu_data["test"])
+    f_ref = np.concatenate([a.arrays["REF_forces"] for a in cu_data["test"]])
+    z = (cal_pred.forces_mean - f_ref) / cal_pred.forces_std_cal
+    assert np.mean(z**2) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_miscalibration_area_of_gaussian_errors_is_small():
+    z = np.random.default_rng(0).normal(size=20000)
+    assert miscalibration_area(z) < 0.01
+    assert miscalibration_area(3 * z) > 0.2  # overconfident by 3x
+
+
+def test_descriptors_shape_and_invariance(cu_ensemble, cu_data):
+    d = cu_ensemble.descriptors(cu_data["test"])
+    assert d.shape == (8, 16)  # 8 invariant channels x 2 layers, member 0
+    shifted = [a.copy() for a in cu_data["test"]]
+    for a in shifted:
+        a.translate([0.3, -0.2, 0.1])
+    np.testing.assert_allclose(cu_ensemble.descriptors(shifted), d, atol=1e-4)
+
+
+def test_unknown_element_is_a_value_error(cu_ensemble):
+    with pytest.raises(ValueError, match="not in the model"):
+        cu_ensemble.predict([bulk("Ag", cubic=True)])
+
+
+# ---------------------------------------------------------------- modes, training details
+
+
+def test_plan_jobs_per_mode(cu_data):
+    train = cu_data["train"]
+    deep = plan_jobs(train, EnsembleConfig(members=3, mode="deep"), seed=1)
+    assert [j.members for j in deep] == [[0], [1], [2]]
+    assert len({j.seed for j in deep}) == 3
+    assert all(data_hash(j.train) == data_hash(train) for j in deep)
+    bag = plan_jobs(train, EnsembleConfig(members=3, mode="bagging"), seed=1)
+    assert len({data_hash(j.train) for j in bag}) == 3
+    assert all(len(j.train) == len(train) for j in bag)
+    snap = plan_jobs(train, EnsembleConfig(members=3, mode=EnsembleMode.SNAPSHOT), seed=1)
+    assert len(snap) == 1 and snap[0].snapshots == 3 and snap[0].members == [0, 1, 2]
+
+
+def test_snapshot_run_returns_distinct_members(cu_data):
+    cfg = EnsembleConfig(members=2, mode="snapshot", max_epochs=4, batch_size=8)
+    res = train_member(cu_data["train"][:12], SMALL, cfg, seed=0, snapshots=2, threads=1)
+    assert len(res.models) == 2
+    w0 = torch.cat([p.flatten() for p in res.models[0].parameters()])
+    w1 = torch.cat([p.flatten() for p in res.models[1].parameters()])
+    assert not torch.allclose(w0, w1)
+    lrs = [h["lr"] for h in res.history]
+    assert lrs[1] < lrs[0] and lrs[2] > lrs[1]  # cosine annealing, then a warm restart
+
+
+def test_freeze_blocks_keeps_weights(cu_data):
+    stats = compute_stats(cu_data["train"], [29], SMALL.r_max)
+    model = build_model(SMALL, stats, seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = EnsembleConfig(members=1, max_epochs=2, batch_size=8, ema_decay=0.0)
+    res = train_member(
+        cu_data["train"][:10], SMALL, cfg, init_model=model, freeze=["interactions.0"], threads=1
+    )
+    after = dict(res.models[0].named_parameters())
+    frozen = [n for n in before if n.startswith("interactions.0.")]
+    assert frozen
+    for n in frozen:
+        assert torch.equal(before[n], after[n].detach())
+    assert not torch.equal(before["readouts.0.linear.weight"], after["readouts.0.linear.weight"])
+    with pytest.raises(ValueError, match="names no parameters"):
+        freeze_blocks(model, ["nonsense"])
+
+
+def test_skips_structures_that_failed_labelling(cu_data):
+    bad = cu_data["train"][0].copy()
+    bad.info["label_status"] = "scf_failed"
+    bad.info["REF_energy"] = 1e6  # would wreck the fit if used
+    stats = compute_stats(cu_data["train"], [29], SMALL.r_max)
+    cfg = EnsembleConfig(members=1, max_epochs=1, batch_size=8)
+    res = train_member([bad, *cu_data["train"][:8]], SMALL, cfg, stats=stats, threads=1)
+    assert res.metrics[0]["n_train"] + res.metrics[0]["n_valid"] == 8
+
+
+# ---------------------------------------------------------------- transfer
+
+
+def _sw_calc(element: str):
+    from matscipy.calculators.manybody import Manybody
+    from matscipy.calculators.manybody.explicit_forms import StillingerWeber
+    from matscipy.calculators.manybody.explicit_forms.stillinger_weber import (
+        Stillinger_Weber_PRB_31_5262_Si as SI,
+    )
+
+    params = dict(SI)
+    if element == "Ge":  # Ding & Andersen, Phys. Rev. B 34, 6987 (1986)
+        params.update(el="Ge", epsilon=1.93, sigma=2.181, lambda1=31.0)
+    return Manybody(**StillingerWeber(params))
+
+
+def diamond_cells(element: str, a0: float, n: int, seed: int) -> list[Atoms]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        atoms = bulk(element, "diamond", a=a0 * (1 + rng.uniform(-0.02, 0.02)), cubic=True)
+        atoms.rattle(0.08, seed=int(rng.integers(2**31)))
+        out.append(label(atoms, _sw_calc(element)))
+    return out
+
+
+def test_element_map_parsing():
+    assert parse_element_map("Si=Ge") == {"Si": "Ge"}
+    assert parse_element_map(["Si->Ge", "O=O"]) == {"Si": "Ge", "O": "O"}
+    with pytest.raises(ValueError, match="chemical symbol"):
+        parse_element_map("Si=Xx")
+    with pytest.raises(ValueError, match="SRC=DST"):
+        parse_element_map("SiGe")
+
+
+def test_transfer_maps_every_element_indexed_weight():
+    """Swapping Cu<->Au through the map must reproduce the source on swapped structures."""
+    cfg = SMALL.model_copy(update={"dtype": "float64"})
+    stats = DataStats(
+        z_table=[29, 79], atomic_energies=[-1.0, -3.0], avg_num_neighbors=12.0, shift=0.1, scale=0.5
+    )
+    source = build_model(cfg, stats, seed=1)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    target = transfer_model(source, cfg, {"Cu": "Au", "Au": "Cu"})
+    atoms = bulk("Cu", "fcc", a=3.8, cubic=True)
+    atoms.numbers[[1, 2]] = 79
+    atoms.rattle(0.1, seed=0)
+    swapped = atoms.copy()
+    swapped.numbers = np.where(atoms.numbers == 29, 79, 29)
+    a = Ensemble([source], model_cfg=cfg).predict([atoms])
+    b = Ensemble([target], model_cfg=cfg).predict([swapped])
+    np.testing.assert_allclose(b.energy_mean, a.energy_mean, rtol=1e-10)
+    np.testing.assert_allclose(b.forces_mean, a.forces_mean, atol=1e-10)
+
+
+def test_transfer_si_to_ge_starts_lower(tmp_path):
+    si_train = diamond_cells("Si", 5.431, 20, seed=0)
+    ge = diamond_cells("Ge", 5.658, 12, seed=1)
+    cfg = EnsembleConfig(members=1, max_epochs=15, batch_size=5, lr=1e-2, patience=50)
+    source = train_ensemble(si_train, SMALL, cfg, tmp_path / "si", seed=0, use_ray=False)
+    f_ref = np.concatenate([a.arrays["REF_forces"] for a in ge])
+
+    def rmse_f(model) -> float:
+        pred = Ensemble([model], model_cfg=SMALL).predict(ge)
+        return float(np.sqrt(np.mean((pred.forces_mean - f_ref) ** 2)))
+
+    transferred = transfer_model(source.members[0], SMALL, "Si=Ge", target_elements=["Ge"])
+    stats = compute_stats(ge, symbols_to_z(element_list(ge)), SMALL.r_max)
+    fresh = build_model(SMALL, stats, seed=0)
+    assert transferred.atomic_numbers.tolist() == [32]
+    assert rmse_f(transferred) < 0.7 * rmse_f(fresh)
+
+    # the same through train_ensemble(init_from=..., element_map=...): fine-tuning starts there
+    tuned = train_ensemble(
+        ge[:8],
+        SMALL,
+        EnsembleConfig(members=1, max_epochs=2, batch_size=4),
+        tmp_path / "ge",
+        valid=ge[8:],
+        init_from=source.path,
+        element_map="Si=Ge",
+        use_ray=False,
+    )
+    assert tuned.elements == ["Ge"]
+    assert json.loads((tuned.path / "ensemble.json").read_text())["element_map"] == "Si=Ge"
+    assert rmse_f(tuned.members[0]) < rmse_f(fresh)
+
+
+# ---------------------------------------------------------------- Ray
+
+
+def test_train_ensemble_on_ray(ray_session, cu_data, tmp_path):
+    events = []
+    cfg = EnsembleConfig(members=2, max_epochs=2, batch_size=8)
+    ens = train_ensemble(
+        cu_data["train"][:10],
+        SMALL,
+        cfg,
+        tmp_path / "ray",
+        seed=0,
+        progress=events.append,
+        task_tag="iter 0",
+    )
+    assert ens.n_members == 2
+    assert {e.member for e in events} == {0, 1}
+    assert sum(e.done for e in events) == 2
+    pred = Ensemble.load(tmp_path / "ray").predict(cu_data["test"][:2])
+    assert np.all(pred.max_force_std > 0)  # different seeds give different members

@@ -1,0 +1,97 @@
+"""``chemgap train`` / ``chemgap predict`` through click's CliRunner."""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+from click.testing import CliRunner
+
+from chemgap.agent.cli.train import predict, train
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+SMALL = [
+    "--set", "model.num_channels=8",
+    "--set", "model.max_L=1",
+    "--set", "model.r_max=4.0",
+    "--set", "model.radial_mlp=[16, 16]",
+    "--set", "ensemble.max_epochs=3",
+    "--set", "ensemble.batch_size=8",
+]  # fmt: skip
+
+
+def write_cu(path, n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = bulk("Cu", cubic=True).repeat((2, 1, 1))
+        a.rattle(0.05, seed=int(rng.integers(2**31)))
+        a.calc = EMT()
+        e, f = a.get_potential_energy(), a.get_forces()
+        a.calc = None
+        a.info["REF_energy"] = e
+        a.arrays["REF_forces"] = f
+        out.append(a)
+    ase.io.write(path, out, format="extxyz")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    write_cu(root / "train.xyz", 12, 0)
+    write_cu(root / "test.xyz", 4, 1)
+    result = CliRunner().invoke(
+        train,
+        [str(root / "train.xyz"), "-o", str(root / "model"), "--members", "2", "--no-ray",
+         "--calibrate", str(root / "test.xyz"), *SMALL],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return root, result
+
+
+def test_train_writes_model_dir(trained):
+    root, result = trained
+    assert (root / "model" / "ensemble.json").exists()
+    assert (root / "model" / "member_01.model").exists()
+    assert "saved 2 member(s)" in result.output
+    assert "calibration:" in result.output
+
+
+def test_predict_writes_extxyz_with_uncertainty(trained):
+    root, _ = trained
+    out = root / "pred.xyz"
+    result = CliRunner().invoke(
+        predict, [str(root / "model"), str(root / "test.xyz"), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "max force std" in result.output and "(calibrated)" in result.output
+    frames = ase.io.read(out, index=":")
+    assert len(frames) == 4
+    assert frames[0].info["pred_max_force_std"] > 0
+    assert frames[0].arrays["pred_force_std"].shape == (8,)
+    assert frames[0].arrays["pred_forces"].shape == (8, 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "model.max_L=9"], "model.max_L"),
+        (["--set", "model.nonsense=1"], "unknown field"),
+        (["--set", "oops"], "KEY=VALUE"),
+        (["--map", "Si=Ge"], "--init-from"),
+    ],
+)
+def test_train_bad_input_exits_2(tmp_path, args, needle):
+    write_cu(tmp_path / "d.xyz", 3, 0)
+    result = CliRunner().invoke(train, [str(tmp_path / "d.xyz"), "-o", str(tmp_path / "m"), *args])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+
+
+def test_predict_missing_model_dir_exits_2(tmp_path):
+    write_cu(tmp_path / "d.xyz", 1, 0)
+    result = CliRunner().invoke(predict, [str(tmp_path / "nope"), str(tmp_path / "d.xyz")])
+    assert result.exit_code == 2
