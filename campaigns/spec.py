@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from chemgap.models.config import EnsembleConfig, ModelConfig
-from chemgap.oracle.config import OracleConfig, supported_elements
+from chemgap.oracle.config import OracleConfig, check_elements
 
 SPEC_VERSION = 1
 _ELEMENTS = frozenset(chemical_symbols[1:])
@@ -431,15 +431,11 @@ def _semantic_problems(spec: CampaignSpec, base_dir: Path) -> list[str]:
             problems.append(
                 f"system.seeds.{i}: {exc} (got {_short(getattr(seed, 'path', seed.kind))})"
             )
-    supported = supported_elements(spec.oracle)
-    if supported is not None and elements:
-        missing = sorted(elements - supported)
-        if missing:
-            problems.append(
-                f"oracle.name: oracle {spec.oracle.name!r} does not support "
-                f"{', '.join(missing)}; it supports {', '.join(sorted(supported))} "
-                f"(got {spec.oracle.name!r})"
-            )
+    if elements:
+        try:
+            check_elements(spec.oracle, elements)
+        except ValueError as exc:
+            problems.append(f"oracle.name: {exc} (got {spec.oracle.name!r})")
     for element in spec.selection.per_element_quota:
         if elements and element not in elements:
             problems.append(

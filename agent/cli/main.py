@@ -100,10 +100,14 @@ def status(run: Path, as_json: bool) -> None:
 
 def _register() -> None:
     """Commands that live in their own modules (one per library area)."""
+    from chemgap.agent.cli.explore import explore
+    from chemgap.agent.cli.label import label
     from chemgap.agent.cli.train import predict, train
 
+    main.add_command(label)
     main.add_command(train)
     main.add_command(predict)
+    main.add_command(explore)
 
 
 _register()
