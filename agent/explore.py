@@ -492,15 +492,90 @@ def explore(
     return result
 
 
-def explore_task(
-    model_dir: str,
-    structures: list[Atoms],
-    cfg_json: str,
-    kwargs: dict[str, Any],
+def _explore_task(
+    model_dir: str, structures: list[Atoms], cfg_json: str, kwargs: dict
 ) -> ExplorationResult:
     """One walker group in a Ray task: load the ensemble from disk, explore, return results."""
+    import torch
+
     from chemgap.models.ensemble import Ensemble
 
+    torch.set_num_threads(1)
     ensemble = Ensemble.load(model_dir)
     cfg = ExplorationConfig.model_validate_json(cfg_json)
     return explore(ensemble, structures, cfg, **kwargs)
+
+
+def explore_groups(
+    ensemble: Any,
+    structures: Sequence[Atoms],
+    cfg: ExplorationConfig,
+    *,
+    n_tasks: int = 1,
+    task_tag: str = "",
+    temperatures_K: Sequence[float] | None = None,
+    groups: Sequence[str] | None = None,
+    levels: TrustLevels | None = None,
+    seed: int = 0,
+    steps: int | None = None,
+) -> ExplorationResult:
+    """Explore with the walkers split into ``n_tasks`` groups run as Ray tasks (named
+    ``explore walkers a-b/W · <tag>``) when Ray is up and ``n_tasks > 1``; in-process otherwise.
+
+    Each task loads the ensemble from ``ensemble.path`` and batches its own walkers. Walker
+    indices in the result refer to ``structures``.
+    """
+    structures = list(structures)
+    w = len(structures)
+    temps = (
+        list(temperatures_K)
+        if temperatures_K is not None
+        else [cfg.temperatures_K[i % len(cfg.temperatures_K)] for i in range(w)]
+    )
+    groups = (
+        list(groups)
+        if groups is not None
+        else [f"{a.get_chemical_formula()} {t:g} K" for a, t in zip(structures, temps, strict=True)]
+    )
+    import ray
+
+    chunks = [c for c in np.array_split(np.arange(w), max(1, min(n_tasks, w))) if len(c)]
+    if len(chunks) == 1 or not ray.is_initialized() or getattr(ensemble, "path", None) is None:
+        return explore(
+            ensemble,
+            structures,
+            cfg,
+            temperatures_K=temps,
+            groups=groups,
+            levels=levels,
+            rng=np.random.default_rng(seed),
+            steps=steps,
+        )
+    remote = ray.remote(num_cpus=1)(_explore_task)
+    refs = []
+    for k, idx in enumerate(chunks):
+        kwargs = dict(
+            temperatures_K=[temps[i] for i in idx],
+            groups=[groups[i] for i in idx],
+            levels=levels,
+            rng=np.random.default_rng([seed, k]),
+            steps=steps,
+        )
+        name = f"explore walkers {idx[0] + 1}-{idx[-1] + 1}/{w}" + (
+            f" · {task_tag}" if task_tag else ""
+        )
+        refs.append(
+            remote.options(name=name).remote(
+                str(ensemble.path), [structures[i] for i in idx], cfg.model_dump_json(), kwargs
+            )
+        )
+    merged = ExplorationResult(counts={})
+    for idx, part in zip(chunks, ray.get(refs), strict=True):
+        for frame in part.candidates:
+            frame.info["walker"] = int(idx[frame.info["walker"]])
+        for failure in part.failures:
+            failure.walker = int(idx[failure.walker])
+            for frame in failure.frames:
+                frame.info["walker"] = failure.walker
+        merged.merge(part)
+    return merged
