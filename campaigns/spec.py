@@ -44,6 +44,9 @@ class _SeedBase(_Section):
     count: int = Field(1, ge=1, description="structures generated from this entry")
     strain: float = Field(0.0, ge=0, lt=0.5, description="max random strain per cell component")
     rattle_A: float = Field(0.0, ge=0, lt=1.0, description="std of Gaussian displacements, Å")
+    initial: bool = Field(
+        True, description="may be drawn into the initial labelled set (all seeds start walkers)"
+    )
 
     def elements(self, base_dir: Path) -> set[str]:
         raise NotImplementedError
@@ -320,6 +323,33 @@ class DiagnosticsConfig(_Section):
     alpha: float = Field(0.05, gt=0, lt=1, description="false-discovery rate (Benjamini-Hochberg)")
     min_region_atoms: int = Field(10, ge=1, description="smallest region reported")
     tree_depth: int = Field(3, ge=1, le=6, description="depth of the rule-finding tree")
+    min_ratio: float = Field(
+        1.2, ge=1, description="smallest error ratio to the baseline a region must show"
+    )
+    silent_factor: float = Field(
+        2.0,
+        gt=1,
+        description="a region is silent when its error/uncertainty ratio is this x the overall one",
+    )
+    environment_classes: int = Field(
+        8, ge=1, description="KMeans classes of local environments (per-atom SOAP)"
+    )
+    exemplars: int = Field(3, ge=0, description="exemplar structures saved per region")
+    max_regions: int = Field(20, ge=1, description="most regions reported")
+    id_fraction: float = Field(
+        0.2, gt=0, lt=1, description="split study: train side held out as in-distribution test"
+    )
+    holdout_element: str | None = Field(None, description="element split: element held out")
+    holdout_group: str | None = Field(
+        None, description="group split: functional group held out (e.g. nitrile)"
+    )
+
+    @field_validator("holdout_element")
+    @classmethod
+    def _known_holdout_element(cls, value: str | None) -> str | None:
+        if value is not None and value not in _ELEMENTS:
+            raise ValueError(f"unknown element {value!r}")
+        return value
 
 
 # --------------------------------------------------------------------------- the whole spec

@@ -25,16 +25,20 @@ class ProgrammableCalculator(Calculator):
     """EMT, unless told to misbehave.
 
     The behaviour is ``atoms.info['behaviour']`` or else the ``behaviour`` keyword: ``ok``,
-    ``raise`` (RuntimeError), ``scf`` (an SCF non-convergence), ``sleep`` (60 s), ``segfault``
+    ``raise`` (RuntimeError), ``scf`` (an SCF non-convergence), ``sleep`` (60 s), ``slow`` (EMT
+    after ``delay`` seconds: a stand-in for an expensive oracle), ``segfault``
     (SIGSEGV to its own process) or ``nan`` (a NaN energy). With ``marker``, every call appends a
     line to that file, so a test can count calls across processes.
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress")
 
-    def __init__(self, behaviour: str = "ok", marker: str | None = None, **kwargs) -> None:
+    def __init__(
+        self, behaviour: str = "ok", marker: str | None = None, delay: float = 0.5, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.behaviour = behaviour
+        self.delay = delay
         self.marker = marker
         self._emt = EMT()
 
@@ -51,6 +55,8 @@ class ProgrammableCalculator(Calculator):
                 raise CalculationFailed("SCF not converged in 5 cycles")
             case "sleep":
                 time.sleep(60)
+            case "slow":
+                time.sleep(self.delay)
             case "segfault":
                 os.kill(os.getpid(), signal.SIGSEGV)
         self._emt.calculate(self.atoms, properties, all_changes)

@@ -102,8 +102,11 @@ def _register() -> None:
     """Commands that live in their own modules (one per library area)."""
     from chemgap.agent.cli.explore import explore
     from chemgap.agent.cli.label import label
+    from chemgap.agent.cli.run import resume, run
     from chemgap.agent.cli.train import predict, train
 
+    main.add_command(run)
+    main.add_command(resume)
     main.add_command(label)
     main.add_command(train)
     main.add_command(predict)
@@ -111,3 +114,7 @@ def _register() -> None:
 
 
 _register()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""The campaign loop end to end: a tiny run to 'done', and a run killed while labelling, resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from chemgap.agent.campaign import run_campaign
+from chemgap.agent.cli import main
+from chemgap.agent.store import RunStore
+from chemgap.campaigns.spec import parse_spec
+
+TESTS = str(Path(__file__).resolve().parent)
+
+
+def tiny_spec(oracle: dict | None = None, **budget) -> dict:
+    """Cu: 4-atom bulk cells to learn from, 7-atom vacancy cells to explore; 2 small members."""
+    return {
+        "name": "tiny",
+        "seed": 1,
+        "system": {
+            "seeds": [
+                {
+                    "kind": "bulk",
+                    "formula": "Cu",
+                    "crystal": "fcc",
+                    "a": 3.6,
+                    "cubic": True,
+                    "count": 8,
+                    "rattle_A": 0.05,
+                },
+                {
+                    "kind": "vacancy",
+                    "formula": "Cu",
+                    "crystal": "fcc",
+                    "a": 3.6,
+                    "cubic": True,
+                    "supercell": [2, 1, 1],
+                    "count": 2,
+                    "rattle_A": 0.03,
+                    "initial": False,
+                },
+            ],
+            "initial_labels": 6,
+            "holdout_fraction": 0.34,
+        },
+        "oracle": oracle or {"name": "emt"},
+        "model": {
+            "r_max": 4.0,
+            "num_channels": 8,
+            "max_L": 1,
+            "num_interactions": 2,
+            "correlation": 2,
+        },
+        "ensemble": {"members": 2, "max_epochs": 4, "batch_size": 4, "wall_time_s": 30},
+        # a low fixed trust level so every iteration has candidates to label
+        "exploration": {
+            "walkers": 4,
+            "steps": 20,
+            "temperatures_K": [300, 900],
+            "timestep_fs": 2.0,
+            "trust": {"mode": "fixed", "lower": 0.001, "upper": 50.0},
+        },
+        "selection": {"strategy": "diverse", "batch_size": 4},
+        "budget": {"max_iterations": 2, "max_oracle_calls": 100, **budget},
+    }
+
+
+def rows(db: Path) -> list[tuple[int, str, str]]:
+    """(id, structure key, status) of every row, read-only."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=20)
+    try:
+        q = """SELECT s.id, k.value, t.value FROM systems s
+               JOIN text_key_values k ON k.id = s.id AND k.key = 'key'
+               JOIN text_key_values t ON t.id = s.id AND t.key = 'status'"""
+        return con.execute(q).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_tiny_campaign_runs_to_done(tmp_path, ray_session):
+    spec = parse_spec(tiny_spec())
+    store = RunStore.create(tmp_path / "run", spec)
+    events: list[str] = []
+    reason = run_campaign(store, report=lambda e, p: events.append(e), num_cpus=2)
+    assert reason == "iteration cap (2)"
+    result = CliRunner().invoke(main, ["status", "--json", str(store.root)])
+    info = json.loads(result.output)
+    assert info["state"] == "done" and info["iteration"] == 2
+    assert info["labels"]["failed"] == 0
+    assert info["labels"]["ok"] == 6 + 4 + 4  # initial set + one batch per iteration
+    history = RunStore.open(store.root).state.history
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert all(h["force_mae"] > 0 for h in history)
+    for it in ("001", "002"):
+        d = store.root / "iterations" / it
+        for name in (
+            "models/ensemble.json",
+            "models/member_00.model",
+            "calibration.json",
+            "exploration.json",
+            "candidates.extxyz",
+            "selection.extxyz",
+        ):
+            assert (d / name).exists(), d / name
+    explored = store.structures(source="explore")
+    assert len(explored) == 8 and all(a.info["iteration"] in (1, 2) for a in explored)
+    assert all("walker" in a.info and "temperature_K" in a.info for a in explored)
+    assert events.count("iteration") == 2
+    keys = [k for _, k, _ in rows(store.root / "data.db")]
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.slow
+def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray_session):
+    oracle = {
+        "name": "ase",
+        "params": {
+            "calculator": "test_oracle_helpers:ProgrammableCalculator",
+            "kwargs": {"behaviour": "slow", "delay": 0.6},
+            "python_path": [TESTS],
+        },
+    }
+    spec_path = tmp_path / "tiny.yaml"
+    spec_path.write_text(yaml.safe_dump(tiny_spec(oracle, max_iterations=1)))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chemgap.agent.cli.main",
+            "run",
+            str(spec_path),
+            "--out",
+            str(run_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    db = run_dir / "data.db"
+    deadline = time.monotonic() + 300
+    try:
+        # wait until iteration 1 is labelling: the initial 6 labels and at least one more
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = (
+                json.loads((run_dir / "state.json").read_text())
+                if (run_dir / "state.json").exists()
+                else {}
+            )
+            if state.get("step") == "select" and len(rows(db)) >= 7:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = rows(db)
+    assert 7 <= len(before) < 10, before  # killed mid-batch: some labels of 4 are missing
+    status = CliRunner().invoke(main, ["status", "--json", str(run_dir)])
+    assert json.loads(status.output)["state"] == "interrupted"
+
+    store = RunStore.open(run_dir)
+    assert run_campaign(store, num_cpus=2) == "iteration cap (1)"
+    after = rows(db)
+    assert set(before) <= set(after)  # nothing written before the kill was lost
+    keys = [k for _, k, _ in after]
+    assert len(keys) == len(set(keys))  # and nothing was labelled twice
+    assert len(after) == 6 + 4
+    assert (
+        json.loads(CliRunner().invoke(main, ["status", "--json", str(run_dir)]).output)["state"]
+        == "done"
+    )
