@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.chemgap-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint bench clean
+.PHONY: install run test test-fast lint clean
 
 install: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dft]"
 	@touch $@
+
+# The default campaign (cu-defects: EMT copper, bulk -> vacancies and surfaces) into runs/.
+run: install
+	$(BIN)/chemgap run cu-defects
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
