@@ -100,6 +100,7 @@ def status(run: Path, as_json: bool) -> None:
 
 def _register() -> None:
     """Commands that live in their own modules (one per library area)."""
+    from chemgap.agent.cli.diagnose import diagnose, inspect
     from chemgap.agent.cli.explore import explore
     from chemgap.agent.cli.label import label
     from chemgap.agent.cli.run import resume, run
@@ -111,6 +112,8 @@ def _register() -> None:
     main.add_command(train)
     main.add_command(predict)
     main.add_command(explore)
+    main.add_command(diagnose)
+    main.add_command(inspect)
 
 
 _register()

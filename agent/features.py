@@ -1,0 +1,512 @@
+"""Chemical features of atoms and structures, in terms a chemist recognises.
+
+Every feature family is an entry of the registry :data:`FEATURE_FAMILIES` (a ``StrEnum`` name, or
+any string for a user's own family registered with :func:`register_feature_family`); each family
+maps a list of structures to per-atom columns. :func:`compute_features` runs the chosen families
+and returns one :class:`Features` table: one row per atom of all structures concatenated in
+order (the same order as :class:`chemgap.models.predict.Prediction`), plus per-structure columns.
+
+Families:
+
+- ``element``: chemical symbol.
+- ``coordination``: coordination number (CN) from ASE's natural cutoffs (covalent radii) x 1.2,
+  which for close-packed metals falls between the first and second neighbour shells; the
+  coordination deficit (the element's bulk CN in the data, taken as the 95th percentile of its
+  CNs, minus the atom's CN, floored at 0) and the distance to the nearest under-coordinated atom
+  (0 for a defect or surface atom itself, capped at :data:`DEFECT_DISTANCE_CAP_A`).
+- ``environment``: local-environment class, KMeans (k = ``environment_classes``) on per-atom SOAP
+  power spectra (Bartók, Kondor & Csányi, Phys. Rev. B 87, 184115, 2013; dscribe, Himanen et al.,
+  Comput. Phys. Commun. 247, 106949, 2020).
+- ``molecular``: for non-periodic structures of organic elements, bonds perceived from geometry
+  with RDKit (``rdDetermineBonds``, after Kim & Kim 2015's xyz2mol), then per atom: membership in
+  each functional group of :data:`FUNCTIONAL_GROUPS` (SMARTS; hydrogens bonded to a matched atom
+  are members too), hybridisation, ring and aromatic flags. A molecule whose bonds cannot be
+  perceived gets no group features (logged), never an exception.
+- ``structure``: composition, atom count, periodicity, density (g/cm³, fully periodic cells),
+  volumetric strain (linear, against the median volume per atom of cells of the same formula),
+  and provenance from ``atoms.info``: sampling temperature, source, seed kind, walker, iteration.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+from ase import Atoms
+
+log = logging.getLogger(__name__)
+
+DEFECT_DISTANCE_CAP_A = 10.0
+ORGANIC_ELEMENTS = frozenset({"H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Br", "I"})
+
+
+class FeatureKind(StrEnum):
+    """How a column is sliced: by value (categorical), by True (flag), by thresholds (numeric)."""
+
+    CATEGORICAL = "categorical"
+    FLAG = "flag"
+    NUMERIC = "numeric"
+
+
+class FeatureFamily(StrEnum):
+    ELEMENT = "element"
+    COORDINATION = "coordination"
+    ENVIRONMENT = "environment"
+    MOLECULAR = "molecular"
+    STRUCTURE = "structure"
+
+
+# Functional groups as SMARTS (Daylight theory manual; RDKit's FunctionalGroups.txt and the
+# Ertl 2017 classification were the guides). Keys are the names regions use. A pattern matches
+# the group's own heavy atoms only (context atoms sit inside recursive $(...) terms); hydrogens
+# bonded to a matched atom are added as members.
+FUNCTIONAL_GROUPS: dict[str, str] = {
+    "alkyl": "[CX4]",
+    "alkene": "[CX3]=[CX3]",
+    "alkyne": "[CX2]#[CX2]",
+    "aromatic_ring": "[a]",
+    "heteroaromatic_n": "[n]",
+    "hydroxyl": "[OX2H1;$(O[CX4,c])]",
+    "phenol": "[OX2H1;$(Oc)]",
+    "ether": "[OX2;!$(O[CX3]=O);$(O([#6])[#6])]",
+    "carbonyl": "[CX3]=[OX1]",
+    "aldehyde": "[CX3H1](=[OX1])",
+    "ketone": "[CX3;$(C([#6])[#6])]=[OX1]",
+    "carboxylic_acid": "[CX3](=[OX1])[OX2H1]",
+    "carboxylate": "[CX3](=[OX1])[OX1-]",
+    "ester": "[CX3;$(C[#6,#1])](=[OX1])[OX2H0;$(O[#6])]",
+    "amide": "[NX3][CX3]=[OX1]",
+    "amine": "[NX3;!$(N[CX3]=[OX1,SX1,NX2]);!$(N~[#8]);!$(N-a);!$([N+])]",
+    "aniline": "[NX3;!$(N[CX3]=[OX1]);!$(N~[#8]);$(N-a)]",
+    "imine": "[CX3]=[NX2]",
+    "nitrile": "[NX1]#[CX2]",
+    "nitro": "[#7X3](~[#8X1])~[#8X1]",
+    "thiol": "[SX2H1]",
+    "thioether": "[SX2;$(S([#6])[#6])]",
+    "sulfonyl": "[SX4](=[OX1])(=[OX1])",
+    "phosphate": "[PX4](=[OX1])([OX2])([OX2])",
+    "halide": "[F,Cl,Br,I;$(*[#6])]",
+    "strained_ring": "[r3,r4]",
+    "water": "[OX2H2]",
+}
+
+
+@dataclass(kw_only=True)
+class FeatureBlock:
+    """What one family returns.
+
+    Attributes:
+        atom: name -> (n_atoms_total,) column (object array of str for categorical, bool for
+            flags, float for numeric; NaN / "" where a feature does not apply).
+        structure: name -> (n_struct,) column, same conventions.
+        kinds: name -> :class:`FeatureKind` of every column above.
+    """
+
+    atom: dict[str, np.ndarray] = field(default_factory=dict)
+    structure: dict[str, np.ndarray] = field(default_factory=dict)
+    kinds: dict[str, FeatureKind] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class Features:
+    """Feature table of a list of structures.
+
+    Attributes:
+        atom: name -> (n_atoms_total,) column, atoms of all structures concatenated in order;
+            structure-level columns are also broadcast here (one value per atom of a structure).
+        structure: name -> (n_struct,) column.
+        kinds: name -> :class:`FeatureKind`.
+        system_idx: (n_atoms_total,) int, the structure each atom belongs to.
+        soap_atom: (n_atoms_total, d) per-atom SOAP power spectrum, or None.
+        soap_structure: (n_struct, d) SOAP averaged over each structure's atoms, or None.
+        groups_present: functional groups matched in at least one atom.
+    """
+
+    atom: dict[str, np.ndarray]
+    structure: dict[str, np.ndarray]
+    kinds: dict[str, FeatureKind]
+    system_idx: np.ndarray
+    soap_atom: np.ndarray | None = None
+    soap_structure: np.ndarray | None = None
+    groups_present: list[str] = field(default_factory=list)
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.system_idx)
+
+    @property
+    def n_struct(self) -> int:
+        return int(self.system_idx.max()) + 1 if len(self.system_idx) else 0
+
+    def structure_has(self, name: str) -> np.ndarray:
+        """(n_struct,) bool: structures with at least one atom whose flag ``name`` is True."""
+        out = np.zeros(self.n_struct, dtype=bool)
+        out[self.system_idx[self.atom[name].astype(bool)]] = True
+        return out
+
+
+@dataclass(kw_only=True)
+class FeatureContext:
+    """Shared inputs of the families: the structures, settings and lazily computed SOAP."""
+
+    structures: list[Atoms]
+    system_idx: np.ndarray
+    environment_classes: int = 8
+    seed: int = 0
+    soap_r_cut: float = 5.0
+    _soap: np.ndarray | None = None
+
+    def soap(self) -> np.ndarray:
+        """(n_atoms_total, d) per-atom SOAP, computed once."""
+        if self._soap is None:
+            self._soap = soap_atoms(self.structures, r_cut=self.soap_r_cut)
+        return self._soap
+
+
+FamilyFn = Callable[[FeatureContext], FeatureBlock]
+
+
+# --------------------------------------------------------------------------- SOAP
+def _is_periodic(atoms: Atoms) -> bool:
+    return bool(np.any(atoms.pbc)) and abs(atoms.cell.volume) > 1e-6
+
+
+def soap_atoms(structures: Sequence[Atoms], *, r_cut: float = 5.0) -> np.ndarray:
+    """Per-atom SOAP power spectra (n_max 6, l_max 4) of all atoms concatenated; (n_atoms, d).
+
+    One dscribe ``SOAP`` over the union of species, periodic or not per structure. Each row is
+    L2-normalised (the SOAP kernel of Bartók et al. 2013 is the normalised dot product).
+    """
+    from dscribe.descriptors import SOAP
+
+    species = sorted({s for a in structures for s in a.get_chemical_symbols()})
+    out: list[np.ndarray] = [np.zeros((0, 0))] * len(structures)
+    for periodic in (True, False):
+        idx = [i for i, a in enumerate(structures) if _is_periodic(a) == periodic]
+        if not idx:
+            continue
+        soap = SOAP(species=species, r_cut=r_cut, n_max=6, l_max=4, periodic=periodic)
+        items = []
+        for i in idx:
+            a = structures[i]
+            if periodic:
+                a = a.copy()
+                a.pbc = True  # dscribe wants a full cell; slabs carry their vacuum in it
+            items.append(a)
+        res = soap.create(items) if len(items) > 1 else [soap.create(items[0])]
+        for i, x in zip(idx, res, strict=True):
+            out[i] = np.asarray(x, dtype=float).reshape(len(structures[i]), -1)
+    x = np.concatenate(out, axis=0)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def average_per_structure(values: np.ndarray, system_idx: np.ndarray, n: int) -> np.ndarray:
+    """Mean of per-atom rows per structure: (n_atoms, d) -> (n, d)."""
+    sums = np.zeros((n, values.shape[1]))
+    np.add.at(sums, system_idx, values)
+    counts = np.bincount(system_idx, minlength=n).astype(float)
+    return sums / np.maximum(counts, 1)[:, None]
+
+
+# --------------------------------------------------------------------------- families
+def _element(ctx: FeatureContext) -> FeatureBlock:
+    symbols = np.array([s for a in ctx.structures for s in a.get_chemical_symbols()], dtype=object)
+    return FeatureBlock(atom={"element": symbols}, kinds={"element": FeatureKind.CATEGORICAL})
+
+
+def coordination_numbers(atoms: Atoms, mult: float = 1.2) -> np.ndarray:
+    """(n_atoms,) int coordination numbers: neighbours within mult x (r_cov,i + r_cov,j)."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    a = atoms if _is_periodic(atoms) else _nonperiodic(atoms)
+    i = neighbor_list("i", a, natural_cutoffs(a, mult=mult))
+    return np.bincount(i, minlength=len(a))
+
+
+def _nonperiodic(atoms: Atoms) -> Atoms:
+    a = atoms.copy()
+    a.pbc = False
+    return a
+
+
+def _coordination(ctx: FeatureContext) -> FeatureBlock:
+    cn = np.concatenate([coordination_numbers(a) for a in ctx.structures]).astype(float)
+    symbols = np.array([s for a in ctx.structures for s in a.get_chemical_symbols()])
+    bulk_cn = {el: float(np.round(np.percentile(cn[symbols == el], 95))) for el in set(symbols)}
+    deficit = np.maximum(np.array([bulk_cn[s] for s in symbols]) - cn, 0.0)
+    distance = np.full(len(cn), DEFECT_DISTANCE_CAP_A)
+    offset = 0
+    for atoms in ctx.structures:
+        n = len(atoms)
+        d = deficit[offset : offset + n]
+        defects = np.flatnonzero(d > 0)
+        if len(defects):
+            a = atoms if _is_periodic(atoms) else _nonperiodic(atoms)
+            dist = a.get_all_distances(mic=_is_periodic(atoms))[:, defects].min(axis=1)
+            distance[offset : offset + n] = np.minimum(dist, DEFECT_DISTANCE_CAP_A)
+        offset += n
+    return FeatureBlock(
+        atom={
+            "coordination": cn,
+            "coordination_deficit": deficit,
+            "defect_distance_A": np.round(distance, 2),
+        },
+        kinds={
+            "coordination": FeatureKind.NUMERIC,
+            "coordination_deficit": FeatureKind.NUMERIC,
+            "defect_distance_A": FeatureKind.NUMERIC,
+        },
+    )
+
+
+def _environment(ctx: FeatureContext) -> FeatureBlock:
+    from sklearn.cluster import KMeans
+
+    x = ctx.soap()
+    k = max(1, min(ctx.environment_classes, len(np.unique(np.round(x, 6), axis=0))))
+    labels = KMeans(n_clusters=k, n_init=4, random_state=ctx.seed).fit_predict(x)
+    return FeatureBlock(
+        atom={"environment": np.array([f"env{j}" for j in labels], dtype=object)},
+        kinds={"environment": FeatureKind.CATEGORICAL},
+    )
+
+
+_HYBRID = {"S": "s", "SP": "sp", "SP2": "sp2", "SP3": "sp3", "SP3D": "sp3d", "SP3D2": "sp3d2"}
+
+
+def perceive_molecule(atoms: Atoms, charge: int = 0):
+    """An RDKit molecule with bonds and bond orders perceived from the geometry, or None."""
+    from ase.io import write
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdDetermineBonds
+
+    RDLogger.DisableLog("rdApp.*")
+    buf = io.StringIO()
+    write(buf, _nonperiodic(atoms), format="xyz")
+    try:
+        mol = Chem.MolFromXYZBlock(buf.getvalue())
+        if mol is None:
+            return None
+        rdDetermineBonds.DetermineBonds(mol, charge=charge)
+        Chem.SanitizeMol(mol)
+    except Exception as exc:  # RDKit raises ValueError / RuntimeError on odd geometries
+        log.debug("bond perception failed for %s: %s", atoms.get_chemical_formula(), exc)
+        return None
+    return mol
+
+
+def molecular_features(atoms: Atoms, charge: int = 0) -> dict[str, np.ndarray] | None:
+    """Per-atom group flags, hybridisation, ring and aromatic flags of one molecule, or None."""
+    mol = perceive_molecule(atoms, charge)
+    if mol is None:
+        return None
+    n = len(atoms)
+    out: dict[str, np.ndarray] = {}
+    for name, smarts in FUNCTIONAL_GROUPS.items():
+        flags = np.zeros(n, dtype=bool)
+        for match in mol.GetSubstructMatches(_pattern(smarts)):
+            for i in match:
+                flags[i] = True
+                if mol.GetAtomWithIdx(i).GetAtomicNum() > 1:
+                    for nb in mol.GetAtomWithIdx(i).GetNeighbors():
+                        if nb.GetAtomicNum() == 1:
+                            flags[nb.GetIdx()] = True
+        out[f"group:{name}"] = flags
+    atoms_ = list(mol.GetAtoms())
+    out["hybridisation"] = np.array(
+        [_HYBRID.get(str(a.GetHybridization()), "other") for a in atoms_], dtype=object
+    )
+    out["in_ring"] = np.array([a.IsInRing() for a in atoms_], dtype=bool)
+    out["aromatic"] = np.array([a.GetIsAromatic() for a in atoms_], dtype=bool)
+    return out
+
+
+_PATTERNS: dict[str, object] = {}
+
+
+def _pattern(smarts: str):
+    from rdkit import Chem
+
+    if smarts not in _PATTERNS:
+        pat = Chem.MolFromSmarts(smarts)
+        if pat is None:
+            raise ValueError(f"functional group SMARTS {smarts!r} does not parse")
+        _PATTERNS[smarts] = pat
+    return _PATTERNS[smarts]
+
+
+def _molecular(ctx: FeatureContext) -> FeatureBlock:
+    n_total = len(ctx.system_idx)
+    cols: dict[str, np.ndarray] = {f"group:{g}": np.zeros(n_total, bool) for g in FUNCTIONAL_GROUPS}
+    cols["hybridisation"] = np.full(n_total, "", dtype=object)
+    cols["in_ring"] = np.zeros(n_total, bool)
+    cols["aromatic"] = np.zeros(n_total, bool)
+    offset, perceived, failed = 0, 0, 0
+    for atoms in ctx.structures:
+        n = len(atoms)
+        organic = set(atoms.get_chemical_symbols()) <= ORGANIC_ELEMENTS
+        if organic and not _is_periodic(atoms) and n > 1:
+            feats = molecular_features(atoms, int(atoms.info.get("charge", 0) or 0))
+            if feats is None:
+                failed += 1
+            else:
+                perceived += 1
+                for name, col in feats.items():
+                    cols[name][offset : offset + n] = col
+        offset += n
+    if failed:
+        log.info("bond perception failed for %d of %d molecules", failed, failed + perceived)
+    if not perceived:
+        return FeatureBlock()
+    kinds = {name: FeatureKind.FLAG for name in cols}
+    kinds["hybridisation"] = FeatureKind.CATEGORICAL
+    cols = {k: v for k, v in cols.items() if kinds[k] != FeatureKind.FLAG or v.any()}
+    return FeatureBlock(atom=cols, kinds={k: kinds[k] for k in cols})
+
+
+def _structure(ctx: FeatureContext) -> FeatureBlock:
+    from ase.units import _amu
+
+    structures = ctx.structures
+    n = len(structures)
+    formula = np.array([a.get_chemical_formula(mode="hill") for a in structures], dtype=object)
+    n_atoms = np.array([len(a) for a in structures], dtype=float)
+    periodic = np.array([bool(np.all(a.pbc)) for a in structures])
+    vol_per_atom = np.full(n, np.nan)
+    density = np.full(n, np.nan)
+    for i, a in enumerate(structures):
+        if periodic[i] and a.cell.volume > 0:
+            vol_per_atom[i] = a.cell.volume / len(a)
+            density[i] = a.get_masses().sum() * _amu * 1e3 / (a.cell.volume * 1e-24)
+    strain = np.full(n, np.nan)
+    for f in set(formula[periodic]):
+        mask = (formula == f) & periodic
+        strain[mask] = np.cbrt(vol_per_atom[mask] / np.median(vol_per_atom[mask])) - 1.0
+    info = [a.info for a in structures]
+
+    def num(key: str) -> np.ndarray:
+        return np.array([_float(d.get(key)) for d in info])
+
+    def cat(key: str) -> np.ndarray:
+        return np.array(
+            [str(d.get(key, "")) if d.get(key) is not None else "" for d in info], object
+        )
+
+    cols = {
+        "composition": formula,
+        "n_atoms": n_atoms,
+        "periodic": periodic,
+        "density_g_cm3": np.round(density, 3),
+        "strain": np.round(strain, 4),
+        "temperature_K": num("temperature_K"),
+        "iteration": num("iteration"),
+        "source": cat("source"),
+        "seed_kind": cat("seed_kind"),
+        "walker": cat("walker"),
+    }
+    kinds = {
+        "composition": FeatureKind.CATEGORICAL,
+        "n_atoms": FeatureKind.NUMERIC,
+        "periodic": FeatureKind.FLAG,
+        "density_g_cm3": FeatureKind.NUMERIC,
+        "strain": FeatureKind.NUMERIC,
+        "temperature_K": FeatureKind.NUMERIC,
+        "iteration": FeatureKind.NUMERIC,
+        "source": FeatureKind.CATEGORICAL,
+        "seed_kind": FeatureKind.CATEGORICAL,
+        "walker": FeatureKind.CATEGORICAL,
+    }
+    # drop columns with no information (all missing or one value)
+    keep = {}
+    for name, col in cols.items():
+        if kinds[name] == FeatureKind.NUMERIC:
+            ok = col[~np.isnan(col)]
+            informative = len(np.unique(ok)) > 1
+        else:
+            informative = len(set(col.tolist())) > 1
+        if informative:
+            keep[name] = col
+    return FeatureBlock(structure=keep, kinds={k: kinds[k] for k in keep})
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# Order matters where two features pick out the same atoms: the region keeps the rule of the
+# earlier one (``group = nitrile`` rather than ``coordination_deficit ≥ 2`` in a molecule).
+FEATURE_FAMILIES: dict[str, FamilyFn] = {
+    FeatureFamily.ELEMENT: _element,
+    FeatureFamily.MOLECULAR: _molecular,
+    FeatureFamily.COORDINATION: _coordination,
+    FeatureFamily.ENVIRONMENT: _environment,
+    FeatureFamily.STRUCTURE: _structure,
+}
+
+
+def register_feature_family(name: str, fn: FamilyFn) -> None:
+    """Add (or replace) a feature family; ``fn(ctx: FeatureContext) -> FeatureBlock``."""
+    FEATURE_FAMILIES[str(name)] = fn
+
+
+def compute_features(
+    structures: Sequence[Atoms],
+    *,
+    families: Sequence[str] | None = None,
+    environment_classes: int = 8,
+    seed: int = 0,
+    soap: bool = True,
+) -> Features:
+    """Run the feature ``families`` (default: all registered) on ``structures``.
+
+    ``soap=True`` computes per-atom and structure-averaged SOAP even if no family needs it (the
+    cluster and maxsep splits use the averaged one). Unknown family names raise ``ValueError``.
+    """
+    structures = list(structures)
+    if not structures:
+        raise ValueError("features: got no structures")
+    system_idx = np.repeat(np.arange(len(structures)), [len(a) for a in structures])
+    ctx = FeatureContext(
+        structures=structures,
+        system_idx=system_idx,
+        environment_classes=environment_classes,
+        seed=seed,
+    )
+    names = list(FEATURE_FAMILIES) if families is None else [str(f) for f in families]
+    atom: dict[str, np.ndarray] = {}
+    struct: dict[str, np.ndarray] = {}
+    kinds: dict[str, FeatureKind] = {}
+    for name in names:
+        if name not in FEATURE_FAMILIES:
+            allowed = ", ".join(FEATURE_FAMILIES)
+            raise ValueError(f"features: unknown family {name!r}; allowed: {allowed}")
+        block = FEATURE_FAMILIES[name](ctx)
+        atom.update(block.atom)
+        struct.update(block.structure)
+        kinds.update(block.kinds)
+    for name, col in struct.items():
+        atom.setdefault(name, col[system_idx])
+    soap_atom = ctx.soap() if soap or ctx._soap is not None else None
+    soap_struct = (
+        average_per_structure(soap_atom, system_idx, len(structures))
+        if soap_atom is not None
+        else None
+    )
+    groups = sorted(k.removeprefix("group:") for k in atom if k.startswith("group:"))
+    return Features(
+        atom=atom,
+        structure=struct,
+        kinds=kinds,
+        system_idx=system_idx,
+        soap_atom=soap_atom,
+        soap_structure=soap_struct,
+        groups_present=groups,
+    )

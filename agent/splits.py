@@ -1,0 +1,472 @@
+"""Biased train/test splits that expose out-of-distribution (OOD) failure.
+
+A random split measures interpolation; a split that holds out a part of chemical space measures
+extrapolation, and MLIPs that look equally good on random splits differ widely on biased ones
+(cluster and "maximum separation" splits on structure-averaged SOAP, size splits: the OOD
+benchmarks of e.g. Kovács et al., "Evaluation of the MACE force field architecture", J. Chem. Phys.
+159, 044118, 2023, and the leave-cluster-out cross-validation of Meredig et al., Mol. Syst. Des.
+Eng. 3, 819, 2018). Strategies are the ``StrEnum`` :class:`~chemgap.campaigns.spec.SplitName`
+plus the registry :data:`SPLITS` (DESIGN.md rule 4):
+
+- ``random``: half the structures at random (the reference);
+- ``cluster``: KMeans (k = ``n_clusters``) on structure-averaged SOAP, half the clusters held out;
+- ``maxsep``: the half of the structures least similar (cosine similarity of averaged SOAP) to a
+  random anchor structure held out;
+- ``size``: train on the smaller structures, test on the larger;
+- ``element``: leave out the structures containing one element;
+- ``group``: leave out the molecules containing one functional group;
+- ``temperature``: train on the colder sampling temperatures, test on the hotter.
+
+Each split is a pure function of the structures, their features and a seed (the generator is
+``default_rng([seed, crc32(name)])``), so it is reproducible and is stored with its indices.
+:func:`evaluate_splits` scores a given ensemble on both sides (no training; for the campaign
+loop); :func:`run_splits` trains one ensemble per split on its train side and reports the
+in-distribution error (a held-out part of the train side) next to the OOD error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from chemgap.agent.errors import BadInput
+from chemgap.agent.features import Features
+from chemgap.campaigns.spec import DiagnosticsConfig, SplitName
+
+log = logging.getLogger(__name__)
+
+
+class SplitUnavailable(Exception):
+    """The data cannot be split this way (one size, one element, no temperatures...)."""
+
+
+@dataclass(kw_only=True)
+class Split:
+    """One train/test partition of a list of structures.
+
+    Attributes:
+        name: the strategy; seed: the seed it was drawn with.
+        train / test: sorted structure indices (disjoint; together all structures).
+        description: what was held out, in words (``"held out element N"``).
+        params: what the strategy chose (anchor index, clusters held out, size threshold...).
+    """
+
+    name: str
+    seed: int
+    train: list[int]
+    test: list[int]
+    description: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class SplitContext:
+    """What a strategy may look at."""
+
+    structures: list[Atoms]
+    features: Features
+    cfg: DiagnosticsConfig
+    rng: np.random.Generator
+    seed: int
+
+
+SplitFn = Callable[[SplitContext], Split]
+
+
+def _make(ctx: SplitContext, name: str, test_mask: np.ndarray, text: str, **params: Any) -> Split:
+    test_mask = np.asarray(test_mask, dtype=bool)
+    if test_mask.all() or not test_mask.any():
+        raise SplitUnavailable(f"{name}: one side of the split would be empty")
+    return Split(
+        name=name,
+        seed=ctx.seed,
+        train=[int(i) for i in np.flatnonzero(~test_mask)],
+        test=[int(i) for i in np.flatnonzero(test_mask)],
+        description=text,
+        params=params,
+    )
+
+
+def _random(ctx: SplitContext) -> Split:
+    n = len(ctx.structures)
+    test = np.zeros(n, dtype=bool)
+    test[ctx.rng.permutation(n)[: n // 2]] = True
+    return _make(ctx, SplitName.RANDOM, test, "half the structures at random")
+
+
+def _soap(ctx: SplitContext) -> np.ndarray:
+    if ctx.features.soap_structure is None:
+        raise SplitUnavailable("no SOAP descriptors were computed")
+    return ctx.features.soap_structure
+
+
+def _cluster(ctx: SplitContext) -> Split:
+    from sklearn.cluster import KMeans
+
+    x = _soap(ctx)
+    distinct = len(np.unique(np.round(x, 8), axis=0))
+    k = min(ctx.cfg.n_clusters, len(x) // 2, distinct)
+    if k < 2:
+        raise SplitUnavailable("cluster: fewer than 2 distinct structures per cluster")
+    labels = KMeans(n_clusters=k, n_init=4, random_state=ctx.seed).fit_predict(x)
+    held = sorted(int(c) for c in ctx.rng.permutation(k)[: k // 2])
+    test = np.isin(labels, held)
+    return _make(
+        ctx, SplitName.CLUSTER, test, f"{len(held)} of {k} SOAP clusters held out", clusters=held
+    )
+
+
+def _maxsep(ctx: SplitContext) -> Split:
+    x = _soap(ctx)
+    n = len(x)
+    anchor = int(ctx.rng.integers(n))
+    norm = np.linalg.norm(x, axis=1) * np.linalg.norm(x[anchor])
+    sim = x @ x[anchor] / np.where(norm > 0, norm, 1.0)
+    order = np.argsort(sim, kind="stable")
+    test = np.zeros(n, dtype=bool)
+    test[order[: n // 2]] = True
+    test[anchor] = False
+    return _make(
+        ctx,
+        SplitName.MAXSEP,
+        test,
+        f"the {int(test.sum())} structures least similar to structure {anchor}",
+        anchor=anchor,
+    )
+
+
+def _threshold_split(values: np.ndarray) -> float:
+    """The cut t (a value present) that puts closest to half the structures at ≤ t."""
+    u = np.unique(values)
+    if len(u) < 2:
+        raise SplitUnavailable("all structures have the same value")
+    below = np.array([(values <= t).sum() for t in u[:-1]])
+    return float(u[:-1][np.argmin(np.abs(below - len(values) / 2))])
+
+
+def _size(ctx: SplitContext) -> Split:
+    sizes = np.array([len(a) for a in ctx.structures], dtype=float)
+    try:
+        cut = _threshold_split(sizes)
+    except SplitUnavailable:
+        raise SplitUnavailable("size: every structure has the same number of atoms") from None
+    return _make(
+        ctx, SplitName.SIZE, sizes > cut, f"train ≤ {cut:g} atoms, test > {cut:g}", max_train=cut
+    )
+
+
+def _temperature(ctx: SplitContext) -> Split:
+    temps = np.array([_float(a.info.get("temperature_K")) for a in ctx.structures])
+    known = ~np.isnan(temps)
+    if known.sum() < 2:
+        raise SplitUnavailable("temperature: structures carry no temperature_K")
+    try:
+        cut = _threshold_split(temps[known])
+    except SplitUnavailable:
+        raise SplitUnavailable("temperature: one sampling temperature only") from None
+    test = np.where(known, temps > cut, False)
+    return _make(
+        ctx,
+        SplitName.TEMPERATURE,
+        test,
+        f"train ≤ {cut:g} K (and unknown), test > {cut:g} K",
+        max_train_K=cut,
+    )
+
+
+def _pick(
+    ctx: SplitContext, field_name: str, chosen: str | None, has: dict[str, np.ndarray]
+) -> str:
+    """The held-out element/group: the configured one, else a random one splitting 10-70%."""
+    if chosen is not None:
+        if chosen not in has:
+            allowed = ", ".join(sorted(has)) or "none"
+            raise BadInput(
+                f"diagnostics.{field_name}: {chosen!r} is not in the data (present: {allowed})"
+            )
+        return chosen
+    options = sorted(k for k, v in has.items() if 0 < v.sum() < len(v))
+    if not options:
+        raise SplitUnavailable(f"{field_name}: no choice leaves structures on both sides")
+    balanced = [k for k in options if 0.1 <= has[k].mean() <= 0.7]
+    pool = balanced or options
+    return pool[int(ctx.rng.integers(len(pool)))]
+
+
+def _element(ctx: SplitContext) -> Split:
+    symbols = sorted({s for a in ctx.structures for s in a.get_chemical_symbols()})
+    has = {s: np.array([s in a.get_chemical_symbols() for a in ctx.structures]) for s in symbols}
+    el = _pick(ctx, "holdout_element", ctx.cfg.holdout_element, has)
+    return _make(ctx, SplitName.ELEMENT, has[el], f"held out element {el}", element=el)
+
+
+def _group(ctx: SplitContext) -> Split:
+    f = ctx.features
+    has = {g: f.structure_has(f"group:{g}") for g in f.groups_present}
+    if not has and ctx.cfg.holdout_group is None:
+        raise SplitUnavailable("group: no functional groups were perceived (no molecules?)")
+    g = _pick(ctx, "holdout_group", ctx.cfg.holdout_group, has)
+    return _make(ctx, SplitName.GROUP, has[g], f"held out functional group {g}", group=g)
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+SPLITS: dict[SplitName, SplitFn] = {
+    SplitName.RANDOM: _random,
+    SplitName.CLUSTER: _cluster,
+    SplitName.MAXSEP: _maxsep,
+    SplitName.SIZE: _size,
+    SplitName.ELEMENT: _element,
+    SplitName.GROUP: _group,
+    SplitName.TEMPERATURE: _temperature,
+}
+
+
+def make_split(
+    name: str | SplitName,
+    structures: Sequence[Atoms],
+    features: Features,
+    cfg: DiagnosticsConfig,
+    seed: int = 0,
+) -> Split:
+    """Draw split ``name``; ``SplitUnavailable`` when the data cannot be split that way."""
+    try:
+        key = SplitName(name)
+    except ValueError:
+        allowed = ", ".join(s.value for s in SplitName)
+        raise BadInput(f"split: {name!r} is not one of {allowed}") from None
+    rng = np.random.default_rng([seed, zlib.crc32(key.value.encode())])
+    ctx = SplitContext(structures=list(structures), features=features, cfg=cfg, rng=rng, seed=seed)
+    return SPLITS[key](ctx)
+
+
+# --------------------------------------------------------------------------- scoring
+@dataclass(kw_only=True)
+class SplitResult:
+    """Errors on the two sides of one split.
+
+    Force MAE is the mean absolute error of force components, eV/Å; energy MAE per atom, eV/atom.
+
+    Attributes:
+        name, description, seed: the split.
+        trained: True when an ensemble was trained on the train side (:func:`run_splits`);
+            False when a given ensemble was scored on both sides (:func:`evaluate_splits`).
+        n_train / n_id / n_test: structures trained on, scored in distribution, scored OOD.
+        id_force_mae / ood_force_mae, id_energy_mae / ood_energy_mae: errors in distribution
+            (held-out part of the train side; or the whole train side when not trained) and OOD.
+        ood_ratio: ood_force_mae / id_force_mae.
+        vs_random: ood_force_mae / the random split's ood_force_mae (when both exist).
+        skipped: why the split could not be made (then the errors are NaN).
+        split: the split itself (indices), for storage.
+    """
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    trained: bool = False
+    n_train: int = 0
+    n_id: int = 0
+    n_test: int = 0
+    id_force_mae: float = float("nan")
+    ood_force_mae: float = float("nan")
+    id_energy_mae: float = float("nan")
+    ood_energy_mae: float = float("nan")
+    ood_ratio: float = float("nan")
+    vs_random: float = float("nan")
+    skipped: str | None = None
+    wall_s: float = 0.0
+    model_dir: str | None = None
+    split: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SplitResult:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _errors(
+    atom_abs_error: np.ndarray,
+    energy_error_per_atom: np.ndarray,
+    system_idx: np.ndarray,
+    which: Sequence[int],
+) -> tuple[float, float]:
+    if not len(which):
+        return float("nan"), float("nan")
+    mask = np.isin(system_idx, which)
+    return float(atom_abs_error[mask].mean()), float(np.abs(energy_error_per_atom[which]).mean())
+
+
+def _relate_to_random(results: list[SplitResult]) -> list[SplitResult]:
+    rnd = next((r for r in results if r.name == SplitName.RANDOM and not r.skipped), None)
+    for r in results:
+        if r.ood_force_mae == r.ood_force_mae and r.id_force_mae:
+            r.ood_ratio = r.ood_force_mae / r.id_force_mae
+        if rnd is not None and rnd.ood_force_mae:
+            r.vs_random = r.ood_force_mae / rnd.ood_force_mae
+    return results
+
+
+def evaluate_splits(
+    structures: Sequence[Atoms],
+    features: Features,
+    cfg: DiagnosticsConfig,
+    *,
+    atom_abs_error: np.ndarray,
+    energy_error_per_atom: np.ndarray,
+    seed: int = 0,
+) -> list[SplitResult]:
+    """Score one given ensemble on both sides of every split in ``cfg.splits`` (no training).
+
+    Args:
+        atom_abs_error: (n_atoms,) mean |ΔF| over the 3 components per atom, eV/Å.
+        energy_error_per_atom: (n_struct,) (E_pred - E_ref) / n_atoms, eV/atom.
+    """
+    out = []
+    for name in cfg.splits:
+        try:
+            split = make_split(name, structures, features, cfg, seed)
+        except SplitUnavailable as exc:
+            out.append(SplitResult(name=str(name), seed=seed, skipped=str(exc)))
+            continue
+        id_f, id_e = _errors(
+            atom_abs_error, energy_error_per_atom, features.system_idx, split.train
+        )
+        ood_f, ood_e = _errors(
+            atom_abs_error, energy_error_per_atom, features.system_idx, split.test
+        )
+        out.append(
+            SplitResult(
+                name=split.name,
+                description=split.description,
+                seed=seed,
+                n_train=len(split.train),
+                n_id=len(split.train),
+                n_test=len(split.test),
+                id_force_mae=id_f,
+                ood_force_mae=ood_f,
+                id_energy_mae=id_e,
+                ood_energy_mae=ood_e,
+                split=split.to_dict(),
+            )
+        )
+    return _relate_to_random(out)
+
+
+def run_splits(
+    structures: Sequence[Atoms],
+    cfg: DiagnosticsConfig,
+    model_cfg: Any,
+    ens_cfg: Any,
+    workdir: str | Path,
+    seed: int = 0,
+    *,
+    features: Features | None = None,
+    use_ray: bool | None = None,
+    on_split: Callable[[SplitResult], None] | None = None,
+) -> list[SplitResult]:
+    """Train one ensemble per split on its train side; ID vs OOD force and energy MAE.
+
+    ``cfg.id_fraction`` of each train side (at least one structure) is held out as the
+    in-distribution test set; the rest trains an ensemble with ``model_cfg`` / ``ens_cfg``,
+    saved in ``workdir/<split>/models``. Splits that cannot be made are reported as skipped.
+    ``on_split`` receives each result as it is finished (progress).
+    """
+    from chemgap.agent.features import compute_features
+    from chemgap.models.data import usable
+    from chemgap.models.ensemble import train_ensemble
+
+    structures = usable(list(structures))
+    if len(structures) < 4:
+        raise BadInput(f"splits: need at least 4 labelled structures (got {len(structures)})")
+    features = features or compute_features(
+        structures, environment_classes=cfg.environment_classes, seed=seed
+    )
+    workdir = Path(workdir)
+    results = []
+    for name in cfg.splits:
+        t0 = time.perf_counter()
+        try:
+            split = make_split(name, structures, features, cfg, seed)
+        except SplitUnavailable as exc:
+            res = SplitResult(name=str(name), seed=seed, skipped=str(exc))
+            results.append(res)
+            if on_split:
+                on_split(res)
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(b"id"), zlib.crc32(split.name.encode())])
+        train_side = np.array(split.train)
+        n_id = max(1, round(cfg.id_fraction * len(train_side)))
+        if len(train_side) - n_id < 2:
+            res = SplitResult(
+                name=split.name, seed=seed, skipped="train side too small to hold out ID data"
+            )
+            results.append(res)
+            if on_split:
+                on_split(res)
+            continue
+        perm = rng.permutation(train_side)
+        id_idx, fit_idx = sorted(perm[:n_id].tolist()), sorted(perm[n_id:].tolist())
+        out_dir = workdir / split.name / "models"
+        log.info("split %s: training on %d structures", split.name, len(fit_idx))
+        ens = train_ensemble(
+            [structures[i] for i in fit_idx],
+            model_cfg,
+            ens_cfg,
+            out_dir,
+            seed=seed,
+            use_ray=use_ray,
+            task_tag=f"split {split.name}",
+        )
+        id_f, id_e = _score(ens, [structures[i] for i in id_idx])
+        ood_f, ood_e = _score(ens, [structures[i] for i in split.test])
+        res = SplitResult(
+            name=split.name,
+            description=split.description,
+            seed=seed,
+            trained=True,
+            n_train=len(fit_idx),
+            n_id=len(id_idx),
+            n_test=len(split.test),
+            id_force_mae=id_f,
+            ood_force_mae=ood_f,
+            id_energy_mae=id_e,
+            ood_energy_mae=ood_e,
+            wall_s=time.perf_counter() - t0,
+            model_dir=str(out_dir),
+            split={**split.to_dict(), "id": id_idx, "fit": fit_idx},
+        )
+        results.append(res)
+        if on_split:
+            on_split(res)
+    return _relate_to_random(results)
+
+
+def _score(ens: Any, structures: list[Atoms]) -> tuple[float, float]:
+    """(force component MAE eV/Å, energy MAE eV/atom) of ``ens`` on labelled ``structures``."""
+    pred = ens.predict(structures, calibrated=False)
+    f_ref = np.concatenate([a.arrays["REF_forces"] for a in structures])
+    e_ref = np.array([a.info["REF_energy"] for a in structures])
+    n = np.array([len(a) for a in structures])
+    return (
+        float(np.abs(pred.forces_mean - f_ref).mean()),
+        float(np.abs((pred.energy_mean - e_ref) / n).mean()),
+    )

@@ -1,0 +1,164 @@
+"""Statistics of failure regions against cases with known answers (no model training)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk, fcc100, fcc111
+from scipy.stats import false_discovery_control, mannwhitneyu
+
+from chemgap.agent.features import FeatureKind, Features, compute_features
+from chemgap.agent.regions import (
+    ClusterBootstrap,
+    Condition,
+    Region,
+    benjamini_hochberg,
+    find_regions,
+    numeric_cuts,
+    region_id,
+    rule_text,
+    slice_p_value,
+)
+
+
+def test_benjamini_hochberg_matches_the_textbook_and_scipy():
+    # Benjamini & Hochberg (1995), section 4: the 15 p-values of their example; at q = 0.05
+    # the step-up procedure rejects the 4 smallest.
+    p = np.array(
+        [0.0001, 0.0004, 0.0019, 0.0095, 0.0201, 0.0278, 0.0298, 0.0344, 0.0459, 0.3240,
+         0.4262, 0.5719, 0.6528, 0.7590, 1.0000]
+    )  # fmt: skip
+    q = benjamini_hochberg(p)
+    assert (q <= 0.05).sum() == 4
+    np.testing.assert_allclose(q, false_discovery_control(p, method="bh"), rtol=1e-12)
+    shuffled = np.random.default_rng(0).permutation(len(p))
+    np.testing.assert_allclose(benjamini_hochberg(p[shuffled]), q[shuffled])
+    assert benjamini_hochberg(np.array([])).shape == (0,)
+
+
+def _synthetic(rng, n_struct=30, per=12):
+    """Errors with a strong per-structure effect (atoms of a structure are correlated)."""
+    sidx = np.repeat(np.arange(n_struct), per)
+    effect = rng.lognormal(0.0, 0.8, n_struct)
+    return sidx, effect[sidx] * rng.lognormal(0.0, 0.3, len(sidx))
+
+
+def test_a_feature_with_no_effect_is_not_significant_beyond_the_nominal_rate():
+    """200 random draws of a random flag with no effect: rejections ≤ alpha + tolerance.
+
+    Checked for a per-structure flag (where an atom-level test is badly anti-conservative, shown
+    by the naive Mann-Whitney on atoms) and a per-atom flag.
+    """
+    rng = np.random.default_rng(1)
+    alpha, draws = 0.05, 200
+    per_structure = per_atom = naive = 0
+    for _ in range(draws):
+        sidx, err = _synthetic(rng)
+        n_struct = sidx.max() + 1
+        s_flag = (rng.random(n_struct) < 0.3)[sidx]
+        a_flag = rng.random(len(sidx)) < 0.3
+        per_structure += slice_p_value(err, sidx, s_flag) <= alpha
+        per_atom += slice_p_value(err, sidx, a_flag) <= alpha
+        if s_flag.any() and (~s_flag).any():
+            naive += mannwhitneyu(err[s_flag], err[~s_flag], alternative="greater").pvalue <= alpha
+    tolerance = 0.04  # ~2.6 binomial standard errors at 200 draws
+    assert per_structure / draws <= alpha + tolerance
+    assert per_atom / draws <= alpha + tolerance
+    assert naive / draws > 3 * alpha  # what treating atoms as independent would have claimed
+
+
+def test_find_regions_null_feature_through_the_whole_pipeline():
+    """A random flag with no effect, among the tested slices, survives BH rarely."""
+    rng = np.random.default_rng(2)
+    hits, draws = 0, 100
+    for _ in range(draws):
+        sidx, err = _synthetic(rng, n_struct=24, per=10)
+        feats = Features(
+            atom={
+                "noise": rng.random(len(sidx)) < 0.4,
+                "element": np.array(["Cu"] * len(sidx), dtype=object),
+            },
+            structure={},
+            kinds={"noise": FeatureKind.FLAG, "element": FeatureKind.CATEGORICAL},
+            system_idx=sidx,
+        )
+        regions, n_tested = find_regions(
+            feats, err, np.ones_like(err), n_boot=100, methods=["slice"], rng=rng
+        )
+        assert n_tested == 1
+        hits += bool(regions)
+    assert hits / draws <= 0.05 + 0.05
+
+
+def test_cluster_bootstrap_interval_covers_the_true_mean():
+    rng = np.random.default_rng(3)
+    covered, draws, true_mean = 0, 100, 1.0
+    for _ in range(draws):
+        n_struct, per = 40, 8
+        sidx = np.repeat(np.arange(n_struct), per)
+        err = true_mean + rng.normal(0, 0.3, n_struct)[sidx] + rng.normal(0, 0.2, len(sidx))
+        boot = ClusterBootstrap.draw(err, sidx, 400, rng)
+        (lo, hi), (rlo, rhi) = boot.interval(np.ones(len(err), dtype=bool))
+        covered += lo <= true_mean <= hi
+        assert rlo == pytest.approx(1.0) and rhi == pytest.approx(1.0)  # the whole set / itself
+    assert 0.88 <= covered / draws <= 1.0
+
+
+def test_numeric_cuts_read_like_a_chemist_writes_them():
+    cn = np.array([12, 12, 9, 9, 8, 11, 12], dtype=float)
+    texts = {c.text for c in numeric_cuts("coordination", cn)}
+    assert {"coordination ≤ 9", "coordination ≥ 11", "coordination ≤ 8"} <= texts
+    cont = np.linspace(0.0, 1.0, 101)
+    cuts = numeric_cuts("strain", cont)
+    assert len(cuts) == 18 and {c.op for c in cuts} == {"≤", ">"}
+    assert rule_text([Condition(feature="group:nitrile", op="=", value=True)]) == "group = nitrile"
+    assert region_id("element = Cu") == region_id("element = Cu") != region_id("element = Ag")
+
+
+def _cu_structures():
+    out = []
+    for i in range(10):
+        a = bulk("Cu", cubic=True) * (2, 1, 1)
+        a.rattle(0.05, seed=i)
+        out.append(a)
+    for i in range(6):
+        a = fcc111("Cu", size=(2, 2, 3), vacuum=5.0)
+        a.pbc = True
+        a.rattle(0.05, seed=100 + i)
+        out.append(a)
+        b = fcc100("Cu", size=(2, 2, 3), vacuum=5.0)
+        b.pbc = True
+        b.rattle(0.05, seed=200 + i)
+        out.append(b)
+    return out
+
+
+def test_planted_effect_on_coordination_is_found_by_slices_tree_and_clusters():
+    """Synthetic errors 3x larger on under-coordinated atoms: every finder sees it."""
+    structures = _cu_structures()
+    feats = compute_features(structures, environment_classes=4, seed=0)
+    cn = feats.atom["coordination"]
+    assert set(np.unique(cn)) >= {12.0, 9.0, 8.0}  # bulk, (111) and (100) surface atoms
+    rng = np.random.default_rng(4)
+    err = np.where(cn < 12, 0.3, 0.1) * rng.lognormal(0, 0.2, len(cn))
+    # the ensemble's uncertainty *drops* at the surface: a silent failure
+    silent_unc = np.where(cn < 12, 0.05, 0.1)
+    regions, _ = find_regions(feats, err, silent_unc, n_boot=300, rng=rng)
+    assert regions
+    top = regions[0]
+    text = " ".join([top.rule, *top.also])
+    assert "coordination" in text or "defect_distance" in text
+    assert top.significant and top.q_value < 1e-3
+    # 43% of the atoms are surface atoms: expected ratio 0.3 / (0.43 x 0.3 + 0.57 x 0.1) = 1.61
+    assert 1.4 < top.ratio < 1.85 and 1.25 < top.ratio_ci[0] < top.ratio < top.ratio_ci[1]
+    assert top.ci[0] < top.mean_error < top.ci[1]
+    # (error / uncertainty) inside over the same overall = ratio x mean(uncertainty) / 0.05
+    expected = top.ratio * silent_unc.mean() / 0.05
+    assert top.silent and top.error_to_uncertainty == pytest.approx(expected, rel=1e-9)
+    assert {"slice", "tree", "cluster"} <= {m for r in regions for m in r.methods}
+    # uncertainty that follows the error: the same region, not silent
+    loud, _ = find_regions(feats, err, err.copy(), n_boot=300, rng=np.random.default_rng(4))
+    assert loud and not any(r.silent for r in loud)
+    # the round trip through JSON keeps everything
+    again = Region.from_dict(top.to_dict())
+    assert again == top
