@@ -111,7 +111,8 @@ def structure_key(atoms: Atoms, decimals: int = 4) -> str:
     h.update(np.round(atoms.positions, decimals).astype(np.float64).tobytes())
     h.update(np.round(np.asarray(atoms.cell), decimals).astype(np.float64).tobytes())
     h.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
-    return h.hexdigest()[:20]
+    # the "s" keeps ase.db from reading a digest like "1620e00..." as a float
+    return "s" + h.hexdigest()[:20]
 
 
 class RunStore:

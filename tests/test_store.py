@@ -111,6 +111,12 @@ def test_structure_key_sees_real_changes_only():
     c = a.copy()
     c.positions[0, 0] += 1e-2
     assert structure_key(a) == structure_key(b) != structure_key(c)
+    # never a string ase.db would read as a number (a hex digest like "1620e00..." would be)
+    for seed in range(200):
+        d = a.copy()
+        d.rattle(0.1, seed=seed)
+        with pytest.raises(ValueError):
+            float(structure_key(d))
 
 
 def test_state_writes_are_atomic(tmp_path, spec, monkeypatch):
