@@ -362,6 +362,7 @@ class Campaign:
             "failed": expl["overall"]["failed"],
             "elapsed_s": self.elapsed_s,
         }
+        row.update(self._diagnose(it))
         history = [h for h in self.store.state.history if h["iteration"] != it] + [row]
         reason = self.stop_reason(history)
         status = RunStatus.DONE if reason else RunStatus.RUNNING
@@ -375,6 +376,28 @@ class Campaign:
         )
         self.report("iteration", row)
         return row
+
+    def _diagnose(self, it: int) -> dict[str, Any]:
+        """Failure regions of this iteration's ensemble on everything labelled so far
+        (``regions.json`` in the run and in ``iterations/NNN``). A diagnosis that cannot be made
+        (too few structures for a statistic, say) is logged and recorded, not fatal."""
+        from chemgap.agent.diagnose import run_diagnosis
+
+        self.report("step", {"iteration": it, "step": "diagnose"})
+        try:
+            result = run_diagnosis(self.store.root).result
+        except Exception as exc:
+            log.warning("iteration %d: diagnosis failed: %s", it, exc, exc_info=True)
+            return {
+                "regions": None,
+                "silent_regions": None,
+                "diagnosis_error": f"{type(exc).__name__}: {exc}",
+            }
+        regions = result.regions
+        return {
+            "regions": len(regions),
+            "silent_regions": sum(bool(getattr(r, "silent", False)) for r in regions),
+        }
 
     # ------------------------------------------------------------------ stopping
     def stop_reason(self, history: list[dict[str, Any]]) -> str | None:

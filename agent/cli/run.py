@@ -20,6 +20,7 @@ STEP_TEXT = {
     "select": "selecting from {n} candidates",
     "label": "labelling {n} structures",
     "evaluate": "evaluating on the holdout",
+    "diagnose": "diagnosing failure regions",
 }
 
 
@@ -61,6 +62,9 @@ def _iteration_table(row: dict[str, Any]) -> Table:
         "Spearman ρ": "–" if row["spearman_atom"] is None else f"{row['spearman_atom']:.2f}",
         "accurate/candidate/failed": (
             f"{100 * row['accurate']:.0f}/{100 * row['candidate']:.0f}/{100 * row['failed']:.0f} %"
+        ),
+        "regions (silent)": (
+            "–" if row.get("regions") is None else f"{row['regions']} ({row['silent_regions']})"
         ),
     }
     for name in cols:
