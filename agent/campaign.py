@@ -378,14 +378,33 @@ class Campaign:
         return row
 
     def _diagnose(self, it: int) -> dict[str, Any]:
-        """Failure regions of this iteration's ensemble on everything labelled so far
-        (``regions.json`` in the run and in ``iterations/NNN``). A diagnosis that cannot be made
-        (too few structures for a statistic, say) is logged and recorded, not fatal."""
-        from chemgap.agent.diagnose import run_diagnosis
+        """Failure regions of this iteration's ensemble on data it was not trained on: the
+        holdout and the structures labelled in this iteration (the ones it was unsure about).
+        Writes ``regions.json`` in the run and in ``iterations/NNN``. A diagnosis that cannot be
+        made (too few structures for a statistic, say) is logged and recorded, not fatal."""
+        from chemgap.agent.diagnose import REGIONS_FILE, diagnose, load_regions, write_regions
 
         self.report("step", {"iteration": it, "step": "diagnose"})
+        unseen = [
+            a
+            for a in self.labelled()
+            if a.info.get("split") == "holdout" or a.info.get("iteration") == it
+        ]
+        previous = None
+        if (self.store.root / REGIONS_FILE).exists():
+            try:
+                previous, _ = load_regions(self.store.root / REGIONS_FILE)
+            except ValueError:
+                log.warning("ignoring an unreadable %s", REGIONS_FILE)
         try:
-            result = run_diagnosis(self.store.root).result
+            result = diagnose(
+                unseen,
+                self._ensemble(it),
+                self.spec.diagnostics,
+                seed=self.spec.seed,
+                iteration=it,
+                previous=previous,
+            )
         except Exception as exc:
             log.warning("iteration %d: diagnosis failed: %s", it, exc, exc_info=True)
             return {
@@ -393,10 +412,15 @@ class Campaign:
                 "silent_regions": None,
                 "diagnosis_error": f"{type(exc).__name__}: {exc}",
             }
+        write_regions(result, self._idir(it))
+        write_regions(result, self.store.root)
         regions = result.regions
+        top = regions[0] if regions else None
         return {
             "regions": len(regions),
             "silent_regions": sum(bool(getattr(r, "silent", False)) for r in regions),
+            "top_region": getattr(top, "rule", None),
+            "diagnosed_structures": len(unseen),
         }
 
     # ------------------------------------------------------------------ stopping
@@ -421,8 +445,17 @@ class Campaign:
             return f"iteration cap ({b.max_iterations})"
         if self.oracle_calls() >= b.max_oracle_calls:
             return f"oracle-call budget ({b.max_oracle_calls})"
-        if self.elapsed_s >= b.wall_time_s:
-            return f"wall-time budget ({b.wall_time_s:g} s)"
+        # another iteration is started only if one more like the last fits in the budget
+        last = (
+            history[-1]["elapsed_s"] - (history[-2]["elapsed_s"] if len(history) > 1 else 0)
+            if history
+            else 0.0
+        )
+        if self.elapsed_s + last > b.wall_time_s:
+            return (
+                f"wall-time budget ({b.wall_time_s:g} s; another iteration of ~{last:.0f} s "
+                "would exceed it)"
+            )
         return None
 
     # ------------------------------------------------------------------ the loop
