@@ -318,6 +318,26 @@ def _min_distance_ratio(state: WalkerState, batch: Any) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the explorer
+def walker_defaults(
+    structures: Sequence[Atoms],
+    cfg: ExplorationConfig,
+    temperatures_K: Sequence[float] | None,
+    groups: Sequence[str] | None,
+) -> tuple[list[float], list[str]]:
+    """Per-walker temperatures (``cfg.temperatures_K`` cycled) and group labels
+    (``"<formula> <T> K"``) where the caller gives none."""
+    temps = (
+        list(temperatures_K)
+        if temperatures_K is not None
+        else [cfg.temperatures_K[i % len(cfg.temperatures_K)] for i in range(len(structures))]
+    )
+    if groups is None:
+        groups = [
+            f"{a.get_chemical_formula()} {t:g} K" for a, t in zip(structures, temps, strict=True)
+        ]
+    return temps, list(groups)
+
+
 def explore(
     ensemble: Any,
     structures: Sequence[Atoms],
@@ -350,16 +370,7 @@ def explore(
     w = len(structures)
     if w == 0:
         raise ValueError("explore: no walker structures")
-    temps = (
-        list(temperatures_K)
-        if temperatures_K is not None
-        else [cfg.temperatures_K[i % len(cfg.temperatures_K)] for i in range(w)]
-    )
-    groups = (
-        list(groups)
-        if groups is not None
-        else [f"{a.get_chemical_formula()} {t:g} K" for a, t in zip(structures, temps, strict=True)]
-    )
+    temps, groups = walker_defaults(structures, cfg, temperatures_K, groups)
     levels = levels or trust_levels(cfg.trust)
     n_steps = int(steps if steps is not None else cfg.steps)
     state = init_state(structures, temps, friction_per_fs=cfg.friction_per_fs, rng=rng)
@@ -527,16 +538,7 @@ def explore_groups(
     """
     structures = list(structures)
     w = len(structures)
-    temps = (
-        list(temperatures_K)
-        if temperatures_K is not None
-        else [cfg.temperatures_K[i % len(cfg.temperatures_K)] for i in range(w)]
-    )
-    groups = (
-        list(groups)
-        if groups is not None
-        else [f"{a.get_chemical_formula()} {t:g} K" for a, t in zip(structures, temps, strict=True)]
-    )
+    temps, groups = walker_defaults(structures, cfg, temperatures_K, groups)
     import ray
 
     chunks = [c for c in np.array_split(np.arange(w), max(1, min(n_tasks, w))) if len(c)]

@@ -141,3 +141,48 @@ def test_uncertainty_stop_fires_out_of_domain(ensemble):
     frac = result.fractions()
     assert frac["hot"]["candidate"] > frac["cold"]["candidate"]
     assert frac["cold"]["accurate"] > 0.8
+
+
+def test_explore_cli_writes_selected_candidates(ensemble, tmp_path):
+    from ase.io import read, write
+    from click.testing import CliRunner
+
+    from chemgap.agent.cli import main
+
+    seeds = tmp_path / "seeds.xyz"
+    write(seeds, [cu_cell(600), cu_cluster(601)])
+    out = tmp_path / "cands.xyz"
+    args = [
+        "explore",
+        str(ensemble.path),
+        str(seeds),
+        "-o",
+        str(out),
+        "--walkers",
+        "4",
+        "--steps",
+        "15",
+        "--temperature",
+        "300",
+        "--temperature",
+        "3000",
+        "--budget",
+        "2",
+        "--lower",
+        "0.001",
+        "--upper",
+        "100",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "accurate" in result.output and "walker group" in result.output
+    chosen = read(out, index=":")
+    assert len(chosen) == 2
+    assert all(a.info["source"] == "explore" and a.info["uncertainty"] > 0.001 for a in chosen)
+    # bad input: one sentence, exit 2
+    bad = CliRunner().invoke(main, ["explore", str(tmp_path), str(seeds), "-o", str(out)])
+    assert bad.exit_code == 2 and "ensemble.json" in bad.output
+    si = tmp_path / "si.xyz"
+    write(si, bulk("Si", "diamond", a=5.43))
+    bad = CliRunner().invoke(main, ["explore", str(ensemble.path), str(si), "-o", str(out)])
+    assert bad.exit_code == 2 and "Si" in bad.output

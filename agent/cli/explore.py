@@ -9,25 +9,8 @@ import click
 import numpy as np
 from rich.table import Table
 
-from chemgap.agent.cli.common import console, handles_errors
+from chemgap.agent.cli.common import console, handles_errors, read_structures
 from chemgap.agent.errors import BadInput
-
-
-def _read_structures(path: Path, what: str) -> list:
-    import ase.io
-
-    if not path.exists():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    try:
-        images = ase.io.read(path, index=":")
-    except Exception as exc:
-        raise BadInput(f"{what}: cannot read {path} as a structure file ({exc})") from None
-    images = images if isinstance(images, list) else [images]
-    if not images:
-        raise BadInput(f"{what}: {path} holds no structures")
-    for atoms in images:
-        atoms.calc = None
-    return images
 
 
 @click.command("explore")
@@ -136,7 +119,7 @@ def explore(
         raise BadInput(
             f"MODEL_DIR: {model_dir} holds no ensemble.json (train one with 'chemgap train')"
         )
-    start = _read_structures(seeds, "SEEDS")
+    start = read_structures(seeds, "SEEDS")
     n = walkers or len(start)
     structures = [start[i % len(start)].copy() for i in range(n)]
     try:
@@ -159,7 +142,7 @@ def explore(
         )
     levels = None
     if holdout is not None:
-        ref = ensemble.predict(_read_structures(holdout, "--holdout"))
+        ref = ensemble.predict(read_structures(holdout, "--holdout"))
         levels = trust_levels(
             cfg.trust,
             force_std_atom_cal=ref.force_std_atom_cal,

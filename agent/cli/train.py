@@ -10,31 +10,13 @@ import click
 import yaml
 from pydantic import ValidationError
 
-from chemgap.agent.cli.common import console, handles_errors, parse_assignments
+from chemgap.agent.cli.common import console, handles_errors, parse_assignments, read_structures
 from chemgap.agent.errors import BadInput
 from chemgap.models.config import EnsembleConfig, EnsembleMode, ModelConfig
 
 log = logging.getLogger(__name__)
 
 _SECTIONS = {"model": ModelConfig, "ensemble": EnsembleConfig}
-
-
-def _read(path: Path, what: str) -> list:
-    """Structures of an ASE-readable file, labels moved into REF_* keys."""
-    import ase.io
-
-    from chemgap.models.data import labels_from_calculator
-
-    if not path.exists():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    try:
-        structures = ase.io.read(path, index=":")
-    except Exception as exc:
-        raise BadInput(f"{what}: cannot read {path} as a structure file ({exc})") from None
-    structures = structures if isinstance(structures, list) else [structures]
-    if not structures:
-        raise BadInput(f"{what}: {path} holds no structures")
-    return [labels_from_calculator(a) for a in structures]
 
 
 def _configs(
@@ -159,9 +141,9 @@ def train(
     from chemgap.models.transfer import parse_element_map
 
     model_cfg, ens_cfg = _configs(assignments, members, mode)
-    structures = _read(data_path, "DATA")
-    valid = _read(valid_path, "--valid") if valid_path else None
-    held_out = _read(calib_path, "--calibrate") if calib_path else None
+    structures = read_structures(data_path, "DATA")
+    valid = read_structures(valid_path, "--valid") if valid_path else None
+    held_out = read_structures(calib_path, "--calibrate") if calib_path else None
     emap = None
     if element_map:
         if init_from is None:
@@ -285,7 +267,7 @@ def predict(model_dir: Path, input_path: Path, output_path: Path | None, stress:
 
     if not (model_dir / "ensemble.json").exists():
         raise BadInput(f"MODEL_DIR: {model_dir} is not a model directory (no ensemble.json)")
-    structures = _read(input_path, "IN")
+    structures = read_structures(input_path, "IN")
     ens = Ensemble.load(model_dir)
     try:
         pred = ens.predict(structures, compute_stress=stress)
