@@ -35,6 +35,7 @@ from chemgap.agent.errors import BadInput
 from chemgap.agent.features import Features, compute_features
 from chemgap.agent.regions import Region, find_regions, region_masks
 from chemgap.agent.splits import SplitResult, evaluate_splits, run_splits
+from chemgap.agent.structio import read_structures
 from chemgap.campaigns.spec import DiagnosticsConfig
 
 log = logging.getLogger(__name__)
@@ -365,23 +366,6 @@ def latest_models(run: str | Path) -> tuple[Path, int]:
     return path, iteration
 
 
-def read_labelled(path: str | Path) -> list[Atoms]:
-    """Labelled structures of an ASE-readable file, labels moved into REF_* keys."""
-    import ase.io
-
-    from chemgap.models.data import labels_from_calculator
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(2, "No such file or directory", str(p))
-    try:
-        images = ase.io.read(p, index=":")
-    except Exception as exc:
-        raise BadInput(f"--data: cannot read {p} as a structure file ({exc})") from None
-    images = images if isinstance(images, list) else [images]
-    return [labels_from_calculator(a) for a in images]
-
-
 @dataclass(kw_only=True)
 class DiagnosisRun:
     """What :func:`run_diagnosis` did: the result, where it was written, the models used."""
@@ -444,7 +428,7 @@ def run_diagnosis(
         model_dir = Path(models)
         if not (model_dir / "ensemble.json").exists():
             raise BadInput(f"--models: {model_dir} is not a model directory (no ensemble.json)")
-        structures = read_labelled(data)
+        structures = read_structures(data, "--data")
         cfg = cfg or DiagnosticsConfig()
         seed = 0 if seed is None else seed
         out_dir = Path(out) if out is not None else Path("diagnosis")

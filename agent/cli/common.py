@@ -6,16 +6,25 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 
 from chemgap.agent.errors import BadInput
+from chemgap.agent.structio import read_structures
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+__all__ = [
+    "console",
+    "err_console",
+    "fail",
+    "handles_errors",
+    "parse_assignments",
+    "read_structures",
+]
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -55,25 +64,6 @@ def handles_errors(func: F) -> F:
             fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
 
     return wrapper  # type: ignore[return-value]
-
-
-def read_structures(path: Path, what: str) -> list:
-    """Every structure of an ASE-readable file, labels moved into REF_* keys (no calculator
-    attached); a missing, unreadable or empty file is bad input naming ``what``."""
-    import ase.io
-
-    from chemgap.models.data import labels_from_calculator
-
-    if not path.exists():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    try:
-        structures = ase.io.read(path, index=":")
-    except Exception as exc:
-        raise BadInput(f"{what}: cannot read {path} as a structure file ({exc})") from None
-    structures = structures if isinstance(structures, list) else [structures]
-    if not structures:
-        raise BadInput(f"{what}: {path} holds no structures")
-    return [labels_from_calculator(a) for a in structures]
 
 
 def parse_assignments(items: tuple[str, ...], option: str = "--set") -> dict[str, str]:
