@@ -390,7 +390,7 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
     info = [a.info for a in structures]
 
     def num(key: str) -> np.ndarray:
-        return np.array([_float(d.get(key)) for d in info])
+        return np.array([as_float(d.get(key)) for d in info])
 
     def cat(key: str) -> np.ndarray:
         return np.array(
@@ -434,7 +434,8 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
     return FeatureBlock(structure=keep, kinds={k: kinds[k] for k in keep})
 
 
-def _float(value: object) -> float:
+def as_float(value: object) -> float:
+    """``float(value)``, or NaN where the value is missing or not a number."""
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -38,7 +38,7 @@ import numpy as np
 from ase import Atoms
 
 from chemgap.agent.errors import BadInput
-from chemgap.agent.features import Features
+from chemgap.agent.features import Features, as_float
 from chemgap.campaigns.spec import DiagnosticsConfig, SplitName
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def _size(ctx: SplitContext) -> Split:
 
 
 def _temperature(ctx: SplitContext) -> Split:
-    temps = np.array([_float(a.info.get("temperature_K")) for a in ctx.structures])
+    temps = np.array([as_float(a.info.get("temperature_K")) for a in ctx.structures])
     known = ~np.isnan(temps)
     if known.sum() < 2:
         raise SplitUnavailable("temperature: structures carry no temperature_K")
@@ -218,13 +218,6 @@ def _group(ctx: SplitContext) -> Split:
         raise SplitUnavailable("group: no functional groups were perceived (no molecules?)")
     g = _pick(ctx, "holdout_group", ctx.cfg.holdout_group, has)
     return _make(ctx, SplitName.GROUP, has[g], f"held out functional group {g}", group=g)
-
-
-def _float(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 SPLITS: dict[SplitName, SplitFn] = {

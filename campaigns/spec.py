@@ -583,7 +583,15 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> Camp
     if not p.exists():
         builtin = builtin_path(str(path))
         if builtin is None:
-            raise FileNotFoundError(2, "no such file or directory", str(path))
+            from chemgap.campaigns.builtin import builtin_names
+
+            raise SpecError(
+                [
+                    f"(file): no such file or directory, and no built-in campaign of that name "
+                    f"(built-ins: {', '.join(builtin_names())}) (got {str(path)!r})"
+                ],
+                str(path),
+            )
         p = builtin
     if p.is_dir():
         raise SpecError(

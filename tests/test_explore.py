@@ -186,3 +186,5 @@ def test_explore_cli_writes_selected_candidates(ensemble, tmp_path):
     write(si, bulk("Si", "diamond", a=5.43))
     bad = CliRunner().invoke(main, ["explore", str(ensemble.path), str(si), "-o", str(out)])
     assert bad.exit_code == 2 and "Si" in bad.output
+    bad = CliRunner().invoke(main, [*args[:5], "--lower", "0.2", "--upper", "0.1"])
+    assert bad.exit_code == 2 and "--lower/--upper: upper (0.1) must exceed lower" in bad.output

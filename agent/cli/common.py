@@ -18,6 +18,7 @@ console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 __all__ = [
+    "address_option",
     "console",
     "err_console",
     "fail",
@@ -64,6 +65,14 @@ def handles_errors(func: F) -> F:
             fail(f"{type(exc).__name__}: {exc}", EXIT_FAILURE)
 
     return wrapper  # type: ignore[return-value]
+
+
+address_option = click.option(
+    "--address",
+    default=None,
+    metavar="HOST:PORT",
+    help="Ray cluster to run on (ray start --head prints it; default: a local instance).",
+)
 
 
 def parse_assignments(items: tuple[str, ...], option: str = "--set") -> dict[str, str]:

@@ -9,8 +9,9 @@ import click
 import numpy as np
 from rich.table import Table
 
-from chemgap.agent.cli.common import console, handles_errors, read_structures
+from chemgap.agent.cli.common import address_option, console, handles_errors, read_structures
 from chemgap.agent.errors import BadInput
+from chemgap.campaigns.spec import SelectionStrategy
 
 
 @click.command("explore")
@@ -53,7 +54,7 @@ from chemgap.agent.errors import BadInput
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["uncertainty", "diverse", "random"]),
+    type=click.Choice([s.value for s in SelectionStrategy]),
     default="diverse",
     show_default=True,
 )
@@ -85,7 +86,7 @@ from chemgap.agent.errors import BadInput
     show_default=True,
     help="Walker groups run as parallel Ray tasks.",
 )
-@click.option("--address", default=None, help="Ray cluster to use (default: a local one).")
+@address_option
 @handles_errors
 def explore(
     model_dir: Path,
@@ -132,7 +133,10 @@ def explore(
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise BadInput(f"--{first['loc'][-1]}: {first['msg']}") from None
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        if first["loc"][0] == "trust":
+            raise BadInput(f"--lower/--upper: {msg} (got {lower:g}, {upper:g} eV/Å)") from None
+        raise BadInput(f"--{first['loc'][0]}: {msg} (got {first.get('input')!r})") from None
     ensemble = Ensemble.load(model_dir)
     missing = {s for a in structures for s in a.get_chemical_symbols()} - set(ensemble.elements)
     if missing:

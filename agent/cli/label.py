@@ -9,7 +9,7 @@ import click
 import yaml
 from pydantic import ValidationError
 
-from chemgap.agent.cli.common import console, handles_errors, parse_assignments
+from chemgap.agent.cli.common import address_option, console, handles_errors, parse_assignments
 from chemgap.agent.errors import BadInput
 from chemgap.oracle.config import OracleConfig, OracleName, check_elements
 
@@ -89,7 +89,7 @@ def _read(path: Path, index: str, fmt: str | None) -> list:
     "--index", default=":", show_default=True, help="Which structures of IN (ASE index syntax)."
 )
 @click.option("--format", "fmt", default=None, help="Format of IN (default: from the name).")
-@click.option("--address", default=None, help="Ray cluster address (default: start a local one).")
+@address_option
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray.")
 @click.option(
     "--dashboard/--no-dashboard",

@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chemgap.agent.cli.common import console, handles_errors, parse_assignments
+from chemgap.agent.cli.common import address_option, console, handles_errors, parse_assignments
 from chemgap.agent.errors import BadInput
 
 STEP_TEXT = {
@@ -120,7 +120,7 @@ def _drive(store, address: str | None) -> None:
     metavar="PATH=VALUE",
     help="Override a spec field, e.g. --set budget.max_iterations=2 (repeatable).",
 )
-@click.option("--address", default=None, help="Ray cluster address (default: a local instance).")
+@address_option
 @handles_errors
 def run(campaign: str, out: Path | None, sets: tuple[str, ...], address: str | None) -> None:
     """Run CAMPAIGN (a built-in name or a spec file; default cu-defects) to its end."""
@@ -144,7 +144,7 @@ def run(campaign: str, out: Path | None, sets: tuple[str, ...], address: str | N
 
 @click.command("resume")
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
-@click.option("--address", default=None, help="Ray cluster address (default: a local instance).")
+@address_option
 @handles_errors
 def resume(run_dir: Path, address: str | None) -> None:
     """Continue the campaign in RUN from its last finished step."""

@@ -10,7 +10,13 @@ import click
 import yaml
 from pydantic import ValidationError
 
-from chemgap.agent.cli.common import console, handles_errors, parse_assignments, read_structures
+from chemgap.agent.cli.common import (
+    address_option,
+    console,
+    handles_errors,
+    parse_assignments,
+    read_structures,
+)
 from chemgap.agent.errors import BadInput
 from chemgap.models.config import EnsembleConfig, EnsembleMode, ModelConfig
 
@@ -111,7 +117,7 @@ def _configs(
 )
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--ray/--no-ray", "use_ray", default=True, show_default=True)
-@click.option("--address", default=None, help="Ray cluster address (default: start a local one).")
+@address_option
 @click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray.")
 @click.option("--dashboard/--no-dashboard", default=False, show_default=True)
 @handles_errors
