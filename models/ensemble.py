@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .build import DataStats, build_model, compute_stats
+from .build import DataStats, build_for_loading, compute_stats
 from .calibration import Calibration
 from .config import EnsembleConfig, EnsembleMode, ModelConfig
 from .data import (
@@ -246,7 +246,7 @@ class Ensemble:
             stats = DataStats(**read_json(mfile)["stats"]) if mfile.exists() else None
 
             def rebuild(stats=stats):
-                return build_model(model_cfg, stats)
+                return build_for_loading(model_cfg, stats)
 
             members.append(load_member(path, k, rebuild if stats else None, dev))
         cal = meta.get("calibration")

@@ -7,12 +7,15 @@ Comput. Phys. Commun. 253, 107206, 2020): max_i sqrt(mean_k |F_i^k − <F_i>|²)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .contraction import sparse_contractions
 from .data import Batch
 
 
@@ -49,6 +52,17 @@ def scalar_feature_index(model: torch.nn.Module) -> torch.Tensor:
     return torch.tensor(cols, dtype=torch.long)
 
 
+def _member_threads(models: Sequence[torch.nn.Module], batch: Batch) -> int:
+    """Python threads to run members on: one per torch thread on CPU (2+ members), else 1."""
+    if len(models) < 2 or batch.data["positions"].device.type != "cpu":
+        return 1
+    return min(len(models), torch.get_num_threads())
+
+
+# (pid, threads) -> pool; keyed by pid so that a forked child makes its own
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
 def evaluate_members(
     models: Sequence[torch.nn.Module],
     batch: Batch,
@@ -59,25 +73,45 @@ def evaluate_members(
     """Run each member on the same batched graph; forces by autograd of the energy.
 
     The batch dict is shallow-copied per member (mace's stress path rewrites positions and
-    shifts in the dict it is given). Outputs are detached.
+    shifts in the dict it is given). The symmetric contractions run as sparse polynomials
+    (:mod:`chemgap.models.contraction`; same numbers, less work). On CPU with more than one
+    torch thread, members run concurrently on that many Python threads of one torch thread
+    each: much of a small graph's time is per-operation overhead that one member cannot spread
+    over the cores, and torch releases the GIL inside its kernels and the backward pass. (Each
+    pool thread is set to one OpenMP thread; left at the default, every pool thread keeps its
+    own OpenMP team and the caller's later torch work runs several times slower.) Outputs are
+    detached.
     """
-    energies, forces, stresses, feats = [], [], [], []
-    for model in models:
+
+    def run(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
         data = dict(batch.data)
         data["positions"] = batch.data["positions"].detach().clone()
         out = model(data, training=False, compute_force=True, compute_stress=compute_stress)
-        energies.append(out["energy"].detach())
-        forces.append(out["forces"].detach())
-        if compute_stress:
-            stresses.append(out["stress"].detach())
+        stress = out["stress"].detach() if compute_stress else None
+        feats = None
         if node_features:
             idx = scalar_feature_index(model).to(out["node_feats"].device)
-            feats.append(out["node_feats"].detach()[:, idx])
+            feats = out["node_feats"].detach()[:, idx]
+        return out["energy"].detach(), out["forces"].detach(), stress, feats
+
+    n_threads = _member_threads(models, batch)
+    with sparse_contractions(models):
+        if n_threads > 1:
+            key = (os.getpid(), n_threads)
+            pool = _POOLS.get(key)
+            if pool is None:
+                pool = _POOLS[key] = ThreadPoolExecutor(
+                    n_threads, "chemgap-member", initializer=torch.set_num_threads, initargs=(1,)
+                )
+            results = list(pool.map(run, models))
+        else:
+            results = [run(m) for m in models]
+    energies, forces, stresses, feats = zip(*results, strict=True)
     return MemberOutputs(
         energy=torch.stack(energies),
         forces=torch.stack(forces),
         stress=torch.stack(stresses) if compute_stress else None,
-        node_feats=feats if node_features else None,
+        node_feats=list(feats) if node_features else None,
     )
 
 

@@ -1,0 +1,151 @@
+"""The sparse symmetric contraction and the other inference speed-ups compute mace's numbers."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from chemgap.models.build import DataStats, build_for_loading, build_model
+from chemgap.models.config import ModelConfig
+from chemgap.models.contraction import SparseSymmetricContraction, sparse_contractions
+from chemgap.models.data import make_batch
+from chemgap.models.predict import evaluate_members
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+Z_HCO = [1, 6, 8]
+
+
+def stats(z_table=Z_HCO, avg_num_neighbors=6.0) -> DataStats:
+    return DataStats(
+        z_table=list(z_table),
+        atomic_energies=[-13.6 * (i + 1) for i in range(len(z_table))],
+        avg_num_neighbors=avg_num_neighbors,
+        shift=0.1,
+        scale=1.7,
+    )
+
+
+def member(correlation: int, max_L: int, dtype: str, seed: int = 0) -> torch.nn.Module:
+    cfg = ModelConfig(
+        num_channels=8,
+        max_L=max_L,
+        correlation=correlation,
+        num_interactions=2,
+        r_max=4.0,
+        radial_mlp=[16, 16],
+        dtype=dtype,
+    )
+    return build_model(cfg, stats(), seed=seed).eval()
+
+
+def one_hot(rng: np.random.Generator, n: int, n_el: int, dtype) -> torch.Tensor:
+    y = torch.zeros(n, n_el, dtype=dtype)
+    y[torch.arange(n), torch.as_tensor(rng.integers(0, n_el, n))] = 1.0
+    return y
+
+
+@pytest.mark.parametrize(("correlation", "max_L"), [(3, 1), (2, 2), (3, 0)])
+def test_contraction_and_its_gradient_equal_mace(correlation, max_L, rng):
+    model = member(correlation, max_L, "float64")
+    for block in model.products:
+        sc = block.symmetric_contractions
+        n_channels, ell = sc.contractions[0].num_features, sc.contractions[0].U_tensors(1).shape[-2]
+        x = torch.randn(23, n_channels, ell, dtype=torch.float64, requires_grad=True)
+        y = one_hot(rng, 23, len(Z_HCO), torch.float64)
+        ref = sc(x, y)
+        (g_ref,) = torch.autograd.grad((ref * torch.cos(ref)).sum(), x)
+        with sparse_contractions([model]) as swapped:
+            assert swapped == len(model.products)
+            assert type(sc) is SparseSymmetricContraction
+            out = sc(x, y)
+            (g_out,) = torch.autograd.grad((out * torch.cos(out)).sum(), x)
+        assert out.shape == ref.shape
+        scale = ref.abs().max().item()
+        assert scale > 1e-3
+        assert (out - ref).abs().max().item() < 1e-12 * max(scale, 1.0)
+        assert (g_out - g_ref).abs().max().item() < 1e-11 * max(g_ref.abs().max().item(), 1.0)
+
+
+def test_whole_member_energy_and_forces_equal_mace():
+    """Molecules and a periodic cell in one batch, float64 and float32."""
+    h2o, ch4 = molecule("H2O"), molecule("CH4")
+    for m in (h2o, ch4):
+        m.center(vacuum=4.0)
+    cell = bulk("C", "diamond", a=3.57)
+    cell.numbers[0] = 8
+    cell.rattle(0.05, seed=1)
+    for dtype, tol in (("float64", 1e-10), ("float32", 2e-5)):
+        model = member(3, 1, dtype)
+        batch = make_batch([h2o, cell, ch4], Z_HCO, 4.0, dtype, "cpu")
+        data = dict(batch.data)
+        data["positions"] = batch.data["positions"].clone()
+        stock = model(data, training=False, compute_force=True)
+        fast = evaluate_members([model], batch)
+        e_ref, f_ref = stock["energy"].detach(), stock["forces"].detach()
+        assert torch.allclose(fast.energy[0], e_ref, rtol=tol, atol=tol)
+        assert (fast.forces[0] - f_ref).abs().max().item() < tol * max(1.0, f_ref.abs().max())
+        assert f_ref.abs().max().item() > 1e-2
+
+
+def test_not_one_hot_falls_back_to_mace(rng):
+    model = member(3, 1, "float64")
+    sc = model.products[0].symmetric_contractions
+    x = torch.randn(5, 8, 16, dtype=torch.float64)
+    y = one_hot(rng, 5, 3, torch.float64) * 0.5 + 0.1  # not one-hot
+    ref = sc(x, y)
+    with sparse_contractions([model]):
+        out = sc(x, y)
+    assert torch.equal(out, ref)
+
+
+def test_class_restored_on_error_and_pickles_carry_no_chemgap():
+    model = member(2, 1, "float32")
+    with pytest.raises(RuntimeError), sparse_contractions([model]):
+        raise RuntimeError("boom")
+    assert all(type(m) is not SparseSymmetricContraction for m in model.modules())
+    with sparse_contractions([model]):
+        pass
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    assert b"chemgap" not in buffer.getvalue()
+
+
+def test_build_for_loading_copies_architecture_with_own_constants():
+    """The cached template carries each member's average neighbour count; weights come from
+    the state dict, so a copied member predicts exactly what a freshly built one does."""
+    cfg = ModelConfig(num_channels=8, max_L=1, num_interactions=2, r_max=4.0, radial_mlp=[8])
+    trained = build_model(cfg, stats(avg_num_neighbors=3.0), seed=4)
+    first = build_for_loading(cfg, stats(avg_num_neighbors=7.5))
+    copy_ = build_for_loading(cfg, stats(avg_num_neighbors=3.0))
+    assert copy_ is not first
+    copy_.load_state_dict(trained.state_dict())
+    water = molecule("H2O")
+    water.center(vacuum=3.0)
+    batch = make_batch([water], Z_HCO, 4.0, "float32", "cpu")
+    a = evaluate_members([trained], batch)
+    b = evaluate_members([copy_], batch)
+    assert torch.equal(a.energy, b.energy)
+    assert torch.equal(a.forces, b.forces)
+
+
+def test_members_on_threads_equal_members_one_after_another():
+    models = [member(2, 1, "float64", seed=s) for s in range(3)]
+    ethanol = molecule("CH3CH2OH")
+    ethanol.center(vacuum=3.0)
+    batch = make_batch([ethanol, ethanol.copy()], Z_HCO, 4.0, "float64", "cpu")
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = evaluate_members(models, batch)
+        torch.set_num_threads(2)
+        threaded = evaluate_members(models, batch)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.allclose(serial.energy, threaded.energy, rtol=0, atol=1e-12)
+    assert torch.allclose(serial.forces, threaded.forces, rtol=0, atol=1e-12)
+    assert not torch.allclose(serial.forces[0], serial.forces[1])  # members differ
