@@ -215,6 +215,7 @@ class BatchedForceField:
         self.dtype = getattr(torch, ensemble.dtype)
         self._batch = None
         self._ref: torch.Tensor | None = None
+        self._edges: tuple[torch.Tensor, ...] | None = None
         self.rebuilds = 0
 
     def invalidate(self) -> None:
@@ -243,11 +244,29 @@ class BatchedForceField:
             self._batch = make_batch(atoms, e.z_table, e.r_max + self.skin, e.dtype, e.device)
             self._ref = state.positions.clone()
             self.rebuilds += 1
+            ei = self._batch.data["edge_index"].cpu()
+            rc = torch.as_tensor(covalent_radii[state.numbers], dtype=torch.float64)
+            self._edges = (
+                ei[0],
+                ei[1],
+                self._batch.data["shifts"].cpu().double(),
+                rc[ei[0]] + rc[ei[1]],
+                torch.as_tensor(state.system_idx)[ei[0]],
+            )
         return self._batch
+
+    def min_distance_ratio(self, state: WalkerState) -> np.ndarray:
+        """(W,) smallest d_ij / (r_cov,i + r_cov,j) over the current graph's edges of each
+        walker (inf for a walker without edges)."""
+        self._graph(state)
+        i, j, shifts, rc_sum, walker = self._edges
+        d = (state.positions[j] - state.positions[i] + shifts).norm(dim=1)
+        out = torch.full((state.n_walkers,), torch.inf, dtype=torch.float64)
+        return out.scatter_reduce_(0, walker, d / rc_sum, "amin").numpy()
 
     def evaluate(self, state: WalkerState) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
         batch = self._graph(state)
-        batch.data["positions"] = state.positions.to(self.dtype)
+        batch.data["positions"] = state.positions.to(device=self.ensemble.device, dtype=self.dtype)
         out = self.ensemble.evaluate(batch)
         energy = out.energy.double().mean(0).cpu().numpy()
         forces = out.forces.double()
@@ -301,20 +320,6 @@ class ExplorationResult:
                 mine[k] += v
         self.rebuilds += other.rebuilds
         self.steps += other.steps
-
-
-def _min_distance_ratio(state: WalkerState, batch: Any) -> np.ndarray:
-    """(W,) smallest d_ij / (r_cov,i + r_cov,j) over the graph's edges of each walker."""
-    ei = batch.data["edge_index"]
-    pos = state.positions
-    shifts = batch.data["shifts"].double()
-    vec = pos[ei[1]] - pos[ei[0]] + shifts
-    d = vec.norm(dim=1).numpy()
-    rc = covalent_radii[state.numbers]
-    ratio = d / (rc[ei[0].numpy()] + rc[ei[1].numpy()])
-    out = np.full(state.n_walkers, np.inf)
-    np.minimum.at(out, state.system_idx[ei[0].numpy()], ratio)
-    return out
 
 
 # --------------------------------------------------------------------------- the explorer
@@ -428,7 +433,7 @@ def explore(
         np.maximum.at(max_std, state.system_idx, std_cal)
         fmax = np.zeros(w)
         np.maximum.at(fmax, state.system_idx, forces.norm(dim=1).numpy())
-        ratio = _min_distance_ratio(state, ff._batch)
+        ratio = ff.min_distance_ratio(state)
         bad = (
             ~np.isfinite(energy)
             | ~np.isfinite(fmax)

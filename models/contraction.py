@@ -136,10 +136,18 @@ class SparseSymmetricContraction(SymmetricContraction):
         return torch.cat([b.reshape(n, -1) for b in blocks], dim=-1)
 
 
+_TARGETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its contractions
+
+
 def _swap(models: Iterable[torch.nn.Module], old: type, new: type) -> int:
     count = 0
     for model in models:
-        for module in model.modules():
+        targets = _TARGETS.get(model)
+        if targets is None:
+            targets = _TARGETS[model] = [
+                m for m in model.modules() if isinstance(m, SymmetricContraction)
+            ]
+        for module in targets:
             if type(module) is old:
                 module.__class__ = new
                 count += 1
