@@ -26,6 +26,7 @@ from ase import Atoms
 
 from .build import DataStats, build_model, compute_stats
 from .config import EnsembleConfig, ModelConfig
+from .contraction import sparse_contractions
 from .data import element_list, split_valid, symbols_to_z, to_graphs, usable
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,14 @@ def _loss_terms(out: dict, batch, cfg: EnsembleConfig) -> torch.Tensor:
 
 
 def _forward(model, batch, cfg: EnsembleConfig, training: bool) -> dict:
+    """Energy, forces (and stress when weighted) with the sparse symmetric contraction
+    (:mod:`chemgap.models.contraction`; mace's class is back in place when this returns, so
+    copies and saved files are plain mace models)."""
     want_stress = cfg.stress_weight > 0 and float(batch.stress_weight.sum()) > 0
-    return model(batch.to_dict(), training=training, compute_force=True, compute_stress=want_stress)
+    with sparse_contractions([model]):
+        return model(
+            batch.to_dict(), training=training, compute_force=True, compute_stress=want_stress
+        )
 
 
 def evaluate_loader(model, loader, cfg: EnsembleConfig) -> dict:
