@@ -11,7 +11,9 @@ nothing and the forces equal those of a fresh graph.
 Per-walker stops: a frame above the upper trust level is recorded as a candidate and the walker
 restarts from its last accurate frame; an unphysical geometry, NaN or exploding energy is an
 ``md_failure`` (kept with its last frames: a model that blows up is itself a finding) followed by
-the same restart; every walker stops at the step cap.
+the same restart; every walker stops at the step cap. The last accurate frame is stored with its
+ensemble forces, so a restart costs no evaluation, and the graph is kept when the restored frame
+lies within the skin of where it was built.
 """
 
 from __future__ import annotations
@@ -218,9 +220,6 @@ class BatchedForceField:
         self._edges: tuple[torch.Tensor, ...] | None = None
         self.rebuilds = 0
 
-    def invalidate(self) -> None:
-        self._batch = None
-
     def _graph(self, state: WalkerState):
         from chemgap.models.data import make_batch
 
@@ -394,20 +393,23 @@ def explore(
     c2 = torch.sqrt(1 - c1**2) * torch.sqrt(kt[:, None] / m)
     torch_rng = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
     n_atoms = np.bincount(state.system_idx, minlength=w)
-    safe = [(state.positions[state.walker_slice(i)].clone(), temps[i]) for i in range(w)]
     recent: list[deque[tuple[int, torch.Tensor]]] = [deque(maxlen=LAST_FRAMES) for _ in range(w)]
     last_candidate = np.full(w, -CANDIDATE_STRIDE)
 
     energy, forces, std = ff.evaluate(state)
     state.energy0 = energy / n_atoms
+    # the last accurate frame of each walker with its forces, so a restart needs no evaluation
+    safe = [(state.positions[s].clone(), forces[s].clone()) for s in state.slices]
 
     def restart(i: int) -> None:
+        """Back to the walker's last accurate frame (and its forces), fresh velocities; the
+        graph is rebuilt by the usual skin test if the frame is far from where it was built."""
         s = state.walker_slice(i)
-        pos, t = safe[i]
+        pos, f = safe[i]
         state.positions[s] = pos
-        v = maxwell_boltzmann(state.masses[s].numpy(), t, rng)
+        forces[s] = f
+        v = maxwell_boltzmann(state.masses[s].numpy(), temps[i], rng)
         state.velocities[s] = torch.from_numpy(v)
-        ff.invalidate()
 
     for step in range(n_steps):
         # BAOAB: half kick, half drift, Ornstein-Uhlenbeck, half drift, forces, half kick
@@ -499,9 +501,7 @@ def explore(
                     last_candidate[i] = step
             else:
                 counts["accurate"] += 1
-                safe[i] = (state.positions[s].clone(), temps[i])
-        if bad.any() or (over_hi.any() and stop_on_uncertainty):
-            energy, forces, std = ff.evaluate(state)  # restarted walkers need fresh forces
+                safe[i] = (state.positions[s].clone(), forces[s].clone())
         if progress is not None:
             progress(step + 1, n_steps)
     result.rebuilds = ff.rebuilds
