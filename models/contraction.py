@@ -121,17 +121,24 @@ class SparseSymmetricContraction(SymmetricContraction):
         mono = basis.index_select(1, plan.factors[0])
         for f in plan.factors[1:]:
             mono = mono * basis.index_select(1, f)
-        # coefficients of every element side by side: (c, E·ΣW, n_mono)
+        # coefficients of the elements present, side by side: (c, E·ΣW, n_mono); every atom is
+        # multiplied by all E of them and keeps its own (cheaper than grouping atoms for small
+        # E, and E is what the batch holds, not the model's whole element table)
+        present = torch.nonzero(y.sum(dim=0)).squeeze(1)
         coef = torch.cat(
             [
-                torch.einsum("wmk,ekc->cewm", u, torch.cat(_weights(con), dim=1))
+                torch.einsum(
+                    "wmk,ekc->cewm", u, torch.cat(_weights(con), dim=1).index_select(0, present)
+                )
                 for u, con in zip(plan.coupling, self.contractions, strict=True)
             ],
             dim=2,
         )
         n_el, width = coef.shape[1], coef.shape[2]
         out = torch.bmm(coef.reshape(c, n_el * width, -1), mono)  # (c, E·ΣW, n)
-        out = torch.einsum("cewn,ne->ncw", out.reshape(c, n_el, width, n), y)  # (n, c, ΣW)
+        out = torch.einsum(
+            "cewn,ne->ncw", out.reshape(c, n_el, width, n), y.index_select(1, present)
+        )  # (n, c, ΣW)
         blocks = torch.split(out, plan.widths, dim=-1)
         return torch.cat([b.reshape(n, -1) for b in blocks], dim=-1)
 

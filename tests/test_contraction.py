@@ -92,6 +92,20 @@ def test_whole_member_energy_and_forces_equal_mace():
         assert f_ref.abs().max().item() > 1e-2
 
 
+def test_batch_with_some_elements_only(rng):
+    """Only the elements present get coefficients; atoms of one or two of three elements."""
+    model = member(3, 1, "float64")
+    sc = model.products[0].symmetric_contractions
+    x = torch.randn(9, 8, 16, dtype=torch.float64)
+    for elements in ([2], [0, 2]):
+        y = torch.zeros(9, 3, dtype=torch.float64)
+        y[torch.arange(9), torch.as_tensor(rng.choice(elements, 9))] = 1.0
+        ref = sc(x, y)
+        with sparse_contractions([model]):
+            out = sc(x, y)
+        assert (out - ref).abs().max().item() < 1e-12 * max(1.0, ref.abs().max().item())
+
+
 def test_not_one_hot_falls_back_to_mace(rng):
     model = member(3, 1, "float64")
     sc = model.products[0].symmetric_contractions
