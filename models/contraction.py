@@ -26,6 +26,7 @@ later never refer to chemgap.
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -66,7 +67,13 @@ def _weights(con: Contraction) -> list[torch.Tensor]:
 
 
 def _plan(module: SymmetricContraction, ell: int, dtype: torch.dtype, device) -> _Plan:
-    key = (ell, dtype, str(device))
+    # keyed on the U tensors themselves too, so buffers loaded after a plan was made count
+    u_state = tuple(
+        (u.data_ptr(), u._version)
+        for con in module.contractions
+        for u in (con.U_tensors(nu) for nu in _orders(con))
+    )
+    key = (ell, dtype, str(device), u_state)
     cached = _PLANS.get(module)
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -144,32 +151,44 @@ class SparseSymmetricContraction(SymmetricContraction):
 
 
 _TARGETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its contractions
+_ACTIVE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> open contexts
+_LOCK = threading.Lock()
 
 
-def _swap(models: Iterable[torch.nn.Module], old: type, new: type) -> int:
-    count = 0
-    for model in models:
-        targets = _TARGETS.get(model)
-        if targets is None:
-            targets = _TARGETS[model] = [
-                m for m in model.modules() if isinstance(m, SymmetricContraction)
-            ]
-        for module in targets:
-            if type(module) is old:
-                module.__class__ = new
-                count += 1
-    return count
+def _contractions(model: torch.nn.Module) -> list[torch.nn.Module]:
+    targets = _TARGETS.get(model)
+    if targets is None:
+        targets = _TARGETS[model] = [  # exactly mace's class: subclasses are left alone
+            m
+            for m in model.modules()
+            if type(m) in (SymmetricContraction, SparseSymmetricContraction)
+        ]
+    return targets
 
 
 @contextlib.contextmanager
 def sparse_contractions(models: Iterable[torch.nn.Module]) -> Iterator[int]:
     """Evaluate ``models``' symmetric contractions as sparse polynomials inside the block.
 
-    Yields the number of modules swapped; restores mace's class on exit (also on error).
+    Yields the number of modules in the fast form; mace's class is restored when the last
+    open block on a model exits (blocks may nest or run in several threads at once), also on
+    error.
     """
     models = list(models)
-    count = _swap(models, SymmetricContraction, SparseSymmetricContraction)
+    count = 0
+    with _LOCK:
+        for model in models:
+            _ACTIVE[model] = _ACTIVE.get(model, 0) + 1
+            for module in _contractions(model):
+                module.__class__ = SparseSymmetricContraction
+                count += 1
     try:
         yield count
     finally:
-        _swap(models, SparseSymmetricContraction, SymmetricContraction)
+        with _LOCK:
+            for model in models:
+                _ACTIVE[model] -= 1
+                if _ACTIVE[model] == 0:
+                    del _ACTIVE[model]
+                    for module in _contractions(model):
+                        module.__class__ = SymmetricContraction

@@ -8,6 +8,7 @@ Comput. Phys. Commun. 253, 107206, 2020): max_i sqrt(mean_k |F_i^k − <F_i>|²)
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,6 +62,33 @@ def _member_threads(models: Sequence[torch.nn.Module], batch: Batch) -> int:
 
 # (pid, threads) -> pool; keyed by pid so that a forked child makes its own
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)
+    torch.zeros(1 << 16).add_(1.0)  # a parallel op: fixes this thread's count while it is 1
+
+
+def member_pool(n_threads: int) -> ThreadPoolExecutor:
+    """This process's pool of ``n_threads`` threads, each with one torch (OpenMP) thread.
+
+    Left at the default, every pool thread keeps an OpenMP team of its own and the caller's
+    later torch work runs several times slower. ``torch.set_num_threads`` also sets the count
+    that threads created later start with, so all pool threads are started at once (a barrier)
+    and the caller's count is put back afterwards.
+    """
+    key = (os.getpid(), n_threads)
+    with _POOLS_LOCK:
+        pool = _POOLS.get(key)
+        if pool is None:
+            caller = torch.get_num_threads()
+            pool = ThreadPoolExecutor(n_threads, "chemgap-member", initializer=_one_torch_thread)
+            barrier = threading.Barrier(n_threads)
+            list(pool.map(lambda _: barrier.wait(), range(n_threads)))
+            torch.set_num_threads(caller)
+            _POOLS[key] = pool
+    return pool
 
 
 def evaluate_members(
@@ -77,10 +105,8 @@ def evaluate_members(
     (:mod:`chemgap.models.contraction`; same numbers, less work). On CPU with more than one
     torch thread, members run concurrently on that many Python threads of one torch thread
     each: much of a small graph's time is per-operation overhead that one member cannot spread
-    over the cores, and torch releases the GIL inside its kernels and the backward pass. (Each
-    pool thread is set to one OpenMP thread; left at the default, every pool thread keeps its
-    own OpenMP team and the caller's later torch work runs several times slower.) Outputs are
-    detached.
+    over the cores, and torch releases the GIL inside its kernels and the backward pass (see
+    :func:`member_pool`). Outputs are detached.
     """
 
     def run(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
@@ -97,13 +123,7 @@ def evaluate_members(
     n_threads = _member_threads(models, batch)
     with sparse_contractions(models):
         if n_threads > 1:
-            key = (os.getpid(), n_threads)
-            pool = _POOLS.get(key)
-            if pool is None:
-                pool = _POOLS[key] = ThreadPoolExecutor(
-                    n_threads, "chemgap-member", initializer=torch.set_num_threads, initargs=(1,)
-                )
-            results = list(pool.map(run, models))
+            results = list(member_pool(n_threads).map(run, models))
         else:
             results = [run(m) for m in models]
     energies, forces, stresses, feats = zip(*results, strict=True)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
+import threading
 
 import numpy as np
 import pytest
 import torch
 from ase.build import bulk, molecule
+from mace.modules.symmetric_contraction import SymmetricContraction
 
+from chemgap.models import predict
 from chemgap.models.build import DataStats, build_for_loading, build_model
 from chemgap.models.config import ModelConfig
 from chemgap.models.contraction import SparseSymmetricContraction, sparse_contractions
@@ -129,6 +133,16 @@ def test_class_restored_on_error_and_pickles_carry_no_chemgap():
     assert b"chemgap" not in buffer.getvalue()
 
 
+def test_nested_blocks_restore_only_when_the_last_exits():
+    model = member(2, 1, "float32")
+    sc = model.products[0].symmetric_contractions
+    with sparse_contractions([model]):
+        with sparse_contractions([model]):
+            assert type(sc) is SparseSymmetricContraction
+        assert type(sc) is SparseSymmetricContraction  # the outer block is still open
+    assert type(sc) is SymmetricContraction
+
+
 def test_build_for_loading_copies_architecture_with_own_constants():
     """The cached template carries each member's average neighbour count; weights come from
     the state dict, so a copied member predicts exactly what a freshly built one does."""
@@ -160,6 +174,18 @@ def test_members_on_threads_equal_members_one_after_another():
         threaded = evaluate_members(models, batch)
     finally:
         torch.set_num_threads(old)
+    assert (os.getpid(), 2) in predict._POOLS  # the threaded path ran
+    seen = {}
+    try:
+        torch.set_num_threads(2)
+        pool_counts = list(predict.member_pool(2).map(lambda _: torch.get_num_threads(), range(4)))
+        later = threading.Thread(target=lambda: seen.setdefault("n", torch.get_num_threads()))
+        later.start()
+        later.join()
+    finally:
+        torch.set_num_threads(old)
+    assert pool_counts == [1, 1, 1, 1]  # one torch thread per pool thread
+    assert seen["n"] == 2  # threads made later start with the caller's count
     assert torch.allclose(serial.energy, threaded.energy, rtol=0, atol=1e-12)
     assert torch.allclose(serial.forces, threaded.forces, rtol=0, atol=1e-12)
     assert not torch.allclose(serial.forces[0], serial.forces[1])  # members differ
