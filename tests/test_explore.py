@@ -188,3 +188,27 @@ def test_explore_cli_writes_selected_candidates(ensemble, tmp_path):
     assert bad.exit_code == 2 and "Si" in bad.output
     bad = CliRunner().invoke(main, [*args[:5], "--lower", "0.2", "--upper", "0.1"])
     assert bad.exit_code == 2 and "--lower/--upper: upper (0.1) must exceed lower" in bad.output
+
+
+def test_restart_resumes_from_the_stored_frame_and_forces(ensemble):
+    """At 0 K a BAOAB step from rest is x0 + dt²(1 + c1)/(4m) F(x0), c1 = exp(-γ dt).
+    With an upper trust level of 0 every step is 'beyond' and restarts, so every candidate must
+    be that same frame: a restart that used the forces of the rejected frame would drift."""
+    from ase import units
+
+    from chemgap.agent.explore import TrustLevels
+
+    start = cu_cluster(700, rattle=0.1)
+    cfg = ExplorationConfig(steps=4, timestep_fs=5.0, friction_per_fs=0.01)
+    levels = TrustLevels(lower={}, upper={}, default_lower=0.0, default_upper=0.0)
+    result = explore(ensemble, [start], cfg, temperatures_K=[0.0], levels=levels)
+    assert [c.info["trust"] for c in result.candidates] == ["beyond"] * 4
+    assert result.rebuilds == 1  # restored frames lie within the skin: one graph throughout
+    f0 = ensemble.predict([start]).forces_mean
+    dt = cfg.timestep_fs * units.fs
+    c1 = np.exp(-cfg.friction_per_fs * cfg.timestep_fs)
+    expected = start.positions + 0.25 * dt**2 * (1 + c1) * f0 / start.get_masses()[:, None]
+    assert np.abs(expected - start.positions).max() > 1e-3  # the step moves atoms measurably
+    for frame in result.candidates:
+        assert np.abs(frame.positions - result.candidates[0].positions).max() < 1e-9
+        assert np.abs(frame.positions - expected).max() < 1e-6
