@@ -71,7 +71,7 @@ def _plan(module: SymmetricContraction, ell: int, dtype: torch.dtype, device) ->
     u_state = tuple(
         (u.data_ptr(), u._version)
         for con in module.contractions
-        for u in (con.U_tensors(nu) for nu in _orders(con))
+        for u in (getattr(con, f"U_matrix_{nu}") for nu in _orders(con))  # no dict per call
     )
     key = (ell, dtype, str(device), u_state)
     cached = _PLANS.get(module)
