@@ -334,7 +334,7 @@ def load_regions(path: str | Path) -> tuple[list[Region], dict[str, Any]]:
     try:
         payload = json.loads(p.read_text())
         regions = [Region.from_dict(_restore_nan(d)) for d in payload["regions"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise BadInput(f"regions: {p} is not a chemgap regions file ({exc})") from None
     return regions, payload
 

@@ -384,7 +384,7 @@ def run_splits(
     ``on_split`` receives each result as it is finished (progress).
     """
     from chemgap.agent.features import compute_features
-    from chemgap.models.data import usable
+    from chemgap.models.data import element_list, usable
     from chemgap.models.ensemble import train_ensemble
 
     structures = usable(list(structures))
@@ -428,6 +428,7 @@ def run_splits(
             seed=seed,
             use_ray=use_ray,
             task_tag=f"split {split.name}",
+            elements=element_list(structures),  # the test side may hold elements training lacks
         )
         id_f, id_e = _score(ens, [structures[i] for i in id_idx])
         ood_f, ood_e = _score(ens, [structures[i] for i in split.test])

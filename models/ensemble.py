@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms
+from ase.data import chemical_symbols
 
 from .build import DataStats, build_for_loading, compute_stats
 from .calibration import Calibration
@@ -387,6 +388,7 @@ def _run_job(
         snapshots=job.snapshots,
         init_model=init,
         stats=stats,
+        elements=[chemical_symbols[z] for z in stats.z_table],  # one table for every member
         freeze=freeze,
         threads=threads,
         progress=progress,
@@ -449,6 +451,7 @@ def train_ensemble(
     progress: ProgressFn | None = None,
     task_tag: str = "",
     use_ray: bool | None = None,
+    elements: Sequence[str] | None = None,
 ) -> Ensemble:
     """Train ``ens_cfg.members`` MACE members and save them in ``out_dir``.
 
@@ -466,6 +469,8 @@ def train_ensemble(
             ``"Si=Ge"``); ``refit_e0`` then shifts E0s by least squares on the target data.
         freeze: parameter prefixes kept fixed while fine-tuning (see ``freeze_blocks``).
         progress: receives a :class:`ProgressEvent` per member epoch (driver process).
+        elements: the model's element set (default: the elements of train + valid); name
+            elements the data lack to score structures holding them later (an element split).
     Returns:
         The trained :class:`Ensemble`, saved in ``out_dir``.
     """
@@ -497,7 +502,7 @@ def train_ensemble(
         model_cfg = source.model_cfg
         stats = _stats_of(init_models[0])
     else:
-        z_table = symbols_to_z(element_list([*data, *valid_set]))
+        z_table = symbols_to_z(elements or element_list([*data, *valid_set]))
         stats = compute_stats(data, z_table, model_cfg.r_max)
 
     jobs = plan_jobs(data, ens_cfg, seed)

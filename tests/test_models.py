@@ -364,3 +364,14 @@ def test_train_ensemble_on_ray(ray_session, cu_data, tmp_path):
     assert sum(e.done for e in events) == 2
     pred = Ensemble.load(tmp_path / "ray").predict(cu_data["test"][:2])
     assert np.all(pred.max_force_std > 0)  # different seeds give different members
+
+
+def test_model_element_set_may_name_elements_the_data_lack(cu_data, tmp_path):
+    """An element split trains without the held-out element but must still score it."""
+    cfg = EnsembleConfig(members=2, max_epochs=1, batch_size=8, mode=EnsembleMode.BAGGING)
+    ens = train_ensemble(
+        cu_data["train"][:8], SMALL, cfg, tmp_path, use_ray=False, elements=["Cu", "Ag"]
+    )
+    assert ens.elements == ["Cu", "Ag"]
+    silver = label(bulk("Ag", cubic=True), EMT())
+    assert np.isfinite(ens.predict([silver]).energy_mean).all()

@@ -173,7 +173,9 @@ def splits_table(splits: list[dict[str, Any]]) -> Table:
     metavar="SECTION.FIELD=V",
     help="Split study: override model.* / ensemble.* (e.g. ensemble.max_epochs=20).",
 )
-@click.option("--seed", type=int, default=None, help="Seed (default: the spec's, or 0).")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the spec's, or 0)."
+)
 @click.option("--ray/--no-ray", "use_ray", default=False, show_default=True)
 @handles_errors
 def diagnose(
