@@ -569,9 +569,13 @@ def parse_spec(
         spec = CampaignSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_format_errors(exc), source) from None
-    problems = _semantic_problems(spec, base_dir or Path.cwd())
+    base = base_dir or Path.cwd()
+    problems = _semantic_problems(spec, base)
     if problems:
         raise SpecError(problems, source)
+    for seed in spec.system.seeds:  # the spec is copied into run directories: keep files found
+        if seed.kind == "file":
+            seed.path = str(seed.resolve(base).resolve())
     return spec
 
 

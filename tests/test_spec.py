@@ -120,6 +120,11 @@ def test_molecule_and_file_seeds(tmp_path):
     }
     spec = parse_spec(data, base_dir=tmp_path)
     assert spec.elements(tmp_path) == {"C", "H", "N", "O"}
+    # the spec is copied into a run directory: the file must still be found from there
+    assert spec.system.seeds[1].path == str((tmp_path / "water.xyz").resolve())
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir()
+    assert spec.elements(elsewhere) == {"C", "H", "N", "O"}
     data["system"]["seeds"][0]["smiles"] = "C1CC("  # unparseable
     data["system"]["seeds"][1]["path"] = "missing.xyz"
     msgs = problems(data, base_dir=tmp_path)
