@@ -390,12 +390,15 @@ class Campaign:
             for a in self.labelled()
             if a.info.get("split") == "holdout" or a.info.get("iteration") == it
         ]
+        # the previous iteration's own file: the run-level one may already be this iteration's
+        # if a run was killed between writing it and recording the step
         previous = None
-        if (self.store.root / REGIONS_FILE).exists():
+        before = self.store.iteration_dir(it - 1, create=False) / REGIONS_FILE
+        if before.exists():
             try:
-                previous, _ = load_regions(self.store.root / REGIONS_FILE)
+                previous, _ = load_regions(before)
             except ValueError:
-                log.warning("ignoring an unreadable %s", REGIONS_FILE)
+                log.warning("ignoring an unreadable %s", before)
         try:
             result = diagnose(
                 unseen,

@@ -251,9 +251,10 @@ class RunStore:
         return label_counts(self.root / DB_FILE)
 
     # ------------------------------------------------------------------ iterations
-    def iteration_dir(self, iteration: int) -> Path:
+    def iteration_dir(self, iteration: int, *, create: bool = True) -> Path:
         path = self.root / ITERATIONS_DIR / f"{iteration:03d}"
-        path.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
 
