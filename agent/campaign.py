@@ -382,7 +382,12 @@ class Campaign:
         holdout and the structures labelled in this iteration (the ones it was unsure about).
         Writes ``regions.json`` in the run and in ``iterations/NNN``. A diagnosis that cannot be
         made (too few structures for a statistic, say) is logged and recorded, not fatal."""
-        from chemgap.agent.diagnose import REGIONS_FILE, diagnose, load_regions, write_regions
+        from chemgap.agent.diagnostics.diagnose import (
+            REGIONS_FILE,
+            diagnose,
+            load_regions,
+            write_regions,
+        )
 
         self.report("step", {"iteration": it, "step": "diagnose"})
         unseen = [

@@ -1,7 +1,9 @@
 """The Ray runtime a command runs in: a local instance with its dashboard, or an existing cluster.
 
 Every command that fans work out (labelling, training, exploration, campaigns) enters
-:func:`ray_runtime` once; library functions below it submit named tasks and assume Ray is up.
+:func:`ray_runtime` once and hands :class:`RayExecutor` down to the library functions, which
+take the way to run tasks from their caller (:mod:`chemgap.common.tasks`): without one they run
+in-process, whether or not a Ray instance happens to be up.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from chemgap.agent.errors import BadInput
+from chemgap.common.tasks import Channel, Done, Task
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +34,7 @@ class RuntimeInfo:
         num_cpus: CPUs the cluster offers.
         num_gpus: GPUs the cluster offers (0 on a CPU machine).
         started: True when this process started the instance (and shuts it down on exit).
+        executor: the :class:`RayExecutor` to hand to library functions.
     """
 
     address: str
@@ -37,6 +42,7 @@ class RuntimeInfo:
     num_cpus: int
     num_gpus: int
     started: bool
+    executor: RayExecutor = field(default_factory=lambda: RayExecutor())
 
 
 def _info(started: bool, dashboard_url: str | None) -> RuntimeInfo:
@@ -141,3 +147,134 @@ def ray_runtime(
     finally:
         ray.shutdown()
         log.info("Ray shut down")
+
+
+# --------------------------------------------------------------------------- the executor
+class _ChannelActor:
+    """Ray actor holding the items tasks put until the driver drains them."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def put(self, item: Any) -> None:
+        self.items.append(item)
+
+    def drain(self) -> list[Any]:
+        out, self.items = self.items, []
+        return out
+
+
+class _RayChannel:
+    """What a task holds: ``put`` sends to the actor (fire and forget)."""
+
+    def __init__(self, actor: Any):
+        self._actor = actor
+
+    def put(self, item: Any) -> None:
+        self._actor.put.remote(item)
+
+
+_REMOTES: dict[Callable[..., Any], Any] = {}
+
+
+def _remote(fn: Callable[..., Any]) -> Any:
+    import ray
+
+    if fn not in _REMOTES:
+        _REMOTES[fn] = ray.remote(fn)
+    return _REMOTES[fn]
+
+
+class RayExecutor:
+    """Runs :class:`~chemgap.common.tasks.Task` s as named Ray tasks on the initialised cluster.
+
+    Results come back in completion order (``ray.wait``); closing the iterator early cancels the
+    outstanding tasks (``ray.cancel(force=True)``). A task whose worker died comes back with the
+    Ray error in ``Done.error``; one whose function raised, with that exception (as its own type,
+    so a ``ValueError`` stays a ``ValueError``). Channels are drained every ``poll_s`` while
+    :meth:`run` waits, and closed when it ends.
+    """
+
+    parallel = True
+
+    def __init__(self, poll_s: float = 0.5):
+        self.poll_s = poll_s
+        self._channels: list[tuple[Any, Callable[[Any], None]]] = []
+
+    @staticmethod
+    def _ray() -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("RayExecutor: Ray is not initialised; enter ray_runtime() first")
+        return ray
+
+    def resources(self) -> dict[str, float]:
+        """The cluster's CPUs and GPUs."""
+        res = self._ray().cluster_resources()
+        return {"CPU": float(res.get("CPU", 1.0)), "GPU": float(res.get("GPU", 0.0))}
+
+    def channel(self, callback: Callable[[Any], None]) -> Channel:
+        """A channel backed by a zero-CPU actor, drained while :meth:`run` waits."""
+        ray = self._ray()
+        actor = ray.remote(num_cpus=0)(_ChannelActor).remote()
+        self._channels.append((actor, callback))
+        return _RayChannel(actor)
+
+    def _drain(self) -> None:
+        ray = self._ray()
+        for actor, callback in self._channels:
+            for item in ray.get(actor.drain.remote()):
+                callback(item)
+
+    def _close_channels(self) -> None:
+        import ray
+
+        try:
+            if ray.is_initialized():
+                self._drain()
+                for actor, _ in self._channels:
+                    ray.kill(actor)
+        finally:
+            self._channels = []
+
+    def run(self, tasks: Sequence[Task]) -> Iterator[Done]:
+        """Submit every task, then yield outcomes as they finish."""
+        ray = self._ray()
+        pending: dict[Any, int] = {}
+        try:
+            for i, task in enumerate(tasks):
+                ref = (
+                    _remote(task.fn)
+                    .options(
+                        name=task.name or task.fn.__name__,
+                        num_cpus=task.num_cpus,
+                        num_gpus=task.num_gpus,
+                        max_retries=task.max_retries,
+                    )
+                    .remote(*task.args, **task.kwargs)
+                )
+                pending[ref] = i
+            waiting = list(pending)
+            while waiting:
+                timeout = self.poll_s if self._channels else None
+                done, waiting = ray.wait(waiting, num_returns=1, timeout=timeout)
+                if done and waiting:
+                    more, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+                    done += more
+                if self._channels:
+                    self._drain()
+                for ref in done:
+                    index = pending.pop(ref)
+                    try:
+                        value = ray.get(ref)
+                    except ray.exceptions.RayTaskError as exc:
+                        yield Done(index=index, error=exc.as_instanceof_cause())
+                    except ray.exceptions.RayError as exc:
+                        yield Done(index=index, error=exc)
+                    else:
+                        yield Done(index=index, value=value)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            self._close_channels()

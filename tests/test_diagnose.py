@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from chemgap.agent.cli.diagnose import diagnose as diagnose_cmd
 from chemgap.agent.cli.diagnose import inspect as inspect_cmd
-from chemgap.agent.diagnose import diagnose, load_regions, write_regions
-from chemgap.agent.regions import region_masks
+from chemgap.agent.diagnostics.diagnose import diagnose, load_regions, write_regions
+from chemgap.agent.diagnostics.regions import region_masks
 from chemgap.campaigns.spec import DiagnosticsConfig
 from chemgap.models.config import EnsembleConfig, ModelConfig
 

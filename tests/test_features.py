@@ -7,7 +7,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, fcc100, fcc111, molecule
 
-from chemgap.agent.features import (
+from chemgap.agent.diagnostics.features import (
     FEATURE_FAMILIES,
     FeatureBlock,
     FeatureKind,

@@ -7,18 +7,16 @@ import pytest
 from ase.build import bulk, fcc100, fcc111
 from scipy.stats import false_discovery_control, mannwhitneyu
 
-from chemgap.agent.features import FeatureKind, Features, compute_features
-from chemgap.agent.regions import (
-    ClusterBootstrap,
+from chemgap.agent.diagnostics.features import FeatureKind, Features, compute_features
+from chemgap.agent.diagnostics.regions import (
     Condition,
     Region,
-    benjamini_hochberg,
     find_regions,
     numeric_cuts,
     region_id,
     rule_text,
-    slice_p_value,
 )
+from chemgap.agent.diagnostics.stats import ClusterBootstrap, benjamini_hochberg, slice_p_value
 
 
 def test_benjamini_hochberg_matches_the_textbook_and_scipy():

@@ -7,14 +7,14 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, fcc100, fcc111
 
-from chemgap.agent.errors import BadInput
-from chemgap.agent.features import compute_features
-from chemgap.agent.splits import (
+from chemgap.agent.diagnostics.features import compute_features
+from chemgap.agent.diagnostics.splits import (
     SPLITS,
     SplitUnavailable,
     evaluate_splits,
     make_split,
 )
+from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import DiagnosticsConfig, SplitName
 
 
@@ -152,7 +152,7 @@ def test_split_study_ood_errors_exceed_the_random_split(tmp_path):
     splits' OOD force MAE must exceed the random split's (about 2 min on 2 quiet cores)."""
     from ase.calculators.emt import EMT
 
-    from chemgap.agent.splits import run_splits
+    from chemgap.agent.diagnostics.splits import run_splits
     from chemgap.models.config import EnsembleConfig, ModelConfig
 
     structures = []

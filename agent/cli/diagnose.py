@@ -195,7 +195,7 @@ def diagnose(
     Writes regions.json and regions/<id>.extxyz (exemplars); prints the regions ranked by
     severity and the split table (in- vs out-of-distribution error).
     """
-    from chemgap.agent.diagnose import run_diagnosis
+    from chemgap.agent.diagnostics.diagnose import run_diagnosis
 
     if run is not None and (models is not None or data is not None):
         raise BadInput("diagnose: give RUN or --models/--data, not both")
@@ -277,7 +277,7 @@ def diagnose(
 @handles_errors
 def inspect(run: Path, region_id: str | None, export_dir: Path | None, as_json: bool) -> None:
     """Failure regions of RUN (or a diagnose output folder), ranked by severity."""
-    from chemgap.agent.diagnose import export_exemplars, load_regions
+    from chemgap.agent.diagnostics.diagnose import export_exemplars, load_regions
 
     regions, payload = load_regions(run)
     if region_id is not None and region_id not in {r.id for r in regions}:

@@ -5,17 +5,17 @@
 1. the ensemble predicts every labelled structure; per-atom force error norm |F_pred - F_ref|
    (eV/Å), per-component absolute error, per-structure energy error per atom (eV/atom), and the
    calibrated per-atom force std (eV/Å) for every structure;
-2. chemical features (:mod:`chemgap.agent.features`);
+2. chemical features (:mod:`chemgap.agent.diagnostics.features`);
 3. the given ensemble scored on both sides of every configured split
-   (:func:`chemgap.agent.splits.evaluate_splits`);
-4. failure regions (:mod:`chemgap.agent.regions`) with their exemplar structures, and the
-   iteration they were first and last seen (from ``previous``).
+   (:func:`chemgap.agent.diagnostics.splits.evaluate_splits`);
+4. failure regions (:mod:`chemgap.agent.diagnostics.regions`) with their exemplar
+   structures, and the iteration they were first and last seen (from ``previous``).
 
 :func:`write_regions` stores the result as ``regions.json`` (an object whose ``"regions"`` list
 ``chemgap status`` counts) and ``regions/<id>.extxyz``; :func:`load_regions` reads it back.
 :func:`run_diagnosis` is the library face of ``chemgap diagnose`` (a run directory, or a model
-directory plus a labelled file), optionally with the split study (:func:`~chemgap.agent.splits.
-run_splits`, which trains one ensemble per split).
+directory plus a labelled file), optionally with the split study
+(:func:`~chemgap.agent.diagnostics.splits.run_splits`, which trains one ensemble per split).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from chemgap.agent.diagnostics.features import Features, compute_features
+from chemgap.agent.diagnostics.regions import Region, find_regions, region_masks
+from chemgap.agent.diagnostics.splits import SplitResult, evaluate_splits, run_splits
 from chemgap.agent.errors import BadInput
-from chemgap.agent.features import Features, compute_features
-from chemgap.agent.regions import Region, find_regions, region_masks
-from chemgap.agent.splits import SplitResult, evaluate_splits, run_splits
 from chemgap.agent.structio import read_structures
 from chemgap.campaigns.spec import DiagnosticsConfig
 

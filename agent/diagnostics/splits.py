@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from chemgap.agent.diagnostics.features import Features, as_float
 from chemgap.agent.errors import BadInput
-from chemgap.agent.features import Features, as_float
 from chemgap.campaigns.spec import DiagnosticsConfig, SplitName
 
 log = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ def run_splits(
     saved in ``workdir/<split>/models``. Splits that cannot be made are reported as skipped.
     ``on_split`` receives each result as it is finished (progress).
     """
-    from chemgap.agent.features import compute_features
+    from chemgap.agent.diagnostics.features import compute_features
     from chemgap.models.data import element_list, usable
     from chemgap.models.ensemble import train_ensemble
 

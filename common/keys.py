@@ -1,0 +1,51 @@
+"""Where labels live on ``ase.Atoms``: MACE's ``REF_`` convention, one definition for everyone.
+
+The oracle writes labels under these keys, the models train on them, the agent stores, reads and
+scores them. Energies are total energies in eV, forces eV/Å, stress Voigt (6,) eV/Å³ with ASE's
+sign convention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from ase import Atoms
+
+ENERGY_KEY = "REF_energy"  # atoms.info, eV
+FORCES_KEY = "REF_forces"  # atoms.arrays, (n_atoms, 3) eV/Å
+STRESS_KEY = "REF_stress"  # atoms.info, Voigt (6,) eV/Å³, ASE sign convention
+LABEL_PREFIX = "REF_"  # every label key starts with it
+STATUS_KEY = "label_status"  # atoms.info: "ok" or a failure category
+OK = "ok"
+
+__all__ = [
+    "ENERGY_KEY",
+    "FORCES_KEY",
+    "LABEL_PREFIX",
+    "OK",
+    "STATUS_KEY",
+    "STRESS_KEY",
+    "has_labels",
+    "reference_energies",
+    "reference_forces",
+]
+
+
+def has_labels(atoms: Atoms, *, need_forces: bool = True) -> bool:
+    """True when ``atoms`` carries an energy (and forces) label and its status is ``ok``."""
+    if atoms.info.get(STATUS_KEY, OK) != OK or atoms.info.get(ENERGY_KEY) is None:
+        return False
+    return not (need_forces and FORCES_KEY not in atoms.arrays)
+
+
+def reference_energies(structures: Sequence[Atoms]) -> np.ndarray:
+    """(n_struct,) labelled total energies, eV."""
+    return np.array([float(a.info[ENERGY_KEY]) for a in structures], dtype=float)
+
+
+def reference_forces(structures: Sequence[Atoms]) -> np.ndarray:
+    """(n_atoms_total, 3) labelled forces of all structures, concatenated in order, eV/Å."""
+    if not structures:
+        return np.zeros((0, 3))
+    return np.concatenate([np.asarray(a.arrays[FORCES_KEY], dtype=float) for a in structures])

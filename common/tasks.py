@@ -1,0 +1,141 @@
+"""How chemgap fans work out: one policy for labelling, training and exploration.
+
+The leaves (``chemgap.models``, ``chemgap.oracle``) never decide *where* their tasks run. A
+function that fans out takes an ``executor`` argument; the agent hands it the Ray one
+(``chemgap.agent.runtime.RayExecutor``), and ``None`` means :class:`InProcessExecutor`: the tasks
+run one after another in the calling process. So library use and tests need no Ray, and
+behaviour never depends on whether some Ray instance happens to be initialised.
+
+An executor runs a list of :class:`Task` and yields a :class:`Done` per task **in completion
+order**; a task that raised (or that the executor lost) comes back with ``error`` set, and
+the caller decides what that means. Closing the iterator early (a ``break``, an exception in the
+caller, Ctrl-C) cancels the tasks still outstanding. Progress from inside tasks travels through a
+:class:`Channel`: ``put`` in the task, the callback runs in the driver.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Channel",
+    "Done",
+    "Executor",
+    "InProcessExecutor",
+    "Task",
+    "resolve_executor",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Task:
+    """One unit of work: ``fn(*args, **kwargs)``.
+
+    Attributes:
+        fn: a module-level function (so Ray can ship it by reference).
+        name: what the Ray dashboard shows, e.g. ``label 17/40 · xtb · iter 3``.
+        num_cpus, num_gpus: resources the task asks for (ignored in-process).
+        max_retries: re-runs after the worker running it died (not after ``fn`` raised).
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_retries: int = 0
+
+
+@dataclass(kw_only=True)
+class Done:
+    """The outcome of task ``index`` (its position in the submitted list)."""
+
+    index: int
+    value: Any = None
+    error: BaseException | None = None
+
+    def result(self) -> Any:
+        """The task's return value; re-raises its error."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Channel(Protocol):
+    """A one-way line from tasks to the driver: ``put`` anywhere, the callback runs in the
+    driver. Pass the channel itself as a task argument."""
+
+    def put(self, item: Any) -> None:
+        """Send ``item`` to the driver's callback."""
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs tasks somewhere and reports them as they finish."""
+
+    parallel: bool
+    """True when tasks run concurrently (then splitting work into many tasks pays)."""
+
+    def run(self, tasks: Sequence[Task]) -> Iterator[Done]:
+        """Start every task; yield a :class:`Done` per task in completion order. Closing the
+        iterator before the end cancels the outstanding tasks."""
+
+    def resources(self) -> dict[str, float]:
+        """What the executor can use at once: ``{"CPU": n, "GPU": g}``."""
+
+    def channel(self, callback: Callable[[Any], None]) -> Channel:
+        """A :class:`Channel` whose items reach ``callback`` in the driver while :meth:`run`
+        iterates (in-process: at once)."""
+
+
+class _DirectChannel:
+    """In-process channel: ``put`` calls the callback right away."""
+
+    def __init__(self, callback: Callable[[Any], None]):
+        self._callback = callback
+
+    def put(self, item: Any) -> None:
+        self._callback(item)
+
+
+class InProcessExecutor:
+    """Runs tasks one after another in this process (the default; tests and library use).
+
+    An exception from a task is returned in its :class:`Done`; ``KeyboardInterrupt`` propagates.
+    """
+
+    parallel = False
+
+    def run(self, tasks: Sequence[Task]) -> Iterator[Done]:
+        """Run each task in order and yield its outcome."""
+        for i, task in enumerate(tasks):
+            try:
+                value = task.fn(*task.args, **task.kwargs)
+            except Exception as exc:
+                yield Done(index=i, error=exc)
+            else:
+                yield Done(index=i, value=value)
+
+    def resources(self) -> dict[str, float]:
+        """This machine's CPUs (and CUDA GPUs when torch sees any)."""
+        gpus = 0.0
+        try:
+            import torch
+
+            gpus = float(torch.cuda.device_count())
+        except ImportError:  # pragma: no cover
+            pass
+        return {"CPU": float(os.cpu_count() or 1), "GPU": gpus}
+
+    def channel(self, callback: Callable[[Any], None]) -> Channel:
+        """A channel that calls ``callback`` as soon as a task puts an item."""
+        return _DirectChannel(callback)
+
+
+def resolve_executor(executor: Executor | None) -> Executor:
+    """``executor``, or a fresh :class:`InProcessExecutor` for None."""
+    return InProcessExecutor() if executor is None else executor
