@@ -32,6 +32,8 @@ import numpy as np
 from ase import Atoms
 
 from chemgap.agent.store import RunStatus, RunStore, atomic_write_text
+from chemgap.common.metrics import score
+from chemgap.common.tasks import Executor
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +71,21 @@ def _read_extxyz(path: Path) -> list[Atoms]:
 class Campaign:
     """Drives one run directory through the loop. Use :func:`run_campaign`."""
 
-    def __init__(self, store: RunStore, *, report: Reporter = _noop, num_cpus: int = 1):
+    def __init__(
+        self,
+        store: RunStore,
+        *,
+        report: Reporter = _noop,
+        num_cpus: int = 1,
+        executor: Executor | None = None,
+    ):
         self.store = store
         self.spec = store.spec
         self.report = report
         self.num_cpus = max(1, num_cpus)
+        self.executor = executor
         self._t0 = time.monotonic()
-        self._elapsed0 = float(
-            store.state.model_extra.get("elapsed_s", 0.0) if store.state.model_extra else 0.0
-        )
+        self._elapsed0 = float(store.state.elapsed_s)
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -156,6 +164,7 @@ class Campaign:
             valid=valid,
             progress=progress,
             task_tag=f"iter {it}",
+            executor=self.executor,
         )
         self._finish_step(it, "train")
 
@@ -165,13 +174,12 @@ class Campaign:
         return Ensemble.load(self._idir(it) / "models")
 
     def step_calibrate(self, it: int) -> None:
-        from chemgap.agent.explore import trust_levels
-        from chemgap.models.calibration import calibrate
+        from chemgap.agent.trust import trust_levels
 
         self.report("step", {"iteration": it, "step": "calibrate"})
         ensemble = self._ensemble(it)
         holdout = self.labelled("holdout")
-        cal = calibrate(ensemble, holdout)
+        cal = ensemble.calibrate(holdout)
         pred = ensemble.predict(holdout)
         levels = trust_levels(
             self.spec.exploration.trust,
@@ -188,7 +196,7 @@ class Campaign:
         self._finish_step(it, "calibrate")
 
     def _levels(self, it: int):
-        from chemgap.agent.explore import TrustLevels
+        from chemgap.agent.trust import TrustLevels
 
         data = json.loads((self._idir(it) / "calibration.json").read_text())["trust"]
         return TrustLevels(**data)
@@ -215,6 +223,7 @@ class Campaign:
             groups=groups,
             levels=self._levels(it),
             seed=self.spec.seed * 1000 + it,
+            executor=self.executor,
         )
         for frame in result.candidates:
             frame.info.update(iteration=it, source="explore")
@@ -329,7 +338,13 @@ class Campaign:
                 {"iteration": iteration, "done": done, "total": len(todo), "status": result.status},
             )
 
-        summary = label_batch(todo, self.spec.oracle, on_result=on_result, iteration=iteration)
+        summary = label_batch(
+            todo,
+            self.spec.oracle,
+            on_result=on_result,
+            iteration=iteration,
+            executor=self.executor,
+        )
         log.info("iteration %d labels: %s", iteration, summary.describe())
 
     def step_label(self, it: int) -> None:
@@ -343,10 +358,7 @@ class Campaign:
         self.report("step", {"iteration": it, "step": "evaluate"})
         ensemble = self._ensemble(it)
         holdout = self.labelled("holdout")
-        pred = ensemble.predict(holdout)
-        e_ref = np.array([a.info["REF_energy"] for a in holdout])
-        n_at = np.array([len(a) for a in holdout])
-        f_ref = np.concatenate([a.arrays["REF_forces"] for a in holdout])
+        errors = score(ensemble.predict(holdout), holdout)
         cal = json.loads((self._idir(it) / "calibration.json").read_text())["calibration"]
         expl = json.loads((self._idir(it) / "exploration.json").read_text())
         counts = self.store.label_counts()
@@ -354,8 +366,8 @@ class Campaign:
             "iteration": it,
             "labels_ok": counts["ok"],
             "labels_failed": counts["failed"],
-            "energy_mae_per_atom": float(np.mean(np.abs(pred.energy_mean - e_ref) / n_at)),
-            "force_mae": float(np.mean(np.abs(pred.forces_mean - f_ref))),
+            "energy_mae_per_atom": errors.energy_mae_per_atom,
+            "force_mae": errors.force_mae,
             "spearman_atom": cal.get("metrics", {}).get("calibrated", {}).get("spearman_atom"),
             "accurate": expl["overall"]["accurate"],
             "candidate": expl["overall"]["candidate"],
@@ -493,14 +505,23 @@ class Campaign:
             it, nxt = it + 1, 0
 
 
-def run_campaign(store: RunStore, *, report: Reporter = _noop, num_cpus: int = 1) -> str:
+def run_campaign(
+    store: RunStore,
+    *,
+    report: Reporter = _noop,
+    num_cpus: int = 1,
+    executor: Executor | None = None,
+) -> str:
     """Drive ``store``'s run to its end (or its next interruption), holding the run's lock.
+
+    Training, exploration and labelling run their tasks on ``executor`` (the CLI passes the Ray
+    runtime's; None runs everything in this process, see :mod:`chemgap.common.tasks`).
 
     A ``KeyboardInterrupt`` marks the run ``interrupted`` (resumable) and propagates; any other
     exception marks it ``failed`` with the error as the stop reason and propagates.
     """
     with store.lock():
-        campaign = Campaign(store, report=report, num_cpus=num_cpus)
+        campaign = Campaign(store, report=report, num_cpus=num_cpus, executor=executor)
         try:
             reason = campaign.run()
         except KeyboardInterrupt:

@@ -62,7 +62,7 @@ def _info(started: bool, dashboard_url: str | None) -> RuntimeInfo:
     )
 
 
-def _probe(address: str, timeout_s: float = 3.0) -> None:
+def probe_address(address: str, timeout_s: float = 3.0) -> None:
     """Fail fast when nothing listens at ``address`` (``ray.init`` would retry for minutes)."""
     if address == "auto":
         return
@@ -106,7 +106,7 @@ def ray_runtime(
         yield _info(False, None)
         return
     if address is not None:
-        _probe(address)
+        probe_address(address)
         if num_cpus is not None or num_gpus is not None:
             raise BadInput("--num-cpus/--num-gpus apply to a local instance, not with --address")
         try:

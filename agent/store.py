@@ -10,8 +10,8 @@ RUN/
 ```
 
 ``ase db RUN/data.db`` lists the structures; labels are stored as the row's single-point results
-(so ``energy`` and ``fmax`` show up there) and come back as ``REF_energy`` / ``REF_forces`` /
-``REF_stress`` in ``atoms.info`` / ``atoms.arrays`` with no calculator attached.
+(so ``energy`` and ``fmax`` show up there) and come back under the label keys of
+:mod:`chemgap.common.keys` in ``atoms.info`` / ``atoms.arrays`` with no calculator attached.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chemgap.agent.errors import RunDirError
 from chemgap.campaigns.spec import CampaignSpec, dump_spec, parse_spec
+from chemgap.common.keys import ENERGY_KEY, FORCES_KEY, STRESS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class RunState(BaseModel):
     host: str = Field(default_factory=socket.gethostname)
     pid: int = Field(default_factory=os.getpid)
     history: list[dict[str, Any]] = Field(default_factory=list, description="per-iteration metrics")
+    elapsed_s: float = Field(
+        0.0, ge=0, description="campaign wall time so far, summed over resumes"
+    )
 
 
 def _version() -> str:
@@ -212,20 +216,20 @@ class RunStore:
     def add(self, atoms: Atoms, **provenance: Any) -> int:
         """Write one structure (labelled or not) with its provenance; returns the row id.
 
-        Labels are read from ``atoms.info['REF_energy']``, ``atoms.arrays['REF_forces']`` and
-        ``atoms.info['REF_stress']``; ``status`` is ``'ok'``, a failure category, or
-        ``'pending'``. Each call commits, so a crash after it loses nothing.
+        Labels are read from the keys of :mod:`chemgap.common.keys` (energy, forces, stress);
+        ``status`` is ``'ok'``, a failure category, or ``'pending'``. Each call commits, so a
+        crash after it loses nothing.
         """
         from ase.calculators.singlepoint import SinglePointCalculator
 
         row_atoms = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         results = {}
-        if "REF_energy" in atoms.info:
-            results["energy"] = float(atoms.info["REF_energy"])
-        if "REF_forces" in atoms.arrays:
-            results["forces"] = np.asarray(atoms.arrays["REF_forces"], dtype=float)
-        if "REF_stress" in atoms.info:
-            results["stress"] = np.asarray(atoms.info["REF_stress"], dtype=float)
+        if ENERGY_KEY in atoms.info:
+            results["energy"] = float(atoms.info[ENERGY_KEY])
+        if FORCES_KEY in atoms.arrays:
+            results["forces"] = np.asarray(atoms.arrays[FORCES_KEY], dtype=float)
+        if STRESS_KEY in atoms.info:
+            results["stress"] = np.asarray(atoms.info[STRESS_KEY], dtype=float)
         if results:
             row_atoms.calc = SinglePointCalculator(row_atoms, **results)
         kvp = {k: _kvp_value(v) for k, v in provenance.items() if v is not None}
@@ -270,11 +274,11 @@ def row_to_atoms(row: Any) -> Atoms:
     """An ase.db row as Atoms with labels under REF_ keys and provenance in ``info``."""
     atoms = Atoms(row.numbers, row.positions, cell=row.cell, pbc=row.pbc)
     if row.get("energy") is not None:
-        atoms.info["REF_energy"] = float(row.energy)
+        atoms.info[ENERGY_KEY] = float(row.energy)
     if row.get("forces") is not None:
-        atoms.arrays["REF_forces"] = np.array(row.forces, dtype=float)
+        atoms.arrays[FORCES_KEY] = np.array(row.forces, dtype=float)
     if row.get("stress") is not None:
-        atoms.info["REF_stress"] = np.array(row.stress, dtype=float)
+        atoms.info[STRESS_KEY] = np.array(row.stress, dtype=float)
     atoms.info.update(row.key_value_pairs)
     atoms.info["label_status"] = row.key_value_pairs.get("status", "ok")
     if row.data and "message" in row.data:
@@ -373,7 +377,9 @@ def run_status(root: str | Path) -> dict[str, Any]:
     if status == RunStatus.RUNNING and not is_locked(root):
         status = RunStatus.INTERRUPTED  # killed without a chance to say so: resumable
     regions = 0
-    regions_path = root / "regions.json"
+    from chemgap.agent.diagnostics.diagnose import REGIONS_FILE  # owned by the diagnosis
+
+    regions_path = root / REGIONS_FILE
     if regions_path.exists():
         with contextlib.suppress(json.JSONDecodeError, OSError):
             payload = json.loads(regions_path.read_text())

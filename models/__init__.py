@@ -2,7 +2,8 @@
 
 Public API (imported lazily; torch and mace load on first use):
 ``Ensemble``, ``train_ensemble``, ``train_member``, ``Prediction``, ``MemberOutputs``,
-``evaluate_members``, ``make_batch``, ``Batch``, ``calibrate``, ``Calibration``,
+``evaluate_members``, ``make_batch``, ``Batch``, ``fit_calibration``, ``Calibration``,
+``EnsembleModel`` (the model contract),
 ``transfer_model``, ``parse_element_map``, ``ModelConfig``, ``EnsembleConfig``, ``EnsembleMode``.
 """
 
@@ -23,7 +24,8 @@ _WHERE = {
     "evaluate_members": "predict",
     "make_batch": "data",
     "Batch": "data",
-    "calibrate": "calibration",
+    "fit_calibration": "calibration",
+    "EnsembleModel": "contract",
     "Calibration": "calibration",
     "transfer_model": "transfer",
     "parse_element_map": "transfer",

@@ -1,5 +1,8 @@
 """Calibrate ensemble uncertainty on held-out labelled data, and measure how good it is.
 
+Pure functions of predictions and labels: :meth:`chemgap.models.ensemble.Ensemble.calibrate`
+fits and keeps a calibration; nothing here knows the ensemble.
+
 The ensemble std is rescaled so that errors divided by the scaled std have unit variance
 (σ-scaling, the Gaussian maximum-likelihood scale; Levi et al. 2022, Kuleshov et al. 2018 for
 recalibration of regression uncertainty): one global scale for energies, one global and one per
@@ -21,18 +24,16 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers as ASE_Z
 from ase.data import chemical_symbols
 
-from .data import ENERGY_KEY, FORCES_KEY, usable
-from .predict import Prediction
+from chemgap.common.keys import reference_energies, reference_forces
+from chemgap.common.metrics import energy_errors_per_atom, force_error_norms, rmse
 
-if TYPE_CHECKING:
-    from .ensemble import Ensemble
+from .predict import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,7 @@ class Calibration:
 
 
 def _ref_arrays(structures: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
-    e = np.array([float(a.info[ENERGY_KEY]) for a in structures])
-    f = np.concatenate([np.asarray(a.arrays[FORCES_KEY], dtype=float) for a in structures])
-    return e, f
+    return reference_energies(structures), reference_forces(structures)
 
 
 def _spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -115,7 +114,7 @@ def quality(pred: Prediction, structures: Sequence[Atoms], *, calibrated: bool) 
     z_f = f_err / np.maximum(f_std, _EPS)
     z_e = e_err / np.maximum(e_std, _EPS)
     return {
-        "spearman_atom": _spearman(f_atom, np.linalg.norm(f_err, axis=1)),
+        "spearman_atom": _spearman(f_atom, force_error_norms(pred.forces_mean, f_ref)),
         "spearman_struct": _spearman(e_std, np.abs(e_err)),
         "miscalibration_area_forces": miscalibration_area(z_f),
         "miscalibration_area_energy": miscalibration_area(z_e),
@@ -123,8 +122,10 @@ def quality(pred: Prediction, structures: Sequence[Atoms], *, calibrated: bool) 
         "coverage_95_forces": float(np.mean(np.abs(z_f) <= _Z95)),
         "coverage_68_energy": float(np.mean(np.abs(z_e) <= _Z68)),
         "coverage_95_energy": float(np.mean(np.abs(z_e) <= _Z95)),
-        "rmse_e_per_atom": float(np.sqrt(np.mean((e_err / np.bincount(pred.system_idx)) ** 2))),
-        "rmse_f": float(np.sqrt(np.mean(f_err**2))),
+        "rmse_e_per_atom": rmse(
+            energy_errors_per_atom(pred.energy_mean, e_ref, np.bincount(pred.system_idx))
+        ),
+        "rmse_f": rmse(f_err),
     }
 
 
@@ -156,41 +157,3 @@ def fit_calibration(
         n_structures=len(structures),
         n_atoms=len(pred.numbers),
     )
-
-
-def calibrate(
-    ensemble: Ensemble,
-    labelled: Sequence[Atoms],
-    *,
-    per_element: bool = True,
-    min_atoms: int = 10,
-    save: bool = True,
-) -> Calibration:
-    """Fit the ensemble's uncertainty scales on held-out ``labelled`` data and store them.
-
-    The calibration is attached to ``ensemble`` (every later ``predict`` applies it) and, with
-    ``save`` and a model directory, written into its ``ensemble.json``. Needs ≥ 2 members.
-    """
-    if ensemble.n_members < 2:
-        raise ValueError("calibrate: needs an ensemble of at least 2 members")
-    structures = usable(labelled)
-    if not structures:
-        raise ValueError("calibrate: no labelled structures (REF_energy, REF_forces, status ok)")
-    raw = ensemble.predict(structures, calibrated=False)
-    cal = fit_calibration(raw, structures, per_element=per_element, min_atoms=min_atoms)
-    ensemble.calibration = cal
-    cal_pred = ensemble.predict(structures)
-    cal.metrics = {
-        "raw": quality(raw, structures, calibrated=False),
-        "calibrated": quality(cal_pred, structures, calibrated=True),
-    }
-    log.info(
-        "calibration: energy x%.3g, forces x%.3g; miscalibration area %.3f -> %.3f",
-        cal.energy_scale,
-        cal.force_scale,
-        cal.metrics["raw"]["miscalibration_area_forces"],
-        cal.metrics["calibrated"]["miscalibration_area_forces"],
-    )
-    if save and ensemble.path is not None:
-        ensemble.save_metadata()
-    return cal

@@ -1,8 +1,7 @@
 """From labelled ``ase.Atoms`` to MACE graphs: label checks, element tables, batches, data hashes.
 
-Labels live in ``atoms.info['REF_energy']`` (eV), ``atoms.arrays['REF_forces']`` (eV/Å) and
-``atoms.info['REF_stress']`` (Voigt 6, eV/Å³, ASE sign); a structure whose
-``atoms.info['label_status']`` is anything but ``'ok'`` is not used for training.
+Labels live under the keys of :mod:`chemgap.common.keys` (MACE's ``REF_`` convention); a
+structure whose label status is anything but ``'ok'`` is not used for training.
 """
 
 from __future__ import annotations
@@ -19,12 +18,9 @@ from ase import Atoms
 from ase.data import atomic_numbers as ASE_Z
 from ase.data import chemical_symbols
 
-log = logging.getLogger(__name__)
+from chemgap.common.keys import ENERGY_KEY, FORCES_KEY, STRESS_KEY, has_labels
 
-ENERGY_KEY = "REF_energy"
-FORCES_KEY = "REF_forces"
-STRESS_KEY = "REF_stress"
-STATUS_KEY = "label_status"
+log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -43,11 +39,7 @@ def default_dtype(dtype: str | torch.dtype) -> Iterator[None]:
 
 def is_labelled(atoms: Atoms, *, need_forces: bool = True) -> bool:
     """True when ``atoms`` carries usable labels (status ok, energy and forces present)."""
-    if atoms.info.get(STATUS_KEY, "ok") != "ok":
-        return False
-    if atoms.info.get(ENERGY_KEY) is None:
-        return False
-    return not (need_forces and FORCES_KEY not in atoms.arrays)
+    return has_labels(atoms, need_forces=need_forces)
 
 
 def usable(structures: Sequence[Atoms]) -> list[Atoms]:

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,10 @@ import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 
+from chemgap.common.tasks import Channel, Executor, Task, resolve_executor
+
 from .build import DataStats, build_for_loading, compute_stats
-from .calibration import Calibration
+from .calibration import Calibration, fit_calibration, quality
 from .config import EnsembleConfig, EnsembleMode, ModelConfig
 from .data import (
     Batch,
@@ -48,7 +50,7 @@ from .io import (
     write_json,
 )
 from .predict import MemberOutputs, Prediction, evaluate_members, summarise
-from .train import MemberResult, ProgressEvent, ProgressFn, train_member
+from .train import ProgressFn, train_member
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,11 @@ __all__ = [
     "MODES",
     "Ensemble",
     "MemberJob",
+    "TrainSetup",
     "plan_jobs",
+    "task_resources",
     "train_ensemble",
+    "train_job",
 ]
 
 
@@ -195,6 +200,55 @@ class Ensemble:
                 per.append((sums / counts[:, None]).double().cpu().numpy())
             out.append(np.concatenate(per, axis=1))
         return np.concatenate(out, axis=0)
+
+    # -- uncertainty calibration
+    def calibrate(
+        self,
+        labelled: Sequence[Atoms],
+        *,
+        per_element: bool = True,
+        min_atoms: int = 10,
+        save: bool = True,
+    ) -> Calibration:
+        """Fit the uncertainty scales on held-out ``labelled`` data and keep them.
+
+        The fit is :func:`chemgap.models.calibration.fit_calibration` on this ensemble's raw
+        prediction; every later :meth:`predict` applies it and, with ``save`` and a model
+        directory, it is written into ``ensemble.json``. The quality metrics stored with it are
+        measured on the same data (so they describe the fit, not its transfer). Needs ≥ 2
+        members.
+        """
+        if self.n_members < 2:
+            raise ValueError("calibrate: needs an ensemble of at least 2 members")
+        structures = usable(labelled)
+        if not structures:
+            raise ValueError("calibrate: no labelled structures (energy, forces, status ok)")
+        raw = self.predict(structures, calibrated=False)
+        cal = fit_calibration(raw, structures, per_element=per_element, min_atoms=min_atoms)
+        self.calibration = cal
+        cal.metrics = {
+            "raw": quality(raw, structures, calibrated=False),
+            "calibrated": quality(self.predict(structures), structures, calibrated=True),
+        }
+        log.info(
+            "calibration: energy x%.3g, forces x%.3g; miscalibration area %.3f -> %.3f",
+            cal.energy_scale,
+            cal.force_scale,
+            cal.metrics["raw"]["miscalibration_area_forces"],
+            cal.metrics["calibrated"]["miscalibration_area_forces"],
+        )
+        if save and self.path is not None:
+            self.save_metadata()
+        return cal
+
+    def member_metrics(self) -> list[dict]:
+        """Each member's training metrics (epochs, stop reason, validation RMSEs) as saved in
+        its ``member_KK.json``; an empty dict for a member saved without one."""
+        out = []
+        for k in range(self.n_members):
+            path = self.path / f"{member_stem(k)}.json" if self.path is not None else None
+            out.append(read_json(path).get("metrics", {}) if path and path.exists() else {})
+        return out
 
     # -- persistence
     def save(self, path: str | Path, *, member_metadata: Sequence[dict] | None = None) -> Path:
@@ -366,74 +420,159 @@ def plan_jobs(train: list[Atoms], ens_cfg: EnsembleConfig, seed: int) -> list[Me
 # --------------------------------------------------------------------------- training
 
 
-def _run_job(
+@dataclass(frozen=True, kw_only=True)
+class TrainSetup:
+    """What every member task of one ensemble shares (shipped once per task).
+
+    Attributes:
+        valid: validation structures (early stopping), the same for every member.
+        model_cfg / ens_cfg: architecture and training settings.
+        stats: data constants (element table, E0s, scale, shift), one for every member.
+        freeze: parameter-name prefixes kept fixed while fine-tuning.
+        threads: torch intra-op threads per task (None: leave torch's setting).
+    """
+
+    valid: list[Atoms]
+    model_cfg: ModelConfig
+    ens_cfg: EnsembleConfig
+    stats: DataStats
+    freeze: tuple[str, ...] = ()
+    threads: int | None = None
+
+
+def train_job(
     job: MemberJob,
-    valid: list[Atoms],
-    model_cfg: ModelConfig,
-    ens_cfg: EnsembleConfig,
-    stats: DataStats,
-    init_bytes: bytes | None,
-    freeze: Sequence[str],
-    threads: int | None,
-    progress: ProgressFn | None,
-) -> MemberResult:
+    setup: TrainSetup,
+    init_bytes: bytes | None = None,
+    channel: Channel | None = None,
+) -> tuple[list[bytes], list[dict]]:
+    """Body of one training task: train ``job``, return its models as bytes and their metrics.
+
+    Models travel as bytes so that a task's result needs no torch pickling by Ray; progress
+    events go through ``channel`` (:mod:`chemgap.common.tasks`).
+    """
     init = model_from_bytes(init_bytes) if init_bytes is not None else None
-    return train_member(
+    result = train_member(
         job.train,
-        model_cfg,
-        ens_cfg,
+        setup.model_cfg,
+        setup.ens_cfg,
         seed=job.seed,
-        valid=valid,
+        valid=setup.valid,
         member=job.members[0],
         snapshots=job.snapshots,
         init_model=init,
-        stats=stats,
-        elements=[chemical_symbols[z] for z in stats.z_table],  # one table for every member
-        freeze=freeze,
-        threads=threads,
-        progress=progress,
+        stats=setup.stats,
+        elements=[chemical_symbols[z] for z in setup.stats.z_table],  # one table for all
+        freeze=setup.freeze,
+        threads=setup.threads,
+        progress=channel.put if channel is not None else None,
     )
+    return [model_to_bytes(m) for m in result.models], result.metrics
 
 
-def _ray_job(*args, board=None, **kwargs) -> tuple[list[bytes], list[dict], list[dict]]:
-    """Body of a Ray task: train, then ship the models back as bytes."""
+def task_resources(
+    n_tasks: int, ens_cfg: EnsembleConfig, available: dict[str, float]
+) -> tuple[float, float, int]:
+    """(num_cpus, num_gpus, torch threads) per training task from ``available`` resources.
 
-    def report(event: ProgressEvent) -> None:
-        if board is not None:
-            board.report.remote(event)
-
-    result = _run_job(*args, progress=report, **kwargs)
-    return [model_to_bytes(m) for m in result.models], result.metrics, result.history
-
-
-class _Board:
-    """Ray actor collecting per-epoch progress events from member tasks."""
-
-    def __init__(self) -> None:
-        self.events: list[ProgressEvent] = []
-
-    def report(self, event: ProgressEvent) -> None:
-        self.events.append(event)
-
-    def drain(self) -> list[ProgressEvent]:
-        out, self.events = self.events, []
-        return out
-
-
-def _resources(n_tasks: int, ens_cfg: EnsembleConfig) -> tuple[float, float, int]:
-    """(num_cpus, num_gpus, torch threads) per task from the Ray cluster's resources."""
-    import ray
-
-    total = ray.cluster_resources()
-    cpus = max(1, int(total.get("CPU", os.cpu_count() or 1)))
-    gpus = float(total.get("GPU", 0.0))
+    With GPUs each task gets ``ens_cfg.gpus_per_member`` (default an equal share, at most one)
+    and one CPU; without, the CPUs are split between the tasks that can run at once.
+    """
+    cpus = max(1, int(available.get("CPU", os.cpu_count() or 1)))
+    gpus = float(available.get("GPU", 0.0))
     if gpus > 0:
         share = ens_cfg.gpus_per_member or min(1.0, gpus / max(n_tasks, 1))
-        threads = max(1, cpus // max(n_tasks, 1))
-        return 1.0, share, threads
+        return 1.0, share, max(1, cpus // max(n_tasks, 1))
     concurrent = max(1, min(n_tasks, cpus))
     threads = max(1, cpus // concurrent)
     return float(threads), 0.0, threads
+
+
+@dataclass(kw_only=True)
+class _Source:
+    """Transfer initialisation: the source ensemble and its members mapped to the target."""
+
+    ensemble: Ensemble
+    models: list[torch.nn.Module]
+
+
+def _transfer_source(
+    init_from: str | Path | Ensemble,
+    element_map: dict[str, str] | str | None,
+    data: list[Atoms],
+    valid: list[Atoms],
+    refit_e0: bool,
+) -> _Source:
+    from .transfer import refit_atomic_energies, transfer_model
+
+    source = init_from if isinstance(init_from, Ensemble) else Ensemble.load(init_from)
+    target_elements = element_list([*data, *valid])
+    models = []
+    for m in source.members:
+        tm = transfer_model(m, source.model_cfg, element_map or {}, target_elements=target_elements)
+        if refit_e0:
+            refit_atomic_energies(tm, data)
+        models.append(tm)
+    return _Source(ensemble=source, models=models)
+
+
+def _run_jobs(
+    jobs: list[MemberJob],
+    setup: TrainSetup,
+    init_bytes: dict[int, bytes],
+    executor: Executor,
+    progress: ProgressFn | None,
+    tag: str,
+) -> dict[int, tuple[list[torch.nn.Module], list[dict]]]:
+    """Run the member tasks on ``executor``; results keyed by each job's first member."""
+    num_cpus, num_gpus, threads = task_resources(len(jobs), setup.ens_cfg, executor.resources())
+    if executor.parallel:
+        setup = replace(setup, threads=threads)
+    channel = executor.channel(progress) if progress else None
+    k_total = setup.ens_cfg.members
+    tasks = []
+    for job in jobs:
+        label = f"{job.members[0] + 1}/{k_total}" if job.snapshots == 1 else f"snapshots ×{k_total}"
+        init = init_bytes.get(job.init_source) if job.init_source is not None else None
+        tasks.append(
+            Task(
+                fn=train_job,
+                args=(job, setup, init, channel),
+                name=f"train member {label}" + (f" · {tag}" if tag else ""),
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+            )
+        )
+    log.info("training %d task(s): %s CPU, %s GPU each", len(jobs), num_cpus, num_gpus)
+    results = {}
+    for done in executor.run(tasks):
+        blobs, metrics = done.result()
+        results[jobs[done.index].members[0]] = ([model_from_bytes(b) for b in blobs], metrics)
+    return results
+
+
+def _member_metadata(
+    jobs: list[MemberJob],
+    results: dict[int, tuple[list[torch.nn.Module], list[dict]]],
+    ens_cfg: EnsembleConfig,
+    provenance: dict,
+) -> tuple[list[torch.nn.Module], list[dict]]:
+    members, meta = [], []
+    for job in jobs:
+        models, metrics = results[job.members[0]]
+        for k, model, met in zip(job.members, models, metrics, strict=True):
+            members.append(model)
+            meta.append(
+                {
+                    "member": k,
+                    "seed": job.seed,
+                    "mode": str(ens_cfg.mode),
+                    "data_hash": data_hash(job.train),
+                    "metrics": met,
+                    **provenance,
+                }
+            )
+    return members, meta
 
 
 def train_ensemble(
@@ -450,172 +589,82 @@ def train_ensemble(
     refit_e0: bool = True,
     progress: ProgressFn | None = None,
     task_tag: str = "",
-    use_ray: bool | None = None,
+    executor: Executor | None = None,
     elements: Sequence[str] | None = None,
 ) -> Ensemble:
     """Train ``ens_cfg.members`` MACE members and save them in ``out_dir``.
 
-    Members run as Ray tasks named ``train member k/K · <task_tag>`` when Ray is initialised
-    (by the caller; ``use_ray=None`` means "if initialised"), one GPU share each when the
-    cluster has GPUs, else the cluster's CPUs split between concurrent members. Without Ray
-    they run one after another in this process.
+    Members are tasks named ``train member k/K · <task_tag>`` on ``executor``
+    (:mod:`chemgap.common.tasks`; None runs them one after another in this process). On a Ray
+    executor each task gets one GPU share when the cluster has GPUs, else the cluster's CPUs
+    split between the members that run at once.
 
     Args:
         train: labelled structures (unlabelled / failed ones are skipped).
+        model_cfg: architecture; ens_cfg: ensemble size, mode and training settings.
+        out_dir: the model directory to write.
+        seed: seeds the validation split and every member.
         valid: validation structures for early stopping; default a random
             ``ens_cfg.valid_fraction`` of ``train`` (the same split for all members).
         init_from: a model directory or Ensemble to initialise every member from (member k
             from source member k mod K_source), mapped through ``element_map`` (e.g.
             ``"Si=Ge"``); ``refit_e0`` then shifts E0s by least squares on the target data.
+        element_map: source -> target element mapping for ``init_from``.
         freeze: parameter prefixes kept fixed while fine-tuning (see ``freeze_blocks``).
+        refit_e0: refit the transferred atomic energies on the target data.
         progress: receives a :class:`ProgressEvent` per member epoch (driver process).
+        task_tag: appended to task names (``iter 3``).
+        executor: where the member tasks run (default in-process).
         elements: the model's element set (default: the elements of train + valid); name
             elements the data lack to score structures holding them later (an element split).
+
     Returns:
         The trained :class:`Ensemble`, saved in ``out_dir``.
     """
-    from .transfer import refit_atomic_energies, transfer_model
-
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
     data = usable(train)
-    rng = np.random.default_rng(seed)
     if valid is None:
-        data, valid_set = split_valid(data, ens_cfg.valid_fraction, rng)
+        data, valid_set = split_valid(data, ens_cfg.valid_fraction, np.random.default_rng(seed))
     else:
         valid_set = usable(valid)
         if not valid_set:
             raise ValueError("valid: no labelled structures in the validation set")
-
-    # element set and data constants, shared by every member
-    source: Ensemble | None = None
-    init_models: list[torch.nn.Module] = []
+    source = None
     if init_from is not None:
-        source = init_from if isinstance(init_from, Ensemble) else Ensemble.load(init_from)
-        emap = element_map or {}
-        target_elements = element_list([*data, *valid_set])
-        for m in source.members:
-            tm = transfer_model(m, source.model_cfg, emap, target_elements=target_elements)
-            if refit_e0:
-                refit_atomic_energies(tm, data)
-            init_models.append(tm)
-        model_cfg = source.model_cfg
-        stats = _stats_of(init_models[0])
+        source = _transfer_source(init_from, element_map, data, valid_set, refit_e0)
+        model_cfg = source.ensemble.model_cfg
+        stats = _stats_of(source.models[0])
     else:
         z_table = symbols_to_z(elements or element_list([*data, *valid_set]))
         stats = compute_stats(data, z_table, model_cfg.r_max)
-
     jobs = plan_jobs(data, ens_cfg, seed)
-    for job in jobs:
-        if init_models:
-            job.init_source = job.members[0] % len(init_models)
-    init_bytes = {i: model_to_bytes(m) for i, m in enumerate(init_models)}
-
-    import_ray = use_ray if use_ray is not None else _ray_ready()
-    results: dict[int, tuple[list[torch.nn.Module], list[dict]]] = {}
-    if import_ray:
-        results = _train_on_ray(
-            jobs, valid_set, model_cfg, ens_cfg, stats, init_bytes, freeze, progress, task_tag
-        )
-    else:
+    if source is not None:
         for job in jobs:
-            init = init_bytes.get(job.init_source) if job.init_source is not None else None
-            res = _run_job(job, valid_set, model_cfg, ens_cfg, stats, init, freeze, None, progress)
-            results[job.members[0]] = (res.models, res.metrics)
-
-    emap_json = element_map if isinstance(element_map, str | None) else dict(element_map)
-    members: list[torch.nn.Module] = []
-    member_meta: list[dict] = []
-    dhash = data_hash(data)
-    for job in jobs:
-        models, metrics = results[job.members[0]]
-        for k, model, met in zip(job.members, models, metrics, strict=True):
-            members.append(model)
-            member_meta.append(
-                {
-                    "member": k,
-                    "seed": job.seed,
-                    "mode": str(ens_cfg.mode),
-                    "data_hash": data_hash(job.train),
-                    "metrics": met,
-                    "init_from": str(source.path) if source and source.path else None,
-                    "element_map": emap_json,
-                }
-            )
+            job.init_source = job.members[0] % len(source.models)
+    init_bytes = {i: model_to_bytes(m) for i, m in enumerate(source.models if source else [])}
+    setup = TrainSetup(
+        valid=valid_set, model_cfg=model_cfg, ens_cfg=ens_cfg, stats=stats, freeze=tuple(freeze)
+    )
+    results = _run_jobs(jobs, setup, init_bytes, resolve_executor(executor), progress, task_tag)
+    provenance = {
+        "init_from": str(source.ensemble.path) if source and source.ensemble.path else None,
+        "element_map": element_map if isinstance(element_map, str | None) else dict(element_map),
+    }
+    members, member_meta = _member_metadata(jobs, results, ens_cfg, provenance)
     ens = Ensemble(
         members,
         model_cfg=model_cfg,
         ens_cfg=ens_cfg,
         metadata={
-            "data_hash": dhash,
+            "data_hash": data_hash(data),
             "n_train": len(data),
             "n_valid": len(valid_set),
             "seed": seed,
             "mode": str(ens_cfg.mode),
-            "init_from": str(source.path) if source and source.path else None,
-            "element_map": emap_json,
+            **provenance,
             "freeze": list(freeze),
-            "wall_s": None,
+            "wall_s": time.perf_counter() - t0,
         },
     )
-    ens.metadata["wall_s"] = time.perf_counter() - t0
     ens.save(out_dir, member_metadata=member_meta)
     return ens
-
-
-def _ray_ready() -> bool:
-    try:
-        import ray
-    except ImportError:  # pragma: no cover
-        return False
-    return ray.is_initialized()
-
-
-def _train_on_ray(jobs, valid_set, model_cfg, ens_cfg, stats, init_bytes, freeze, progress, tag):
-    import ray
-
-    num_cpus, num_gpus, threads = _resources(len(jobs), ens_cfg)
-    board = ray.remote(num_cpus=0)(_Board).remote() if progress else None
-    remote = ray.remote(_ray_job)
-    valid_ref = ray.put(valid_set)
-    k_total = ens_cfg.members
-    pending = {}
-    for job in jobs:
-        label = f"{job.members[0] + 1}/{k_total}" if job.snapshots == 1 else f"snapshots ×{k_total}"
-        name = f"train member {label}" + (f" · {tag}" if tag else "")
-        init = init_bytes.get(job.init_source) if job.init_source is not None else None
-        ref = remote.options(name=name, num_cpus=num_cpus, num_gpus=num_gpus).remote(
-            job,
-            valid_ref,
-            model_cfg,
-            ens_cfg,
-            stats,
-            init,
-            tuple(freeze),
-            threads,
-            board=board,
-        )
-        pending[ref] = job
-    log.info("training %d task(s) on Ray: %s CPU, %s GPU each", len(jobs), num_cpus, num_gpus)
-    results = {}
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            if board is not None:
-                for event in ray.get(board.drain.remote()):
-                    progress(event)
-            for ref in done:
-                job = pending.pop(ref)
-                blobs, metrics, _history = ray.get(ref)
-                results[job.members[0]] = ([model_from_bytes(b) for b in blobs], metrics)
-        if board is not None:
-            for event in ray.get(board.drain.remote()):
-                progress(event)
-    except BaseException:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    finally:
-        if board is not None:
-            ray.kill(board)
-    return results

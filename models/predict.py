@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from ase import Atoms
 
 from .contraction import sparse_contractions
 from .data import Batch
@@ -187,6 +188,36 @@ class Prediction:
         """Slice of structure ``i``'s atoms in the per-atom arrays."""
         idx = np.flatnonzero(self.system_idx == i)
         return slice(int(idx[0]), int(idx[-1]) + 1) if len(idx) else slice(0, 0)
+
+    def annotate(self, structures: Sequence[Atoms]) -> list[Atoms]:
+        """Copies of the predicted ``structures`` with the prediction written on them.
+
+        Per structure (``info``): ``pred_energy``, ``pred_energy_std`` (eV),
+        ``pred_max_force_std`` (eV/Å, DP-GEN max_devi_f) and their ``*_cal`` calibrated
+        versions, plus ``pred_stress`` / ``pred_stress_std`` (Voigt, eV/Å³) when predicted; per
+        atom (``arrays``): ``pred_forces`` (eV/Å), ``pred_force_std`` and ``pred_force_std_cal``.
+        """
+        if len(structures) != self.n_struct:
+            raise ValueError(
+                f"annotate: {len(structures)} structures for {self.n_struct} predicted"
+            )
+        out = []
+        for i, atoms in enumerate(structures):
+            a = atoms.copy()
+            sl = self.per_structure(i)
+            a.info["pred_energy"] = float(self.energy_mean[i])
+            a.info["pred_energy_std"] = float(self.energy_std[i])
+            a.info["pred_energy_std_cal"] = float(self.energy_std_cal[i])
+            a.info["pred_max_force_std"] = float(self.max_force_std[i])
+            a.info["pred_max_force_std_cal"] = float(self.max_force_std_cal[i])
+            a.arrays["pred_forces"] = self.forces_mean[sl]
+            a.arrays["pred_force_std"] = self.force_std_atom[sl]
+            a.arrays["pred_force_std_cal"] = self.force_std_atom_cal[sl]
+            if self.stress_mean is not None:
+                a.info["pred_stress"] = self.stress_mean[i]
+                a.info["pred_stress_std"] = self.stress_std[i]
+            out.append(a)
+        return out
 
 
 def segment_max(values: np.ndarray, system_idx: np.ndarray, n_struct: int) -> np.ndarray:

@@ -19,10 +19,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from ase import Atoms
+
+from chemgap.common.metrics import energy_errors_per_atom, rmse
 
 from .build import DataStats, build_model, compute_stats
 from .config import EnsembleConfig, ModelConfig
@@ -116,22 +119,26 @@ def _forward(model, batch, cfg: EnsembleConfig, training: bool) -> dict:
 
 
 def evaluate_loader(model, loader, cfg: EnsembleConfig) -> dict:
-    """Loss and RMSEs of ``model`` on a loader: loss, rmse_e (eV/atom), rmse_f (eV/Å)."""
+    """Loss and errors of ``model`` on a loader: ``loss``, ``rmse_e_per_atom`` (eV/atom) and
+    ``rmse_f`` (per force component, eV/Å), as :mod:`chemgap.common.metrics` defines them."""
     model.eval()
-    tot, n_batches, se_e, n_s, se_f, n_f = 0.0, 0, 0.0, 0, 0.0, 0
+    losses, de, df = [], [], []
     for batch in loader:
         out = _forward(model, batch, cfg, training=False)
-        tot += float(_loss_terms(out, batch, cfg).detach())
-        n_batches += 1
-        n_atoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
-        se_e += float((((out["energy"] - batch.energy) / n_atoms) ** 2).sum().detach())
-        n_s += int(n_atoms.numel())
-        se_f += float(((out["forces"] - batch.forces) ** 2).sum().detach())
-        n_f += int(batch.forces.numel())
+        losses.append(float(_loss_terms(out, batch, cfg).detach()))
+        n_atoms = batch.ptr[1:] - batch.ptr[:-1]
+        de.append(
+            energy_errors_per_atom(
+                out["energy"].detach().cpu().numpy(),
+                batch.energy.detach().cpu().numpy(),
+                n_atoms.cpu().numpy(),
+            )
+        )
+        df.append((out["forces"] - batch.forces).detach().cpu().numpy())
     return {
-        "loss": tot / max(n_batches, 1),
-        "rmse_e_per_atom": math.sqrt(se_e / max(n_s, 1)),
-        "rmse_f": math.sqrt(se_f / max(n_f, 1)),
+        "loss": float(np.mean(losses)) if losses else 0.0,
+        "rmse_e_per_atom": rmse(np.concatenate(de)) if de else float("nan"),
+        "rmse_f": rmse(np.concatenate(df)) if df else float("nan"),
     }
 
 
@@ -188,6 +195,214 @@ def _prepare(
     return list(train), list(valid), z
 
 
+@dataclass(kw_only=True)
+class _Run:
+    """Everything one training run holds while it runs (see :func:`train_member`)."""
+
+    model: torch.nn.Module
+    ens_cfg: EnsembleConfig
+    member: int
+    snapshots: int
+    device: torch.device
+    train_loader: Any
+    valid_loader: Any
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    plateau: Any
+    ema: _EMA | None
+    progress: ProgressFn | None
+    t_start: float
+    history: list[dict] = field(default_factory=list)
+    kept: list[torch.nn.Module] = field(default_factory=list)
+    kept_epochs: list[int] = field(default_factory=list)
+    best: float = math.inf
+    best_state: dict | None = None
+    best_epoch: int = 0
+    since_best: int = 0
+    n_seen: int = 0
+    cycle_epoch: int = 0
+    cycle_start: float = 0.0
+
+    @property
+    def snapshot_mode(self) -> bool:
+        return self.snapshots > 1
+
+    @property
+    def cycle_epochs(self) -> int:
+        cfg = self.ens_cfg
+        return max(1, cfg.max_epochs // self.snapshots) if self.snapshot_mode else cfg.max_epochs
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The model that is validated and kept: the EMA copy when there is one."""
+        return self.ema.model if self.ema else self.model
+
+
+def _start_run(
+    model: torch.nn.Module,
+    ens_cfg: EnsembleConfig,
+    loaders: tuple[Any, Any],
+    *,
+    member: int,
+    snapshots: int,
+    device: torch.device,
+    progress: ProgressFn | None,
+    t_start: float,
+) -> _Run:
+    """Optimiser (Adam, AdamW with weight decay; AMSGrad), schedule and EMA for one run."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = torch.optim.AdamW if ens_cfg.weight_decay > 0 else torch.optim.Adam
+    opt = opt_cls(params, lr=ens_cfg.lr, weight_decay=ens_cfg.weight_decay, amsgrad=True)
+    plateau = None
+    if snapshots == 1:
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt,
+            factor=0.5,
+            patience=max(2, ens_cfg.patience // 4),
+            min_lr=ens_cfg.lr * ens_cfg.min_lr_factor,
+        )
+    ema = _EMA(model, ens_cfg.ema_decay) if ens_cfg.ema_decay > 0 and snapshots == 1 else None
+    run = _Run(
+        model=model,
+        ens_cfg=ens_cfg,
+        member=member,
+        snapshots=snapshots,
+        device=device,
+        train_loader=loaders[0],
+        valid_loader=loaders[1],
+        params=params,
+        opt=opt,
+        plateau=plateau,
+        ema=ema,
+        progress=progress,
+        t_start=t_start,
+    )
+    run.best_state = copy.deepcopy(run.evaluated.state_dict())
+    run.cycle_start = time.perf_counter()
+    return run
+
+
+def _train_epoch(run: _Run) -> float:
+    """One pass over the training data; returns the mean training loss."""
+    cfg, min_lr = run.ens_cfg, run.ens_cfg.lr * run.ens_cfg.min_lr_factor
+    run.model.train()
+    losses = []
+    steps_per_epoch = len(run.train_loader)
+    for step, batch in enumerate(run.train_loader):
+        batch = batch.to(run.device)
+        if run.snapshot_mode:  # cosine annealing within the cycle (SGDR)
+            t = (run.cycle_epoch + step / steps_per_epoch) / run.cycle_epochs
+            for g in run.opt.param_groups:
+                g["lr"] = min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * t))
+        run.opt.zero_grad(set_to_none=True)
+        loss = _loss_terms(_forward(run.model, batch, cfg, training=True), batch, cfg)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.params, 10.0)
+        run.opt.step()
+        if run.ema:
+            run.ema.update(run.model)
+        losses.append(float(loss.detach()))
+        run.n_seen += int(batch.num_graphs)
+    return float(np.mean(losses))
+
+
+def _after_snapshot_epoch(run: _Run, epoch: int) -> str | None:
+    """Close the cycle when it has run its epochs or its wall-time share; "cycles" when all
+    K snapshots are kept."""
+    run.cycle_epoch += 1
+    cycle_over = run.cycle_epoch >= run.cycle_epochs
+    if not cycle_over and time.perf_counter() - run.cycle_start > (
+        run.ens_cfg.wall_time_s / run.snapshots
+    ):
+        cycle_over = True
+        log.info("snapshot %d: cycle cut by its wall-time share", len(run.kept))
+    if cycle_over:
+        run.kept.append(copy.deepcopy(run.model).cpu())
+        run.kept_epochs.append(epoch)
+        run.cycle_start, run.cycle_epoch = time.perf_counter(), 0  # warm restart
+        if len(run.kept) == run.snapshots:
+            return "cycles"
+    return None
+
+
+def _after_epoch(run: _Run, epoch: int, valid_loss: float) -> str | None:
+    """Plateau schedule, best-weights bookkeeping, early stopping; the stop reason or None."""
+    if run.plateau:
+        run.plateau.step(valid_loss)
+    if valid_loss < run.best:
+        run.best, run.best_epoch, run.since_best = valid_loss, epoch, 0
+        run.best_state = copy.deepcopy(run.evaluated.state_dict())
+    else:
+        run.since_best += 1
+    if run.since_best >= run.ens_cfg.patience:
+        return "patience"
+    if time.perf_counter() - run.t_start > run.ens_cfg.wall_time_s:
+        return "wall_time"
+    return None
+
+
+def _report(run: _Run, epoch: int, max_epochs: int, row: dict, done: bool = False) -> None:
+    if run.progress:
+        run.progress(
+            ProgressEvent(
+                member=run.member,
+                epoch=epoch,
+                max_epochs=max_epochs,
+                train_loss=row["train_loss"],
+                valid_loss=row["loss"],
+                lr=row["lr"],
+                done=done,
+            )
+        )
+
+
+def _loop(run: _Run) -> tuple[int, str]:
+    """Epochs until a stop criterion; returns (last epoch, stop reason)."""
+    epoch, stopped = 0, "epochs"
+    for epoch in range(1, run.ens_cfg.max_epochs + 1):
+        train_loss = _train_epoch(run)
+        val = evaluate_loader(run.evaluated, run.valid_loader, run.ens_cfg)
+        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": run.opt.param_groups[0]["lr"]}
+        run.history.append(row)
+        _report(run, epoch, run.ens_cfg.max_epochs, row)
+        if run.snapshot_mode:
+            reason = _after_snapshot_epoch(run, epoch)
+        else:
+            reason = _after_epoch(run, epoch, val["loss"])
+        if reason:
+            return epoch, reason
+    return epoch, stopped
+
+
+def _valid_metrics(model: torch.nn.Module, run: _Run) -> dict:
+    v = evaluate_loader(model.to(run.device), run.valid_loader, run.ens_cfg)
+    return {
+        "best_valid_loss": v["loss"],
+        "valid_rmse_e_per_atom": v["rmse_e_per_atom"],
+        "valid_rmse_f": v["rmse_f"],
+    }
+
+
+def _kept_models(run: _Run, epoch: int) -> tuple[list[torch.nn.Module], list[dict]]:
+    """The run's models (best EMA weights, or the K snapshots) on CPU, with validation metrics."""
+    if run.snapshot_mode:
+        while len(run.kept) < run.snapshots:  # wall time ran out for the last cycles
+            log.warning("snapshot run ended early: duplicating the last weights")
+            run.kept.append(copy.deepcopy(run.model).cpu())
+            run.kept_epochs.append(epoch)
+        metrics = []
+        for m, ep in zip(run.kept, run.kept_epochs, strict=True):
+            metrics.append({"epochs": ep, **_valid_metrics(m, run)})
+            m.cpu()
+        return run.kept, metrics
+    final = run.evaluated
+    final.load_state_dict(run.best_state)
+    for p in final.parameters():
+        p.requires_grad_(True)
+    metrics = [{"epochs": run.best_epoch, **_valid_metrics(final, run)}]
+    return [final.cpu()], metrics
+
+
 def train_member(
     train: Sequence[Atoms],
     model_cfg: ModelConfig,
@@ -208,16 +423,23 @@ def train_member(
     """Train one member on labelled ``train`` (validated on ``valid`` or a random split).
 
     Args:
-        train, valid: labelled structures (REF_energy/REF_forces[/REF_stress]); unlabelled or
-            failed ones are skipped.
+        train: labelled structures (energy, forces, optionally stress under
+            :mod:`chemgap.common.keys`); unlabelled or failed ones are skipped.
+        model_cfg: architecture; ens_cfg: optimiser, schedule, stopping.
         seed: seeds the split, the weight initialisation and the batch order.
+        valid: validation structures (default: a random ``ens_cfg.valid_fraction`` of train).
+        member: index reported in progress events.
         snapshots: 1 for a plain member; K > 1 runs one cyclic-LR run and returns K snapshots.
         init_model: start from these weights (transfer initialisation) instead of a fresh model.
         stats: data constants; computed from ``train`` when not given.
         elements: element set of the model (default: the elements of train + valid).
         freeze: parameter-name prefixes kept fixed (see :func:`freeze_blocks`).
+        device: torch device (default: CUDA when present).
         threads: torch intra-op threads for this member (None leaves torch's setting).
         progress: called once per epoch with a :class:`ProgressEvent`.
+
+    Returns:
+        The trained model(s) on CPU in eval mode, their metrics and the training history.
     """
     t_start = time.perf_counter()
     if threads:
@@ -226,166 +448,52 @@ def train_member(
     train, valid, z_table = _prepare(train, valid, ens_cfg, seed, elements)
     if init_model is not None:
         z_table = [int(z) for z in init_model.atomic_numbers.tolist()]
-    if stats is None:
-        stats = compute_stats(train, z_table, model_cfg.r_max)
-    if init_model is not None:
-        model = copy.deepcopy(init_model)
-    else:
-        model = build_model(model_cfg, stats, seed=seed)
+    stats = stats or compute_stats(train, z_table, model_cfg.r_max)
+    model = (
+        copy.deepcopy(init_model)
+        if init_model is not None
+        else build_model(model_cfg, stats, seed=seed)
+    )
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     model = model.to(dev)
     frozen = freeze_blocks(model, freeze) if freeze else []
     if frozen:
         log.info("member %d: %d parameter tensors frozen", member, len(frozen))
-
-    train_graphs = to_graphs(train, z_table, model_cfg.r_max, dtype)
-    valid_graphs = to_graphs(valid, z_table, model_cfg.r_max, dtype)
-    train_loader, valid_loader = _loaders(train_graphs, valid_graphs, ens_cfg.batch_size, seed)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.AdamW if ens_cfg.weight_decay > 0 else torch.optim.Adam
-    opt = opt_cls(params, lr=ens_cfg.lr, weight_decay=ens_cfg.weight_decay, amsgrad=True)
-    min_lr = ens_cfg.lr * ens_cfg.min_lr_factor
-    snapshot_mode = snapshots > 1
-    plateau = None
-    if not snapshot_mode:
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=0.5, patience=max(2, ens_cfg.patience // 4), min_lr=min_lr
-        )
-    use_ema = ens_cfg.ema_decay > 0 and not snapshot_mode
-    ema = _EMA(model, ens_cfg.ema_decay) if use_ema else None
-    cycle_epochs = max(1, ens_cfg.max_epochs // snapshots) if snapshot_mode else ens_cfg.max_epochs
-    steps_per_epoch = len(train_loader)
-
-    best = math.inf
-    best_state = copy.deepcopy((ema.model if ema else model).state_dict())
-    best_epoch, since_best, stopped = 0, 0, "epochs"
-    kept: list[torch.nn.Module] = []
-    kept_metrics: list[dict] = []
-    history: list[dict] = []
+    loaders = _loaders(
+        to_graphs(train, z_table, model_cfg.r_max, dtype),
+        to_graphs(valid, z_table, model_cfg.r_max, dtype),
+        ens_cfg.batch_size,
+        seed,
+    )
+    run = _start_run(
+        model,
+        ens_cfg,
+        loaders,
+        member=member,
+        snapshots=snapshots,
+        device=dev,
+        progress=progress,
+        t_start=t_start,
+    )
     t_train = time.perf_counter()
-    cycle_start = t_train
-    n_seen, epoch, cycle_epoch = 0, 0, 0
-    for epoch in range(1, ens_cfg.max_epochs + 1):
-        model.train()
-        ep_loss, nb = 0.0, 0
-        for step, batch in enumerate(train_loader):
-            batch = batch.to(dev)
-            if snapshot_mode:
-                t = (cycle_epoch + step / steps_per_epoch) / cycle_epochs
-                for g in opt.param_groups:
-                    g["lr"] = min_lr + 0.5 * (ens_cfg.lr - min_lr) * (1 + math.cos(math.pi * t))
-            opt.zero_grad(set_to_none=True)
-            out = _forward(model, batch, ens_cfg, training=True)
-            loss = _loss_terms(out, batch, ens_cfg)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            opt.step()
-            if ema:
-                ema.update(model)
-            ep_loss += float(loss.detach())
-            nb += 1
-            n_seen += int(batch.num_graphs)
-        evaluated = ema.model if ema else model
-        val = evaluate_loader(evaluated, valid_loader, ens_cfg)
-        lr_now = opt.param_groups[0]["lr"]
-        history.append({"epoch": epoch, "train_loss": ep_loss / nb, **val, "lr": lr_now})
-        if progress:
-            progress(
-                ProgressEvent(
-                    member=member,
-                    epoch=epoch,
-                    max_epochs=ens_cfg.max_epochs,
-                    train_loss=ep_loss / nb,
-                    valid_loss=val["loss"],
-                    lr=lr_now,
-                )
-            )
-        elapsed = time.perf_counter() - t_start
-        if snapshot_mode:
-            cycle_epoch += 1
-            cycle_over = cycle_epoch >= cycle_epochs
-            wall_share = ens_cfg.wall_time_s / snapshots
-            if not cycle_over and time.perf_counter() - cycle_start > wall_share:
-                cycle_over = True
-                log.info("snapshot %d: cycle cut by its wall-time share", len(kept))
-            if cycle_over:
-                kept.append(copy.deepcopy(model).cpu())
-                kept_metrics.append({"epochs": epoch, "valid": val})
-                cycle_start, cycle_epoch = time.perf_counter(), 0  # warm restart
-                if len(kept) == snapshots:
-                    stopped = "cycles"
-                    break
-            continue
-        if plateau:
-            plateau.step(val["loss"])
-        if val["loss"] < best:
-            best, best_epoch, since_best = val["loss"], epoch, 0
-            best_state = copy.deepcopy(evaluated.state_dict())
-        else:
-            since_best += 1
-        if since_best >= ens_cfg.patience:
-            stopped = "patience"
-            break
-        if elapsed > ens_cfg.wall_time_s:
-            stopped = "wall_time"
-            break
+    epoch, stopped = _loop(run)
     train_s = time.perf_counter() - t_train
-    common = {
+    models, metrics = _kept_models(run, epoch)
+    shared = {
         "stopped": stopped,
         "wall_s": time.perf_counter() - t_start,
         "train_s": train_s,
-        "structures_per_s": n_seen / train_s if train_s > 0 else 0.0,
+        "structures_per_s": run.n_seen / train_s if train_s > 0 else 0.0,
         "n_train": len(train),
         "n_valid": len(valid),
         "epochs_run": epoch,
         "device": str(dev),
         "frozen": frozen,
     }
-    if snapshot_mode:
-        while len(kept) < snapshots:  # wall time ran out for the last cycles
-            log.warning("snapshot run ended early: duplicating the last weights")
-            kept.append(copy.deepcopy(model).cpu())
-            kept_metrics.append({"epochs": epoch, "valid": history[-1] if history else {}})
-        metrics = []
-        for m, km in zip(kept, kept_metrics, strict=True):
-            v = evaluate_loader(m.to(dev), valid_loader, ens_cfg)
-            m.cpu()
-            metrics.append({**common, "epochs": km["epochs"], "best_valid_loss": v["loss"],
-                            "valid_rmse_e_per_atom": v["rmse_e_per_atom"],
-                            "valid_rmse_f": v["rmse_f"]})  # fmt: skip
-        models = kept
-    else:
-        final = ema.model if ema else model
-        final.load_state_dict(best_state)
-        for p in final.parameters():
-            p.requires_grad_(True)
-        v = evaluate_loader(final, valid_loader, ens_cfg)
-        final = final.cpu()
-        models = [final]
-        metrics = [
-            {
-                **common,
-                "epochs": best_epoch,
-                "best_valid_loss": v["loss"],
-                "valid_rmse_e_per_atom": v["rmse_e_per_atom"],
-                "valid_rmse_f": v["rmse_f"],
-            }
-        ]
-    if progress:
-        last = history[-1] if history else {"train_loss": math.nan, "loss": math.nan, "lr": 0.0}
-        progress(
-            ProgressEvent(
-                member=member,
-                epoch=epoch,
-                max_epochs=epoch,
-                train_loss=last["train_loss"],
-                valid_loss=last["loss"],
-                lr=last["lr"],
-                done=True,
-            )
-        )
+    metrics = [{**shared, **m} for m in metrics]
+    last = run.history[-1] if run.history else {"train_loss": math.nan, "loss": math.nan, "lr": 0.0}
+    _report(run, epoch, epoch, last, done=True)
     log.info("member %d done: %s", member, {k: metrics[0][k] for k in ("epochs", "stopped")})
     for m in models:
         m.eval()
-    return MemberResult(models=models, metrics=metrics, stats=stats, history=history)
+    return MemberResult(models=models, metrics=metrics, stats=stats, history=run.history)

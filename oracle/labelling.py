@@ -13,28 +13,26 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from chemgap.common.keys import ENERGY_KEY, FORCES_KEY, LABEL_PREFIX, STATUS_KEY, STRESS_KEY
+from chemgap.common.tasks import Executor, Task, resolve_executor
 from chemgap.oracle.backends import soften
 from chemgap.oracle.config import OracleConfig
 from chemgap.oracle.results import (
     ATTEMPTS_KEY,
-    ENERGY_KEY,
-    FORCES_KEY,
     LABEL_INFO_KEYS,
     MESSAGE_KEY,
     ORACLE_KEY,
     SECONDS_KEY,
-    STATUS_KEY,
-    STRESS_KEY,
     FailureCategory,
     LabelResult,
     LabelSummary,
 )
-from chemgap.oracle.sandbox import _CalculatorCache, calculator_key, oracle_process
+from chemgap.oracle.sandbox import CalculatorCache, calculator_key, oracle_process
 from chemgap.oracle.triage import Evaluation, check_before, classify_exception, evaluate, one_line
 
 log = logging.getLogger(__name__)
 
-_IN_PROCESS_CALCULATORS = _CalculatorCache()
+_IN_PROCESS_CALCULATORS = CalculatorCache()
 
 
 def clean_copy(atoms: Atoms) -> Atoms:
@@ -43,9 +41,9 @@ def clean_copy(atoms: Atoms) -> Atoms:
     out.calc = None
     for key in LABEL_INFO_KEYS:
         out.info.pop(key, None)
-    for key in [k for k in out.arrays if k.startswith("REF_")]:
+    for key in [k for k in out.arrays if k.startswith(LABEL_PREFIX)]:
         del out.arrays[key]
-    for key in [k for k in out.info if k.startswith("REF_")]:
+    for key in [k for k in out.info if k.startswith(LABEL_PREFIX)]:
         del out.info[key]
     return out
 
@@ -185,22 +183,9 @@ def label_one(atoms: Atoms, config: OracleConfig, *, isolate: bool = False) -> L
     )
 
 
-def _label_task(atoms: Atoms, config_json: str, isolate: bool) -> LabelResult:
-    """Body of one Ray labelling task."""
+def label_task(atoms: Atoms, config_json: str, isolate: bool) -> LabelResult:
+    """Body of one labelling task (the config travels as JSON)."""
     return label_one(atoms, OracleConfig.model_validate_json(config_json), isolate=isolate)
-
-
-_REMOTE: Any = None
-
-
-def _remote_label() -> Any:
-    global _REMOTE
-    if _REMOTE is None:
-        import ray
-
-        # max_retries covers a lost worker or node, not oracle failures (those are results).
-        _REMOTE = ray.remote(max_retries=1)(_label_task)
-    return _REMOTE
 
 
 def task_name(
@@ -219,18 +204,21 @@ def label_batch(
     name: str = "label",
     iteration: int | None = None,
     isolate: bool = True,
+    executor: Executor | None = None,
 ) -> LabelSummary:
-    """Label ``structures`` as Ray tasks, handing each result to ``on_result`` as it arrives.
+    """Label ``structures`` as tasks on ``executor``, handing each result to ``on_result`` as it
+    arrives.
 
     Structures rejected by triage never become tasks (their results are delivered first). Each
     remaining structure is one task named like ``label 17/40 · xtb · iter 3`` asking for
-    ``config.cpus_per_call`` CPUs; results are collected with ``ray.wait`` in completion order
-    and ``on_result(index, result)`` is called at once (``index`` into ``structures``), so the
-    caller can store each label before the next arrives. A task lost to Ray (worker or node
-    death) is recorded as ``crashed``. If ``on_result`` raises or the caller is interrupted,
-    outstanding tasks are cancelled and the exception propagates.
+    ``config.cpus_per_call`` CPUs; results come back in completion order and
+    ``on_result(index, result)`` is called at once (``index`` into ``structures``), so the
+    caller can store each label before the next arrives. A task the executor lost (worker or
+    node death) is recorded as ``crashed``. If ``on_result`` raises or the caller is
+    interrupted, outstanding tasks are cancelled and the exception propagates.
 
-    Ray must already be initialised by the caller (``chemgap.agent.runtime.ray_runtime``).
+    ``executor`` is where the tasks run (:mod:`chemgap.common.tasks`): the agent passes its Ray
+    executor; None labels one structure after another in this process.
 
     Args:
         structures: the batch.
@@ -239,15 +227,12 @@ def label_batch(
         name: task-name prefix.
         iteration: campaign iteration shown in task names (``· iter 3``).
         isolate: evaluate in a killable child process inside each task (enforces
-            ``config.timeout_s``); False runs the calculator in the Ray worker itself.
+            ``config.timeout_s``); False runs the calculator in the task's process itself.
+        executor: where the tasks run (default in-process).
 
     Returns:
         Counts by status and timings (``wall_seconds`` measured here).
     """
-    import ray
-
-    if not ray.is_initialized():
-        raise RuntimeError("Ray is not initialised; start it with chemgap.agent.runtime first")
     start = time.perf_counter()
     summary = LabelSummary(oracle=str(config.name))
     total = len(structures)
@@ -257,44 +242,40 @@ def label_batch(
         if on_result is not None:
             on_result(index, result)
 
-    remote = _remote_label()
     config_json = config.model_dump_json()
-    pending: dict[Any, int] = {}
-    try:
-        for index, atoms in enumerate(structures):
-            rejected = reject(atoms, config)
-            if rejected is not None:
-                deliver(index, rejected)
-                continue
-            ref = remote.options(
+    tasks, indices = [], []
+    for index, atoms in enumerate(structures):
+        rejected = reject(atoms, config)
+        if rejected is not None:
+            deliver(index, rejected)
+            continue
+        tasks.append(
+            Task(
+                fn=label_task,
+                args=(clean_copy(atoms), config_json, isolate),
                 name=task_name(index, total, str(config.name), name, iteration),
                 num_cpus=config.cpus_per_call,
-            ).remote(clean_copy(atoms), config_json, isolate)
-            pending[ref] = index
-        waiting = list(pending)
-        while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
-            if waiting:
-                more, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0)
-                done += more
-            for ref in done:
-                index = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    result = _finish(
-                        clean_copy(structures[index]),
-                        config,
-                        None,
-                        failure=FailureCategory.CRASHED,
-                        message=f"Ray task failed: {type(exc).__name__}: {exc}",
-                        seconds=0.0,
-                        attempts=1,
-                    )
-                deliver(index, result)
-    finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+                max_retries=1,  # a lost worker or node, not oracle failures (those are results)
+            )
+        )
+        indices.append(index)
+    for done in resolve_executor(executor).run(tasks):
+        index = indices[done.index]
+        if done.error is None:
+            deliver(index, done.value)
+            continue
+        deliver(
+            index,
+            _finish(
+                clean_copy(structures[index]),
+                config,
+                None,
+                failure=FailureCategory.CRASHED,
+                message=f"task failed: {type(done.error).__name__}: {done.error}",
+                seconds=0.0,
+                attempts=1,
+            ),
+        )
     summary.wall_seconds = time.perf_counter() - start
     log.info("labelled %d structures with %s: %s", total, config.name, summary.describe())
     return summary

@@ -10,11 +10,14 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import CalculationFailed
 
-# Keys under which labels are stored (MACE's ``REF_`` convention).
-ENERGY_KEY = "REF_energy"  # atoms.info, eV
-FORCES_KEY = "REF_forces"  # atoms.arrays, (n_atoms, 3) eV/Å
-STRESS_KEY = "REF_stress"  # atoms.info, Voigt (6,) eV/Å³, ASE sign convention
-STATUS_KEY = "label_status"  # atoms.info: "ok" or a FailureCategory value
+from chemgap.common.keys import (  # the label keys, defined once for everyone
+    ENERGY_KEY,
+    FORCES_KEY,
+    OK,
+    STATUS_KEY,
+    STRESS_KEY,
+)
+
 MESSAGE_KEY = "label_message"  # atoms.info: failure message, retry note, or "ok"
 SECONDS_KEY = "label_seconds"  # atoms.info: oracle seconds spent on this structure
 ORACLE_KEY = "oracle"  # atoms.info: backend name
@@ -29,7 +32,6 @@ LABEL_INFO_KEYS = (
     ORACLE_KEY,
     ATTEMPTS_KEY,
 )
-OK = "ok"
 
 
 class FailureCategory(StrEnum):

@@ -38,7 +38,7 @@ STARTUP_TIMEOUT_S = 120.0
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-class _CalculatorCache:
+class CalculatorCache:
     """The few most recently used calculators, keyed by their configuration's JSON."""
 
     def __init__(self, size: int = 4) -> None:
@@ -97,7 +97,7 @@ def serve() -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a backend prints goes to stderr, not into the protocol
     inp = sys.stdin.buffer
-    cache = _CalculatorCache()
+    cache = CalculatorCache()
     _send(out, ("ready", os.getpid()))
     while True:
         try:

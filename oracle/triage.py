@@ -19,6 +19,7 @@ from ase.calculators.calculator import BaseCalculator
 from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
 
+from chemgap.common.keys import LABEL_PREFIX
 from chemgap.oracle.config import OracleConfig, check_elements
 from chemgap.oracle.results import FailureCategory, OracleFailure
 
@@ -146,7 +147,7 @@ def evaluate(calc: BaseCalculator, atoms: Atoms) -> Evaluation:
     implements it. Any exception becomes a categorised failure (never raised).
     """
     work = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    work.info.update({k: v for k, v in atoms.info.items() if not k.startswith("REF_")})
+    work.info.update({k: v for k, v in atoms.info.items() if not k.startswith(LABEL_PREFIX)})
     want_stress = bool(work.pbc.all()) and "stress" in getattr(calc, "implemented_properties", ())
     if hasattr(calc, "reset"):
         calc.reset()

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from chemgap.agent.campaign import run_campaign
 from chemgap.agent.cli import main
+from chemgap.agent.runtime import RayExecutor
 from chemgap.agent.store import RunStore
 from chemgap.campaigns.spec import parse_spec
 
@@ -95,7 +96,9 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session):
     spec = parse_spec(tiny_spec())
     store = RunStore.create(tmp_path / "run", spec)
     events: list[str] = []
-    reason = run_campaign(store, report=lambda e, p: events.append(e), num_cpus=2)
+    reason = run_campaign(
+        store, report=lambda e, p: events.append(e), num_cpus=2, executor=RayExecutor()
+    )
     assert reason == "iteration cap (2)"
     result = CliRunner().invoke(main, ["status", "--json", str(store.root)])
     info = json.loads(result.output)
@@ -177,7 +180,7 @@ def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray
     assert json.loads(status.output)["state"] == "interrupted"
 
     store = RunStore.open(run_dir)
-    assert run_campaign(store, num_cpus=2) == "iteration cap (1)"
+    assert run_campaign(store, num_cpus=2, executor=RayExecutor()) == "iteration cap (1)"
     after = rows(db)
     assert set(before) <= set(after)  # nothing written before the kill was lost
     keys = [k for _, k, _ in after]

@@ -172,8 +172,14 @@ def test_batch_as_ray_tasks_survives_every_failure(ray_session, tmp_path):
         assert index not in seen
         seen[index] = result
 
+    from chemgap.agent.runtime import RayExecutor
+
     summary = label_batch(
-        batch, programmable(tmp_path, timeout_s=3.0), on_result=store, iteration=1
+        batch,
+        programmable(tmp_path, timeout_s=3.0),
+        on_result=store,
+        iteration=1,
+        executor=RayExecutor(),
     )
     assert sorted(seen) == list(range(len(batch)))
     statuses = [seen[i].status for i in range(len(batch))]
@@ -202,9 +208,16 @@ def test_batch_as_ray_tasks_survives_every_failure(ray_session, tmp_path):
     assert seen[0].seconds > 0 and seen[2].seconds == 0
 
 
-def test_batch_requires_ray_from_the_caller(monkeypatch):
+def test_batch_runs_in_process_without_an_executor(monkeypatch):
+    """The fan-out policy: no executor means in-process, never Ray (even if Ray is up)."""
     import ray
 
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    with pytest.raises(RuntimeError, match="not initialised"):
-        label_batch([bulk("Cu")], OracleConfig(name="emt"))
+    def no_ray(*args, **kwargs):
+        raise AssertionError("label_batch without an executor must not use Ray")
+
+    monkeypatch.setattr(ray, "remote", no_ray)
+    monkeypatch.setattr(ray, "wait", no_ray)
+    cells = [bulk("Cu", cubic=True), bulk("Cu", "fcc", 3.7)]
+    order = []
+    summary = label_batch(cells, OracleConfig(name="emt"), on_result=lambda i, r: order.append(i))
+    assert summary.n_ok == 2 and order == [0, 1]

@@ -87,10 +87,10 @@ def test_existing_instance_is_reused(ray_session):
 
 @pytest.mark.parametrize("address", ["localhost", "host:port", ":6379"])
 def test_malformed_address(address):
-    from chemgap.agent.runtime import _probe
+    from chemgap.agent.runtime import probe_address
 
     with pytest.raises(BadInput, match="HOST:PORT"):
-        _probe(address)
+        probe_address(address)
 
 
 def test_exit_codes():
