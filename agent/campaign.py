@@ -49,7 +49,7 @@ def _noop(event: str, payload: dict[str, Any]) -> None:
 
 
 def _write_extxyz(path: Path, structures: list[Atoms]) -> None:
-    """extxyz written to a temp file and renamed: a crash leaves the old file or none."""
+    """Extxyz written to a temp file and renamed: a crash leaves the old file or none."""
     from ase.io import write
 
     tmp = path.with_suffix(".tmp.extxyz")
@@ -90,6 +90,7 @@ class Campaign:
     # ------------------------------------------------------------------ bookkeeping
     @property
     def elapsed_s(self) -> float:
+        """Campaign wall time so far, s, summed over resumes."""
         return self._elapsed0 + time.monotonic() - self._t0
 
     def _finish_step(self, iteration: int, step: str, **changes: Any) -> None:
@@ -111,15 +112,18 @@ class Campaign:
         return self.store.root
 
     def oracle_calls(self) -> int:
+        """Oracle calls made so far (labels and failures in data.db)."""
         counts = self.store.label_counts()
         return counts["ok"] + counts["failed"]
 
     def labelled(self, split: str | None = None) -> list[Atoms]:
+        """Labelled structures (status ok) of ``split`` (all splits for None)."""
         query = {"status": "ok"} if split is None else {"status": "ok", "split": split}
         return self.store.structures(**query)
 
     # ------------------------------------------------------------------ iteration 0
     def seeds(self) -> list[Atoms]:
+        """The seed structures of the spec (the same for the same master seed)."""
         from chemgap.agent.seeds import generate_seeds
 
         return generate_seeds(self.spec.system, self._rng(0), self._base_dir())
@@ -146,6 +150,7 @@ class Campaign:
 
     # ------------------------------------------------------------------ steps
     def step_train(self, it: int) -> None:
+        """Train iteration ``it``'s ensemble on the train split (holdout for early stopping)."""
         from chemgap.models.ensemble import train_ensemble
 
         train = self.labelled("train")
@@ -174,6 +179,7 @@ class Campaign:
         return Ensemble.load(self._idir(it) / "models")
 
     def step_calibrate(self, it: int) -> None:
+        """Calibrate the ensemble on the holdout; store scales and trust levels."""
         from chemgap.agent.trust import trust_levels
 
         self.report("step", {"iteration": it, "step": "calibrate"})
@@ -202,6 +208,7 @@ class Campaign:
         return TrustLevels(**data)
 
     def step_explore(self, it: int) -> None:
+        """Run the walkers; store candidates, md_failures and the summary."""
         from chemgap.agent.explore import explore_groups
 
         cfg = self.spec.exploration
@@ -256,6 +263,7 @@ class Campaign:
         self._finish_step(it, "explore")
 
     def step_select(self, it: int) -> None:
+        """Pick the labelling batch from the candidates within the oracle budget."""
         from chemgap.agent.selection import Candidates, select
         from chemgap.oracle import cost_model
 
@@ -348,6 +356,7 @@ class Campaign:
         log.info("iteration %d labels: %s", iteration, summary.describe())
 
     def step_label(self, it: int) -> None:
+        """Label the selected batch (each label written to data.db as it arrives)."""
         chosen = _read_extxyz(self._idir(it) / "selection.extxyz")
         self.report("step", {"iteration": it, "step": "label", "n": len(chosen)})
         self._label(chosen, iteration=it)
@@ -393,7 +402,8 @@ class Campaign:
         """Failure regions of this iteration's ensemble on data it was not trained on: the
         holdout and the structures labelled in this iteration (the ones it was unsure about).
         Writes ``regions.json`` in the run and in ``iterations/NNN``. A diagnosis that cannot be
-        made (too few structures for a statistic, say) is logged and recorded, not fatal."""
+        made (too few structures for a statistic, say) is logged and recorded, not fatal.
+        """
         from chemgap.agent.diagnostics.diagnose import (
             REGIONS_FILE,
             diagnose,
@@ -445,6 +455,7 @@ class Campaign:
 
     # ------------------------------------------------------------------ stopping
     def stop_reason(self, history: list[dict[str, Any]]) -> str | None:
+        """Why the campaign stops after ``history``'s last iteration, or None to go on."""
         b = self.spec.budget
         it = history[-1]["iteration"] if history else 0
         conv = b.convergence

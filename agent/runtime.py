@@ -92,7 +92,8 @@ def ray_runtime(
     Args:
         address: ``host:port`` of a running cluster (``ray start --head`` prints it), ``"auto"``
             for the cluster this machine belongs to, or None to start a local instance.
-        num_cpus, num_gpus: resources of a local instance (default: detected).
+        num_cpus: CPUs of a local instance (default: detected).
+        num_gpus: GPUs of a local instance (default: detected).
         dashboard: start the Ray dashboard with a local instance, bound to 127.0.0.1 only.
 
     If Ray is already initialised in this process (a test session, a notebook), that instance is

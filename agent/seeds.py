@@ -99,7 +99,8 @@ def _molecule(seed: MoleculeSeed, rng: np.random.Generator, base_dir: Path) -> l
 
 def smiles_conformers(smiles: str, n: int, random_seed: int) -> list[Atoms]:
     """``n`` 3D conformers of ``smiles`` with explicit hydrogens (RDKit ETKDGv3 embedding,
-    Riniker & Landrum 2015, then MMFF94 relaxation where parameters exist)."""
+    Riniker & Landrum 2015, then MMFF94 relaxation where parameters exist).
+    """
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
@@ -155,7 +156,8 @@ GENERATORS: dict[str, Generator] = {
 
 def _perturb(atoms: Atoms, strain: float, rattle_A: float, rng: np.random.Generator) -> None:
     """Random symmetric strain of a periodic cell (each component in ±``strain``) and Gaussian
-    displacements of standard deviation ``rattle_A`` Å, in place."""
+    displacements of standard deviation ``rattle_A`` Å, in place.
+    """
     if strain > 0 and atoms.pbc.any():
         eps = rng.uniform(-strain, strain, size=(3, 3))
         eps = 0.5 * (eps + eps.T)

@@ -119,7 +119,8 @@ def find_duplicates(
     descriptors: np.ndarray, uncertainty: np.ndarray, labelled: np.ndarray | None, tol: float
 ) -> list[int]:
     """Candidates within ``tol`` (descriptor distance) of a labelled structure, or of a more
-    uncertain candidate (the most uncertain of a group of near-copies is kept)."""
+    uncertain candidate (the most uncertain of a group of near-copies is kept).
+    """
     dup: set[int] = set()
     if labelled is not None and len(labelled):
         dup |= set(np.flatnonzero(_min_distance(descriptors, labelled) <= tol).tolist())

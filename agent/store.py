@@ -48,6 +48,8 @@ PROVENANCE_KEYS = ("iteration", "source", "walker", "temperature_K", "oracle", "
 
 
 class RunStatus(StrEnum):
+    """Where a run stands: running, done, failed (runtime error) or interrupted."""
+
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
@@ -247,7 +249,8 @@ class RunStore:
 
     def structures(self, **query: Any) -> list[Atoms]:
         """Rows matching ``query`` (ase.db selection) as Atoms with REF_ keys and provenance in
-        ``atoms.info``; no calculator attached."""
+        ``atoms.info``; no calculator attached.
+        """
         return [row_to_atoms(row) for row in self.db.select(**query)]
 
     def label_counts(self) -> dict[str, int]:
@@ -256,6 +259,7 @@ class RunStore:
 
     # ------------------------------------------------------------------ iterations
     def iteration_dir(self, iteration: int, *, create: bool = True) -> Path:
+        """``iterations/NNN`` of ``iteration`` (made unless ``create`` is False)."""
         path = self.root / ITERATIONS_DIR / f"{iteration:03d}"
         if create:
             path.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ from chemgap.agent.errors import BadInput
 
 def read_structures(path: str | Path, what: str) -> list[Atoms]:
     """Every structure of an ASE-readable file, labels moved into REF_* keys (no calculator
-    attached); a missing, unreadable or empty file is bad input naming ``what``."""
+    attached); a missing, unreadable or empty file is bad input naming ``what``.
+    """
     import ase.io
 
     from chemgap.models.data import labels_from_calculator

@@ -119,17 +119,18 @@ def bench_mace(path: Path, workdir: Path, epochs: int, n_train: int, threads: in
 def bench_ensemble(data, epochs: int, members: int, out: Path) -> dict:
     import ray
 
+    from chemgap.agent.runtime import RayExecutor
     from chemgap.models.ensemble import train_ensemble
 
     model, ens = configs(epochs, members)
     t0 = time.perf_counter()
-    train_ensemble(data, model, ens, out / "seq", seed=0, use_ray=False)
+    train_ensemble(data, model, ens, out / "seq", seed=0)
     seq = time.perf_counter() - t0
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
         ray.get(ray.remote(lambda: 1).remote())  # cluster up before the clock starts
         t0 = time.perf_counter()
-        train_ensemble(data, model, ens, out / "ray", seed=0, use_ray=True)
+        train_ensemble(data, model, ens, out / "ray", seed=0, executor=RayExecutor())
         par = time.perf_counter() - t0
     finally:
         ray.shutdown()

@@ -71,7 +71,7 @@ def main() -> None:
         r_max=5.0, num_channels=args.channels, max_L=1, num_interactions=2, correlation=3
     )
     ens_cfg = EnsembleConfig(members=4, max_epochs=5, batch_size=8)
-    ensemble = train_ensemble(data, model, ens_cfg, tmp / "ens", seed=0, use_ray=False)
+    ensemble = train_ensemble(data, model, ens_cfg, tmp / "ens", seed=0)
     ensemble.to(args.device)
     print(f"setup (labels + 4 members, 5 epochs): {time.perf_counter() - t0:.1f} s")
     print(
@@ -130,11 +130,13 @@ def main() -> None:
         import ray
 
         from chemgap.agent.explore import explore_groups
+        from chemgap.agent.runtime import RayExecutor
 
         ray.init(num_cpus=args.tasks, include_dashboard=False, log_to_driver=False)
-        explore_groups(ensemble, walkers, cfg, n_tasks=args.tasks, steps=5)  # warm-up
+        ex = RayExecutor()
+        explore_groups(ensemble, walkers, cfg, n_tasks=args.tasks, steps=5, executor=ex)  # warm-up
         t = time.perf_counter()
-        res = explore_groups(ensemble, walkers, cfg, n_tasks=args.tasks, seed=1)
+        res = explore_groups(ensemble, walkers, cfg, n_tasks=args.tasks, seed=1, executor=ex)
         ray_rate = res.steps / (time.perf_counter() - t)
         ray.shutdown()
         print(

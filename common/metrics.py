@@ -117,9 +117,11 @@ def error_report(
     """All error metrics of one prediction against its labels.
 
     Args:
-        pred_energy, ref_energy: (n_struct,) total energies, eV.
+        pred_energy: (n_struct,) predicted total energies, eV.
+        ref_energy: (n_struct,) labelled total energies, eV.
         n_atoms: (n_struct,) atoms per structure.
-        pred_forces, ref_forces: (n_atoms_total, 3) eV/Å, structures concatenated in order.
+        pred_forces: (n_atoms_total, 3) predicted forces, eV/Å, structures in order.
+        ref_forces: (n_atoms_total, 3) labelled forces, eV/Å.
         numbers: (n_atoms_total,) atomic numbers, for the per-element breakdown.
     """
     de = energy_errors_per_atom(pred_energy, ref_energy, n_atoms)

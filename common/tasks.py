@@ -67,7 +67,8 @@ class Done:
 
 class Channel(Protocol):
     """A one-way line from tasks to the driver: ``put`` anywhere, the callback runs in the
-    driver. Pass the channel itself as a task argument."""
+    driver. Pass the channel itself as a task argument.
+    """
 
     def put(self, item: Any) -> None:
         """Send ``item`` to the driver's callback."""
@@ -82,14 +83,16 @@ class Executor(Protocol):
 
     def run(self, tasks: Sequence[Task]) -> Iterator[Done]:
         """Start every task; yield a :class:`Done` per task in completion order. Closing the
-        iterator before the end cancels the outstanding tasks."""
+        iterator before the end cancels the outstanding tasks.
+        """
 
     def resources(self) -> dict[str, float]:
         """What the executor can use at once: ``{"CPU": n, "GPU": g}``."""
 
     def channel(self, callback: Callable[[Any], None]) -> Channel:
         """A :class:`Channel` whose items reach ``callback`` in the driver while :meth:`run`
-        iterates (in-process: at once)."""
+        iterates (in-process: at once).
+        """
 
 
 class _DirectChannel:

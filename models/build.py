@@ -41,6 +41,7 @@ class DataStats:
     scale: float
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict of the constants."""
         return asdict(self)
 
 

@@ -71,10 +71,12 @@ class Calibration:
         return np.array([table.get(int(z), self.force_scale) for z in numbers], dtype=float)
 
     def to_dict(self) -> dict:
+        """A JSON-ready dict (what ``ensemble.json`` stores)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
+        """The calibration :meth:`to_dict` wrote."""
         return cls(**d)
 
 

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Dtype(StrEnum):
+    """Floating-point precision of the model's weights."""
+
     FLOAT32 = "float32"
     FLOAT64 = "float64"
 
@@ -21,6 +23,8 @@ class EnsembleMode(StrEnum):
 
 
 class LongRange(StrEnum):
+    """Long-range terms of the model (only ``none`` is built so far)."""
+
     NONE = "none"
 
 

@@ -152,6 +152,7 @@ class Batch:
 
     @property
     def n_struct(self) -> int:
+        """Number of structures in the batch."""
         return len(self.n_atoms)
 
 

@@ -109,23 +109,28 @@ class Ensemble:
     # -- properties
     @property
     def n_members(self) -> int:
+        """K, the number of members."""
         return len(self.members)
 
     @property
     def elements(self) -> list[str]:
+        """Chemical symbols the ensemble knows, in its one-hot order."""
         from ase.data import chemical_symbols
 
         return [chemical_symbols[z] for z in self.z_table]
 
     @property
     def r_max(self) -> float:
+        """Cutoff radius of the members' graphs, Å."""
         return float(self.members[0].r_max)
 
     @property
     def dtype(self) -> str:
+        """``float32`` or ``float64``."""
         return str(next(self.members[0].parameters()).dtype).removeprefix("torch.")
 
     def to(self, device: str | torch.device) -> Ensemble:
+        """Move every member to ``device``; returns self."""
         self.device = torch.device(device)
         self.members = [m.to(self.device) for m in self.members]
         return self
@@ -243,7 +248,8 @@ class Ensemble:
 
     def member_metrics(self) -> list[dict]:
         """Each member's training metrics (epochs, stop reason, validation RMSEs) as saved in
-        its ``member_KK.json``; an empty dict for a member saved without one."""
+        its ``member_KK.json``; an empty dict for a member saved without one.
+        """
         out = []
         for k in range(self.n_members):
             path = self.path / f"{member_stem(k)}.json" if self.path is not None else None
@@ -601,7 +607,8 @@ def train_ensemble(
 
     Args:
         train: labelled structures (unlabelled / failed ones are skipped).
-        model_cfg: architecture; ens_cfg: ensemble size, mode and training settings.
+        model_cfg: architecture.
+        ens_cfg: ensemble size, mode and training settings.
         out_dir: the model directory to write.
         seed: seeds the validation split and every member.
         valid: validation structures for early stopping; default a random

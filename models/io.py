@@ -33,6 +33,7 @@ ENSEMBLE_FILE = "ensemble.json"
 
 
 def member_stem(k: int) -> str:
+    """File stem of member ``k`` (``member_03``)."""
     return f"member_{k:02d}"
 
 
@@ -76,6 +77,7 @@ def _json_default(obj: Any) -> Any:
 
 
 def read_json(path: Path) -> dict:
+    """The JSON object in ``path``."""
     with open(path) as fh:
         return json.load(fh)
 
@@ -88,6 +90,7 @@ def model_to_bytes(model: torch.nn.Module) -> bytes:
 
 
 def model_from_bytes(data: bytes) -> torch.nn.Module:
+    """A model serialised by :func:`model_to_bytes`."""
     import mace  # noqa: F401  (registers the classes the pickle names)
 
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)

@@ -182,6 +182,7 @@ class Prediction:
 
     @property
     def n_struct(self) -> int:
+        """Number of structures predicted."""
         return len(self.energy_mean)
 
     def per_structure(self, i: int) -> slice:

@@ -78,7 +78,7 @@ def _check(name: str, error: float, tol: float) -> float:
 
 
 def _fd_error(model: EnsembleModel, atoms: Atoms, h: float) -> float:
-    """max |F_k + dE_k/dx| over members k, atoms and components (central differences)."""
+    """Max |F_k + dE_k/dx| over members k, atoms and components (central differences)."""
     forces = model.predict([atoms]).forces_members  # (K, n, 3)
     displaced = []
     for i in range(len(atoms)):

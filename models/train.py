@@ -110,7 +110,8 @@ def _loss_terms(out: dict, batch, cfg: EnsembleConfig) -> torch.Tensor:
 def _forward(model, batch, cfg: EnsembleConfig, training: bool) -> dict:
     """Energy, forces (and stress when weighted) with the sparse symmetric contraction
     (:mod:`chemgap.models.contraction`; mace's class is back in place when this returns, so
-    copies and saved files are plain mace models)."""
+    copies and saved files are plain mace models).
+    """
     want_stress = cfg.stress_weight > 0 and float(batch.stress_weight.sum()) > 0
     with sparse_contractions([model]):
         return model(
@@ -120,7 +121,8 @@ def _forward(model, batch, cfg: EnsembleConfig, training: bool) -> dict:
 
 def evaluate_loader(model, loader, cfg: EnsembleConfig) -> dict:
     """Loss and errors of ``model`` on a loader: ``loss``, ``rmse_e_per_atom`` (eV/atom) and
-    ``rmse_f`` (per force component, eV/Å), as :mod:`chemgap.common.metrics` defines them."""
+    ``rmse_f`` (per force component, eV/Å), as :mod:`chemgap.common.metrics` defines them.
+    """
     model.eval()
     losses, de, df = [], [], []
     for batch in loader:
@@ -308,7 +310,8 @@ def _train_epoch(run: _Run) -> float:
 
 def _after_snapshot_epoch(run: _Run, epoch: int) -> str | None:
     """Close the cycle when it has run its epochs or its wall-time share; "cycles" when all
-    K snapshots are kept."""
+    K snapshots are kept.
+    """
     run.cycle_epoch += 1
     cycle_over = run.cycle_epoch >= run.cycle_epochs
     if not cycle_over and time.perf_counter() - run.cycle_start > (
@@ -425,7 +428,8 @@ def train_member(
     Args:
         train: labelled structures (energy, forces, optionally stress under
             :mod:`chemgap.common.keys`); unlabelled or failed ones are skipped.
-        model_cfg: architecture; ens_cfg: optimiser, schedule, stopping.
+        model_cfg: architecture.
+        ens_cfg: optimiser, schedule, stopping.
         seed: seeds the split, the weight initialisation and the batch order.
         valid: validation structures (default: a random ``ens_cfg.valid_fraction`` of train).
         member: index reported in progress events.

@@ -84,6 +84,7 @@ class StillingerWeberCalculator(Calculator):
         properties: list[str] | tuple[str, ...] = ("energy",),
         system_changes: list[str] = all_changes,
     ) -> None:
+        """Evaluate each element's own calculator (ASE ``Calculator`` interface)."""
         super().calculate(atoms, properties, system_changes)
         symbols = set(self.atoms.get_chemical_symbols())
         if len(symbols) != 1 or not symbols <= {"Si", "Ge"}:

@@ -84,6 +84,63 @@ ALLOWED_PARAMS: dict[OracleName, frozenset[str]] = {
 }
 
 
+def _check_tersoff(params: dict[str, Any]) -> None:
+    value = params.get("parameters", DEFAULT_TERSOFF_PARAMETERS)
+    if value not in TERSOFF_PARAMETER_SETS:
+        raise ValueError(
+            f"tersoff parameters {value!r} are not known; choose one of: "
+            + ", ".join(TERSOFF_PARAMETER_SETS)
+        )
+
+
+def _check_xtb(params: dict[str, Any]) -> None:
+    method = params.get("method", "GFN2-xTB")
+    if method not in XTB_METHODS:
+        raise ValueError(f"xtb method {method!r} is not known; choose GFN2-xTB or GFN1-xTB")
+    _check_number(params, "charge", int)
+    _check_number(params, "multiplicity", int, minimum=1)
+    _check_number(params, "accuracy", float, minimum=1e-4)
+    _check_number(params, "electronic_temperature", float, minimum=0.0)
+    _check_number(params, "max_iterations", int, minimum=1)
+    _check_number(params, "mixer_damping", float, minimum=1e-3)
+
+
+def _check_pyscf(params: dict[str, Any]) -> None:
+    for key in ("xc", "basis"):
+        if key in params and not isinstance(params[key], str):
+            raise ValueError(f"pyscf {key} must be a string (got {params[key]!r})")
+    _check_number(params, "charge", int)
+    _check_number(params, "multiplicity", int, minimum=1)
+    _check_number(params, "max_cycle", int, minimum=1)
+    _check_number(params, "conv_tol", float, minimum=0.0)
+    _check_number(params, "grid_level", int, minimum=0)
+    _check_number(params, "level_shift", float, minimum=0.0)
+
+
+def _check_ase(params: dict[str, Any]) -> None:
+    spec = params.get("calculator")
+    module, sep, cls = str(spec or "").partition(":")
+    if not isinstance(spec, str) or not sep or not module or not cls.isidentifier():
+        raise ValueError(
+            "oracle 'ase' needs params.calculator as 'module:Class' "
+            f"(e.g. 'ase.calculators.emt:EMT'; got {spec!r})"
+        )
+    if not isinstance(params.get("kwargs", {}), dict):
+        raise ValueError("oracle 'ase' params.kwargs must be a mapping of keyword arguments")
+    path = params.get("python_path", [])
+    if not isinstance(path, list) or not all(isinstance(p, str) for p in path):
+        raise ValueError("oracle 'ase' params.python_path must be a list of directories")
+
+
+# per-backend checks of ``params`` values (backends without one take no values to check)
+_PARAM_CHECKS = {
+    OracleName.TERSOFF: _check_tersoff,
+    OracleName.XTB: _check_xtb,
+    OracleName.PYSCF: _check_pyscf,
+    OracleName.ASE: _check_ase,
+}
+
+
 def _check_params(name: OracleName, params: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the first bad key or value of ``params`` for backend ``name``."""
     allowed = ALLOWED_PARAMS[name]
@@ -93,51 +150,9 @@ def _check_params(name: OracleName, params: dict[str, Any]) -> None:
         raise ValueError(
             f"oracle {name.value!r} does not take parameter {unknown[0]!r}; it takes: {shown}"
         )
-    match name:
-        case OracleName.TERSOFF:
-            value = params.get("parameters", DEFAULT_TERSOFF_PARAMETERS)
-            if value not in TERSOFF_PARAMETER_SETS:
-                raise ValueError(
-                    f"tersoff parameters {value!r} are not known; choose one of: "
-                    + ", ".join(TERSOFF_PARAMETER_SETS)
-                )
-        case OracleName.XTB:
-            method = params.get("method", "GFN2-xTB")
-            if method not in XTB_METHODS:
-                raise ValueError(f"xtb method {method!r} is not known; choose GFN2-xTB or GFN1-xTB")
-            _check_number(params, "charge", int)
-            _check_number(params, "multiplicity", int, minimum=1)
-            _check_number(params, "accuracy", float, minimum=1e-4)
-            _check_number(params, "electronic_temperature", float, minimum=0.0)
-            _check_number(params, "max_iterations", int, minimum=1)
-            _check_number(params, "mixer_damping", float, minimum=1e-3)
-        case OracleName.PYSCF:
-            for key in ("xc", "basis"):
-                if key in params and not isinstance(params[key], str):
-                    raise ValueError(f"pyscf {key} must be a string (got {params[key]!r})")
-            _check_number(params, "charge", int)
-            _check_number(params, "multiplicity", int, minimum=1)
-            _check_number(params, "max_cycle", int, minimum=1)
-            _check_number(params, "conv_tol", float, minimum=0.0)
-            _check_number(params, "grid_level", int, minimum=0)
-            _check_number(params, "level_shift", float, minimum=0.0)
-        case OracleName.ASE:
-            spec = params.get("calculator")
-            module, sep, cls = str(spec or "").partition(":")
-            if not isinstance(spec, str) or not sep or not module or not cls.isidentifier():
-                raise ValueError(
-                    "oracle 'ase' needs params.calculator as 'module:Class' "
-                    f"(e.g. 'ase.calculators.emt:EMT'; got {spec!r})"
-                )
-            if not isinstance(params.get("kwargs", {}), dict):
-                raise ValueError(
-                    "oracle 'ase' params.kwargs must be a mapping of keyword arguments"
-                )
-            path = params.get("python_path", [])
-            if not isinstance(path, list) or not all(isinstance(p, str) for p in path):
-                raise ValueError("oracle 'ase' params.python_path must be a list of directories")
-        case _:
-            pass
+    check = _PARAM_CHECKS.get(name)
+    if check is not None:
+        check(params)
 
 
 def _check_number(

@@ -67,7 +67,7 @@ _CONTROLLER: Any = None
 
 
 def _thread_controller() -> Any:
-    """threadpoolctl's view of this process's BLAS/OpenMP pools (scanned once, ~ms)."""
+    """Threadpoolctl's view of this process's BLAS/OpenMP pools (scanned once, ~ms)."""
     global _CONTROLLER
     if _CONTROLLER is None:
         from threadpoolctl import ThreadpoolController

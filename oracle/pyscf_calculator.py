@@ -43,6 +43,7 @@ class PySCFCalculator(Calculator):
         properties: list[str] | tuple[str, ...] = ("energy",),
         system_changes: list[str] = all_changes,
     ) -> None:
+        """Kohn-Sham energy and forces (ASE ``Calculator`` interface)."""
         super().calculate(atoms, properties, system_changes)
         from pyscf import dft, gto, scf
 

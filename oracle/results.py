@@ -92,6 +92,7 @@ class LabelResult:
 
     @property
     def ok(self) -> bool:
+        """True when the structure got a label."""
         return self.failure is None
 
     @property
@@ -135,10 +136,12 @@ class LabelSummary:
 
     @property
     def n_failed(self) -> int:
+        """Structures that got no label."""
         return sum(self.failures.values())
 
     @property
     def n_total(self) -> int:
+        """Structures tried."""
         return self.n_ok + self.n_failed
 
     @property

@@ -46,6 +46,7 @@ class CalculatorCache:
         self._items: OrderedDict[str, BaseCalculator] = OrderedDict()
 
     def get(self, config_json: str) -> BaseCalculator:
+        """The cached calculator for an oracle config (built on first use)."""
         from chemgap.oracle.backends import make_calculator
         from chemgap.oracle.config import OracleConfig
 

@@ -145,7 +145,8 @@ def test_nested_blocks_restore_only_when_the_last_exits():
 
 def test_build_for_loading_copies_architecture_with_own_constants():
     """The cached template carries each member's average neighbour count; weights come from
-    the state dict, so a copied member predicts exactly what a freshly built one does."""
+    the state dict, so a copied member predicts exactly what a freshly built one does.
+    """
     cfg = ModelConfig(num_channels=8, max_L=1, num_interactions=2, r_max=4.0, radial_mlp=[8])
     trained = build_model(cfg, stats(avg_num_neighbors=3.0), seed=4)
     first = build_for_loading(cfg, stats(avg_num_neighbors=7.5))
@@ -193,7 +194,8 @@ def test_members_on_threads_equal_members_one_after_another():
 
 def test_training_loss_gradients_equal_mace():
     """Training differentiates the force loss w.r.t. the weights (double backward through the
-    contraction): the parameter gradients match mace's own evaluation."""
+    contraction): the parameter gradients match mace's own evaluation.
+    """
     water = molecule("H2O")
     water.center(vacuum=3.0)
     water.rattle(0.05, seed=2)

@@ -89,7 +89,8 @@ def test_model_contract(kind, system, tmp_path):
 
 def test_contract_catches_a_model_that_breaks_it():
     """Broken variant: members whose energy gets a position-dependent term the forces do not
-    carry (a predict() that adds 0.01 eV/Å × sum of x) must fail the finite-difference check."""
+    carry (a predict() that adds 0.01 eV/Å × sum of x) must fail the finite-difference check.
+    """
     structures = copper_cells()
     model = mace_ensemble(structures)
     honest = model.predict

@@ -70,7 +70,8 @@ def cu_ensemble(cu_data, tmp_path_factory):
 def test_trained_ensemble_passes_the_model_contract(cu_ensemble, cu_data):
     """The contract (tests/test_model_contract.py runs it in float64 on untrained members) on a
     trained float32 ensemble: finite-difference forces, rotation and permutation invariance,
-    batched = single."""
+    batched = single.
+    """
     report = check_model_contract(
         cu_ensemble, cu_data["test"][:3], tolerances=Tolerances.for_dtype("float32")
     )

@@ -17,7 +17,8 @@ from chemgap.agent.errors import BadInput
 
 def run_python(code: str, timeout: float = 120) -> dict:
     """Run ``code`` in a fresh interpreter (Ray may already be up in this one); its last stdout
-    line is JSON."""
+    line is JSON.
+    """
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         capture_output=True,
