@@ -404,12 +404,8 @@ class Campaign:
         Writes ``regions.json`` in the run and in ``iterations/NNN``. A diagnosis that cannot be
         made (too few structures for a statistic, say) is logged and recorded, not fatal.
         """
-        from chemgap.agent.diagnostics.diagnose import (
-            REGIONS_FILE,
-            diagnose,
-            load_regions,
-            write_regions,
-        )
+        from chemgap.agent.diagnostics import REGIONS_FILE
+        from chemgap.agent.diagnostics.diagnose import diagnose, load_regions, write_regions
 
         self.report("step", {"iteration": it, "step": "diagnose"})
         unseen = [

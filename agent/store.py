@@ -34,6 +34,7 @@ import numpy as np
 from ase import Atoms
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from chemgap.agent.diagnostics import REGIONS_FILE
 from chemgap.agent.errors import RunDirError
 from chemgap.campaigns.spec import CampaignSpec, dump_spec, parse_spec
 from chemgap.common.keys import ENERGY_KEY, FORCES_KEY, STRESS_KEY
@@ -381,8 +382,6 @@ def run_status(root: str | Path) -> dict[str, Any]:
     if status == RunStatus.RUNNING and not is_locked(root):
         status = RunStatus.INTERRUPTED  # killed without a chance to say so: resumable
     regions = 0
-    from chemgap.agent.diagnostics.diagnose import REGIONS_FILE  # owned by the diagnosis
-
     regions_path = root / REGIONS_FILE
     if regions_path.exists():
         with contextlib.suppress(json.JSONDecodeError, OSError):

@@ -1,10 +1,12 @@
 """Planted failures: a bulk-trained Cu ensemble on defects and surfaces, a molecular ensemble
-that never saw a nitrile; the regions, the split table, storage and the CLI."""
+that never saw a nitrile; the regions, the split table, storage and the CLI.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,11 +15,22 @@ from ase.build import bulk, fcc100, fcc111
 from ase.calculators.emt import EMT
 from click.testing import CliRunner
 
-from chemgap.agent.cli.diagnose import diagnose as diagnose_cmd
-from chemgap.agent.cli.diagnose import inspect as inspect_cmd
 from chemgap.agent.diagnostics.diagnose import diagnose, load_regions, write_regions
 from chemgap.agent.diagnostics.regions import region_masks
 from chemgap.campaigns.spec import DiagnosticsConfig
+from chemgap.common.keys import (
+    ENERGY_KEY,
+    FORCES_KEY,
+    STATUS_KEY,
+    reference_energies,
+    reference_forces,
+)
+from chemgap.common.metrics import (
+    energy_errors_per_atom,
+    force_error_norms,
+    mae,
+    per_element_force_mae,
+)
 from chemgap.models.config import EnsembleConfig, ModelConfig
 
 SMALL = ModelConfig(r_max=4.0, num_channels=8, max_L=1, num_interactions=2, correlation=2)
@@ -28,9 +41,9 @@ CFG = DiagnosticsConfig(bootstrap=300, environment_classes=6, n_clusters=6)
 def emt_labelled(atoms: Atoms) -> Atoms:
     ref = atoms.copy()
     ref.calc = EMT()
-    atoms.info["REF_energy"] = ref.get_potential_energy()
-    atoms.arrays["REF_forces"] = ref.get_forces()
-    atoms.info["label_status"] = "ok"
+    atoms.info[ENERGY_KEY] = ref.get_potential_energy()
+    atoms.arrays[FORCES_KEY] = ref.get_forces()
+    atoms.info[STATUS_KEY] = "ok"
     return atoms
 
 
@@ -68,6 +81,69 @@ def cu_test_set() -> list[Atoms]:
     ]
 
 
+class NoisyModel:
+    """A stand-in ensemble (no training): the labels plus seeded noise, the same every call."""
+
+    elements = ["Cu"]  # noqa: RUF012
+    n_members = 2
+    calibration = None
+    path = None
+
+    def predict(self, structures, *, compute_stress=False, calibrated=True):
+        rng = np.random.default_rng(7)
+        n_atoms = np.array([len(a) for a in structures])
+        f_ref = reference_forces(structures)
+        # larger force errors on the under-coordinated (slab and vacancy) cells
+        scale = np.repeat(np.where(n_atoms > 8, 0.15, 0.05), n_atoms)[:, None]
+        return SimpleNamespace(
+            energy_mean=reference_energies(structures)
+            + rng.normal(0.0, 0.01, len(structures)) * n_atoms,
+            forces_mean=f_ref + rng.normal(0.0, 1.0, f_ref.shape) * scale,
+            force_std_atom_cal=rng.uniform(0.01, 0.1, len(f_ref)),
+            calibrated=False,
+            numbers=np.concatenate([a.numbers for a in structures]),
+        )
+
+
+def test_baseline_and_split_figures_are_the_common_metrics():
+    """The diagnosis reports chemgap.common.metrics figures, computed here independently on the
+    same predictions, so the diagnosis and the metrics module cannot drift apart.
+    """
+    test = cu_test_set()
+    model = NoisyModel()
+    cfg = DiagnosticsConfig(bootstrap=100, environment_classes=4, n_clusters=4)
+    res = diagnose(test, model, cfg, seed=0)
+    pred = model.predict(test)
+    f_ref, e_ref = reference_forces(test), reference_energies(test)
+    n_atoms = np.array([len(a) for a in test])
+    norms = force_error_norms(pred.forces_mean, f_ref)
+    e_err = energy_errors_per_atom(pred.energy_mean, e_ref, n_atoms)
+    b = res.baseline
+    exact = {"rel": 1e-12, "abs": 0.0}
+    assert b["n_structures"] == len(test) and b["n_atoms"] == len(f_ref)
+    assert b["force_mae"] == pytest.approx(mae(pred.forces_mean - f_ref), **exact)
+    assert b["force_error_mean"] == pytest.approx(norms.mean(), **exact)
+    assert b["energy_mae_per_atom"] == pytest.approx(mae(e_err), **exact)
+    cu = b["per_element"]["Cu"]
+    per_el = per_element_force_mae(pred.numbers, pred.forces_mean, f_ref)
+    assert cu["force_mae"] == pytest.approx(per_el["Cu"], **exact)
+    assert cu["force_error_mean"] == pytest.approx(norms.mean(), **exact)
+    assert cu["n_atoms"] == len(f_ref)
+    np.testing.assert_allclose(res.atom_error, norms, rtol=1e-12)
+    np.testing.assert_allclose(res.energy_error, e_err, rtol=1e-12)
+    # each side of each split: the same metrics restricted to that side's structures
+    assert res.splits and all(s.skipped is None for s in res.splits)
+    sidx = res.features.system_idx
+    for s in res.splits:
+        for side, force_mae, energy_mae in (
+            (s.split["train"], s.id_force_mae, s.id_energy_mae),
+            (s.split["test"], s.ood_force_mae, s.ood_energy_mae),
+        ):
+            atoms = np.isin(sidx, side)
+            assert force_mae == pytest.approx(mae((pred.forces_mean - f_ref)[atoms]), **exact)
+            assert energy_mae == pytest.approx(mae(e_err[side]), **exact)
+
+
 @pytest.fixture(scope="module")
 def cu(tmp_path_factory):
     """An ensemble trained on rattled bulk cells only, and a test set with defects/surfaces."""
@@ -75,7 +151,7 @@ def cu(tmp_path_factory):
 
     train = [emt_labelled(cu_bulk(i)) for i in range(16)]
     out = tmp_path_factory.mktemp("cu_bulk_models")
-    ens = train_ensemble(train, SMALL, FAST, out, seed=0, use_ray=False)
+    ens = train_ensemble(train, SMALL, FAST, out, seed=0)  # in-process
     return ens, cu_test_set()
 
 
@@ -147,6 +223,8 @@ def test_first_and_last_seen_follow_previous_regions(cu, cu_result):
 
 
 def test_write_regions_and_inspect(cu_result, tmp_path):
+    from chemgap.agent.cli.diagnose import inspect as inspect_cmd
+
     path = write_regions(cu_result, tmp_path)
     payload = json.loads(path.read_text())
     assert len(payload["regions"]) == len(cu_result.regions) > 0
@@ -159,7 +237,7 @@ def test_write_regions_and_inspect(cu_result, tmp_path):
     frames = ase.io.read(tmp_path / "regions" / f"{top.id}.extxyz", index=":")
     assert len(frames) == len(top.exemplars)
     assert frames[0].arrays["in_region"].sum() == top.exemplars[0]["atoms_in_region"]
-    assert "REF_forces" in frames[0].arrays and frames[0].info["region"] == top.id
+    assert FORCES_KEY in frames[0].arrays and frames[0].info["region"] == top.id
 
     runner = CliRunner()
     table = runner.invoke(inspect_cmd, [str(tmp_path)], terminal_width=250)
@@ -182,6 +260,7 @@ def test_write_regions_and_inspect(cu_result, tmp_path):
 def test_diagnose_cli_on_files_and_on_a_run(cu, tmp_path):
     import ase.io
 
+    from chemgap.agent.cli.diagnose import diagnose as diagnose_cmd
     from chemgap.agent.store import RunStore, run_status
     from chemgap.campaigns.spec import parse_spec
 
@@ -253,8 +332,8 @@ def _molecules(smiles: list[str], n: int, seed: int) -> list[Atoms]:
             atoms.center(vacuum=5.0)
             atoms.pbc = False
             atoms.calc = calc
-            atoms.info["REF_energy"] = atoms.get_potential_energy()
-            atoms.arrays["REF_forces"] = atoms.get_forces()
+            atoms.info[ENERGY_KEY] = atoms.get_potential_energy()
+            atoms.arrays[FORCES_KEY] = atoms.get_forces()
             atoms.calc = None
             out.append(atoms)
     return out
@@ -266,7 +345,7 @@ def test_planted_failure_molecules_withheld_nitrile_group(tmp_path):
 
     train = _molecules(TRAIN_SMILES, 3, 0)
     test = _molecules(TRAIN_SMILES, 2, 50) + _molecules(NITRILES, 5, 90)
-    ens = train_ensemble(train, SMALL, FAST, tmp_path / "mol_models", seed=0, use_ray=False)
+    ens = train_ensemble(train, SMALL, FAST, tmp_path / "mol_models", seed=0)
     res = diagnose(test, ens, CFG, seed=0)
     named = [r for r in res.regions if any("nitrile" in t for t in [r.rule, *r.also, *r.enriched])]
     assert named, [r.rule for r in res.regions]

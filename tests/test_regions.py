@@ -17,6 +17,7 @@ from chemgap.agent.diagnostics.regions import (
     rule_text,
 )
 from chemgap.agent.diagnostics.stats import ClusterBootstrap, benjamini_hochberg, slice_p_value
+from chemgap.campaigns.spec import DiagnosticsConfig
 
 
 def test_benjamini_hochberg_matches_the_textbook_and_scipy():
@@ -81,7 +82,12 @@ def test_find_regions_null_feature_through_the_whole_pipeline():
             system_idx=sidx,
         )
         regions, n_tested = find_regions(
-            feats, err, np.ones_like(err), n_boot=100, methods=["slice"], rng=rng
+            feats,
+            err,
+            np.ones_like(err),
+            DiagnosticsConfig(bootstrap=100),
+            methods=["slice"],
+            rng=rng,
         )
         assert n_tested == 1
         hits += bool(regions)
@@ -141,7 +147,8 @@ def test_planted_effect_on_coordination_is_found_by_slices_tree_and_clusters():
     err = np.where(cn < 12, 0.3, 0.1) * rng.lognormal(0, 0.2, len(cn))
     # the ensemble's uncertainty *drops* at the surface: a silent failure
     silent_unc = np.where(cn < 12, 0.05, 0.1)
-    regions, _ = find_regions(feats, err, silent_unc, n_boot=300, rng=rng)
+    cfg = DiagnosticsConfig(bootstrap=300)
+    regions, _ = find_regions(feats, err, silent_unc, cfg, rng=rng)
     assert regions
     top = regions[0]
     text = " ".join([top.rule, *top.also])
@@ -155,8 +162,31 @@ def test_planted_effect_on_coordination_is_found_by_slices_tree_and_clusters():
     assert top.silent and top.error_to_uncertainty == pytest.approx(expected, rel=1e-9)
     assert {"slice", "tree", "cluster"} <= {m for r in regions for m in r.methods}
     # uncertainty that follows the error: the same region, not silent
-    loud, _ = find_regions(feats, err, err.copy(), n_boot=300, rng=np.random.default_rng(4))
+    loud, _ = find_regions(feats, err, err.copy(), cfg, rng=np.random.default_rng(4))
     assert loud and not any(r.silent for r in loud)
     # the round trip through JSON keeps everything
     again = Region.from_dict(top.to_dict())
     assert again == top
+
+
+def test_find_regions_reads_its_thresholds_from_the_config():
+    """The defaults are DiagnosticsConfig's; a stricter config reports fewer, smaller lists."""
+    structures = _cu_structures()
+    feats = compute_features(structures, environment_classes=4, seed=0)
+    cn = feats.atom["coordination"]
+    err = np.where(cn < 12, 0.3, 0.1) * np.random.default_rng(5).lognormal(0, 0.2, len(cn))
+    unc = np.full_like(err, 0.1)
+    default, n_default = find_regions(feats, err, unc, rng=np.random.default_rng(0))
+    explicit, n_explicit = find_regions(
+        feats, err, unc, DiagnosticsConfig(), rng=np.random.default_rng(0)
+    )
+    assert [r.to_dict() for r in default] == [r.to_dict() for r in explicit]
+    assert n_default == n_explicit and len(default) > 1
+    capped, _ = find_regions(
+        feats, err, unc, DiagnosticsConfig(max_regions=1), rng=np.random.default_rng(0)
+    )
+    assert [r.id for r in capped] == [default[0].id]
+    strict, _ = find_regions(
+        feats, err, unc, DiagnosticsConfig(min_ratio=10.0), rng=np.random.default_rng(0)
+    )
+    assert strict == []

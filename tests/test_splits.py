@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -16,6 +18,23 @@ from chemgap.agent.diagnostics.splits import (
 )
 from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import DiagnosticsConfig, SplitName
+from chemgap.common.keys import ENERGY_KEY, FORCES_KEY
+
+
+def labelled_prediction(structures, atom_error, energy_error_per_atom):
+    """Zero labels and a prediction off by ``atom_error`` eV/Å in every force component of each
+    atom and by ``energy_error_per_atom`` eV/atom per structure (so force MAE and energy MAE
+    per atom of any set of structures are the means of those).
+    """
+    for a in structures:
+        a.info[ENERGY_KEY] = 0.0
+        a.arrays[FORCES_KEY] = np.zeros((len(a), 3))
+    n = np.array([len(a) for a in structures])
+    return SimpleNamespace(
+        energy_mean=np.asarray(energy_error_per_atom, float) * n,
+        forces_mean=np.repeat(np.asarray(atom_error, float)[:, None], 3, axis=1),
+        numbers=np.concatenate([a.numbers for a in structures]),
+    )
 
 
 def cu_mix(n_bulk=8, n_slab=4, rattle=0.05) -> list[Atoms]:
@@ -99,13 +118,8 @@ def test_unavailable_splits_are_reported_not_raised():
         make_split("temperature", same, feats, DiagnosticsConfig())
     cfg = DiagnosticsConfig(splits=["random", "size", "group"])
     n_atoms = sum(len(a) for a in same)
-    res = evaluate_splits(
-        same,
-        feats,
-        cfg,
-        atom_abs_error=np.ones(n_atoms),
-        energy_error_per_atom=np.zeros(4),
-    )
+    pred = labelled_prediction(same, np.ones(n_atoms), np.zeros(4))
+    res = evaluate_splits(same, feats, cfg, prediction=pred)
     assert [r.name for r in res] == ["random", "size", "group"]
     assert res[0].skipped is None and res[1].skipped and res[2].skipped
 
@@ -130,14 +144,9 @@ def test_evaluate_splits_reports_both_sides_with_known_errors(data):
     # error 1 eV/Å on the atoms of the large (test-side) structures, 0.1 on the small ones
     large = np.isin(np.arange(len(structures)), size_split.test)
     per_atom = np.where(large[feats.system_idx], 1.0, 0.1)
-    res = evaluate_splits(
-        structures,
-        feats,
-        cfg,
-        atom_abs_error=per_atom,
-        energy_error_per_atom=np.where(large, 0.01, 0.001),
-        seed=0,
-    )
+    labelled = [a.copy() for a in structures]
+    pred = labelled_prediction(labelled, per_atom, np.where(large, 0.01, 0.001))
+    res = evaluate_splits(labelled, feats, cfg, prediction=pred, seed=0)
     size = res[1]
     assert size.id_force_mae == pytest.approx(0.1) and size.ood_force_mae == pytest.approx(1.0)
     assert size.ood_energy_mae == pytest.approx(0.01) and size.ood_ratio == pytest.approx(10.0)
@@ -149,7 +158,8 @@ def test_evaluate_splits_reports_both_sides_with_known_errors(data):
 @pytest.mark.slow
 def test_split_study_ood_errors_exceed_the_random_split(tmp_path):
     """Train one small ensemble per split on Cu bulk + vacancies + surfaces (EMT): the biased
-    splits' OOD force MAE must exceed the random split's (about 2 min on 2 quiet cores)."""
+    splits' OOD force MAE must exceed the random split's (about 2 min on 2 quiet cores).
+    """
     from ase.calculators.emt import EMT
 
     from chemgap.agent.diagnostics.splits import run_splits
@@ -173,12 +183,12 @@ def test_split_study_ood_errors_exceed_the_random_split(tmp_path):
     for a in structures:
         ref = a.copy()
         ref.calc = EMT()
-        a.info["REF_energy"] = ref.get_potential_energy()
-        a.arrays["REF_forces"] = ref.get_forces()
+        a.info[ENERGY_KEY] = ref.get_potential_energy()
+        a.arrays[FORCES_KEY] = ref.get_forces()
     cfg = DiagnosticsConfig(splits=["random", "cluster", "maxsep", "size"], n_clusters=6)
     model = ModelConfig(r_max=4.0, num_channels=8, max_L=1, num_interactions=2, correlation=2)
     ens = EnsembleConfig(members=2, max_epochs=20, batch_size=4, lr=1e-2, patience=50)
-    results = run_splits(structures, cfg, model, ens, tmp_path, seed=0, use_ray=False)
+    results = run_splits(structures, cfg, model, ens, tmp_path, seed=0)  # in-process
     rows = {r.name: r for r in results}
     print("\nsplit    n_train n_id n_test  ID MAE   OOD MAE  OOD/random")
     for r in results:

@@ -2,9 +2,10 @@
 
 :func:`diagnose` is what the campaign loop calls after every iteration (no training inside):
 
-1. the ensemble predicts every labelled structure; per-atom force error norm |F_pred - F_ref|
-   (eV/Å), per-component absolute error, per-structure energy error per atom (eV/atom), and the
-   calibrated per-atom force std (eV/Å) for every structure;
+1. the ensemble predicts every labelled structure; the errors are those of
+   :mod:`chemgap.common.metrics`: per-atom force error norm |F_pred - F_ref| (eV/Å), per-structure
+   energy error per atom (eV/atom), the overall :class:`~chemgap.common.metrics.ErrorReport`,
+   and the calibrated per-atom force std (eV/Å) for every structure;
 2. chemical features (:mod:`chemgap.agent.diagnostics.features`);
 3. the given ensemble scored on both sides of every configured split
    (:func:`chemgap.agent.diagnostics.splits.evaluate_splits`);
@@ -24,24 +25,38 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
 
+from chemgap.agent.diagnostics import REGIONS_DIR, REGIONS_FILE
 from chemgap.agent.diagnostics.features import Features, compute_features
 from chemgap.agent.diagnostics.regions import Region, find_regions, region_masks
 from chemgap.agent.diagnostics.splits import SplitResult, evaluate_splits, run_splits
 from chemgap.agent.errors import BadInput
 from chemgap.agent.structio import read_structures
 from chemgap.campaigns.spec import DiagnosticsConfig
+from chemgap.common.keys import reference_energies, reference_forces
+from chemgap.common.metrics import (
+    ErrorReport,
+    breakdown,
+    energy_errors_per_atom,
+    force_error_norms,
+    score,
+)
+
+if TYPE_CHECKING:
+    from chemgap.common.tasks import Executor
+    from chemgap.models.config import EnsembleConfig, ModelConfig
+    from chemgap.models.contract import EnsembleModel
+    from chemgap.models.predict import Prediction
 
 log = logging.getLogger(__name__)
 
-REGIONS_FILE = "regions.json"
-REGIONS_DIR = "regions"
 PAYLOAD_VERSION = 1
 
 
@@ -52,16 +67,25 @@ class DiagnosisResult:
     Attributes:
         regions: significant failure regions, most severe first.
         splits: per-split errors (:class:`SplitResult`), side by side.
-        baseline: overall numbers: n_structures, n_atoms, force_mae (component MAE, eV/Å),
-            force_error_mean (mean error norm, eV/Å; the regions' baseline),
-            energy_mae_per_atom (eV/atom), uncertainty_mean (eV/Å), calibrated,
-            spearman_uncertainty_error (atoms), per_element {symbol: {...}}.
-        iteration: the campaign iteration diagnosed (None outside a run); seed.
+        baseline: overall numbers, each named after its :mod:`chemgap.common.metrics` metric:
+            n_structures, n_atoms; force_mae (``force_mae``: mean over atoms and Cartesian
+            components of |F_pred - F_ref|, eV/Å); force_error_mean (``force_error_norm_mean``:
+            mean over atoms of the error norm, eV/Å; the regions' baseline);
+            energy_mae_per_atom (``energy_mae_per_atom``, eV/atom); uncertainty_mean (mean
+            calibrated per-atom force std, eV/Å); calibrated; spearman_uncertainty_error
+            (Spearman rank correlation of uncertainty and error norm over atoms); per_element
+            {symbol: {n_atoms, force_error_mean, force_mae, uncertainty_mean}}, the same metrics
+            restricted to that element's atoms.
+        iteration: the campaign iteration diagnosed (None outside a run).
+        seed: the seed of every random choice.
         n_tested: candidate rules tested (the Benjamini-Hochberg family size).
         resolved: ids of ``previous`` regions not found any more.
         exemplars: region id -> annotated exemplar structures.
-        features: the feature table; atom_error (n_atoms,) eV/Å error norms;
-        atom_uncertainty (n_atoms,) eV/Å calibrated std; energy_error (n_struct,) eV/atom.
+        features: the feature table.
+        atom_error: (n_atoms,) force error norms |F_pred - F_ref|, eV/Å.
+        atom_uncertainty: (n_atoms,) calibrated per-atom force std, eV/Å.
+        energy_error: (n_struct,) signed (E_pred - E_ref) / n_atoms, eV/atom.
+        wall_s: how long the diagnosis took, s.
     """
 
     regions: list[Region]
@@ -114,7 +138,7 @@ def _nan(value: Any) -> float:
 
 def diagnose(
     structures_labelled: list[Atoms],
-    ensemble: Any,
+    ensemble: EnsembleModel,
     cfg: DiagnosticsConfig,
     *,
     seed: int = 0,
@@ -126,14 +150,16 @@ def diagnose(
     """Diagnose ``ensemble`` on labelled structures: errors, features, splits, failure regions.
 
     Args:
-        structures_labelled: structures with ``REF_energy`` / ``REF_forces``; others (status not
+        structures_labelled: structures with labelled energies and forces; others (status not
             'ok', no labels) are skipped.
-        ensemble: a :class:`chemgap.models.ensemble.Ensemble` (anything with ``predict``).
+        ensemble: the model (:class:`chemgap.models.contract.EnsembleModel`).
         cfg: the ``diagnostics`` section of the spec.
-        seed / rng: seed of every random choice (bootstrap, tree halves, splits, KMeans);
-            ``rng`` overrides the generator derived from ``seed``.
-        iteration: the campaign iteration (sets first/last seen); previous: last regions.
+        seed: seed of every random choice (bootstrap, tree halves, splits, KMeans).
+        rng: overrides the generator derived from ``seed`` (regions only).
+        iteration: the campaign iteration (sets first/last seen).
+        previous: the regions of the last diagnosis (for first seen and ``resolved``).
         features: a precomputed feature table of the same structures (else computed).
+
     Returns:
         :class:`DiagnosisResult`.
     """
@@ -147,13 +173,10 @@ def diagnose(
         )
     rng = rng if rng is not None else np.random.default_rng(seed)
     pred = ensemble.predict(structures)
-    f_ref = np.concatenate([a.arrays["REF_forces"] for a in structures])
-    e_ref = np.array([a.info["REF_energy"] for a in structures], dtype=float)
-    n_atoms = np.array([len(a) for a in structures])
-    diff = pred.forces_mean - f_ref
-    atom_error = np.linalg.norm(diff, axis=1)
-    atom_abs = np.abs(diff).mean(axis=1)
-    energy_error = (pred.energy_mean - e_ref) / n_atoms
+    atom_error = force_error_norms(pred.forces_mean, reference_forces(structures))
+    energy_error = energy_errors_per_atom(
+        pred.energy_mean, reference_energies(structures), np.array([len(a) for a in structures])
+    )
     uncertainty = np.asarray(pred.force_std_atom_cal, dtype=float)
 
     if features is None:
@@ -163,42 +186,16 @@ def diagnose(
     if features.n_atoms != len(atom_error):
         raise ValueError("features: table does not match the structures (atom count differs)")
 
-    regions, n_tested = find_regions(
-        features,
-        atom_error,
-        uncertainty,
-        alpha=cfg.alpha,
-        min_atoms=cfg.min_region_atoms,
-        min_ratio=cfg.min_ratio,
-        tree_depth=cfg.tree_depth,
-        n_boot=cfg.bootstrap,
-        silent_factor=cfg.silent_factor,
-        max_regions=cfg.max_regions,
-        rng=rng,
-    )
+    regions, n_tested = find_regions(features, atom_error, uncertainty, cfg, rng=rng)
     exemplars = _exemplars(regions, features, structures, pred, atom_error, cfg.exemplars)
-    resolved: list[str] = []
-    if iteration is not None or previous:
-        before = {r.id: r for r in previous or []}
-        for r in regions:
-            old = before.get(r.id)
-            r.first_seen = old.first_seen if old and old.first_seen is not None else iteration
-            r.last_seen = iteration
-        now = {r.id for r in regions}
-        resolved = [rid for rid in before if rid not in now]
-
-    splits = evaluate_splits(
-        structures,
-        features,
-        cfg,
-        atom_abs_error=atom_abs,
-        energy_error_per_atom=energy_error,
-        seed=seed,
-    )
+    resolved = _track(regions, previous, iteration)
+    splits = evaluate_splits(structures, features, cfg, prediction=pred, seed=seed)
     result = DiagnosisResult(
         regions=regions,
         splits=splits,
-        baseline=_baseline(features, atom_error, atom_abs, energy_error, uncertainty, pred),
+        baseline=_baseline(
+            score(pred, structures), features, atom_error, uncertainty, pred.calibrated
+        ),
         iteration=iteration,
         seed=seed,
         n_tested=n_tested,
@@ -221,28 +218,64 @@ def diagnose(
     return result
 
 
-def _baseline(features, atom_error, atom_abs, energy_error, uncertainty, pred) -> dict[str, Any]:
+def _track(
+    regions: list[Region], previous: list[Region] | None, iteration: int | None
+) -> list[str]:
+    """Set first/last seen of ``regions`` from ``previous``; the ids of regions gone since."""
+    if iteration is None and not previous:
+        return []
+    before = {r.id: r for r in previous or []}
+    for r in regions:
+        old = before.get(r.id)
+        r.first_seen = old.first_seen if old and old.first_seen is not None else iteration
+        r.last_seen = iteration
+    now = {r.id for r in regions}
+    return [rid for rid in before if rid not in now]
+
+
+def _baseline(
+    report: ErrorReport,
+    features: Features,
+    atom_error: np.ndarray,
+    uncertainty: np.ndarray,
+    calibrated: bool,
+) -> dict[str, Any]:
+    """The ``baseline`` of a :class:`DiagnosisResult`: overall and per-element figures.
+
+    Args:
+        report: :func:`chemgap.common.metrics.score` of the prediction on all structures.
+        features: the feature table (its ``element`` column groups the atoms).
+        atom_error: (n_atoms,) :func:`~chemgap.common.metrics.force_error_norms`, eV/Å.
+        uncertainty: (n_atoms,) calibrated per-atom force std, eV/Å.
+        calibrated: whether ``uncertainty`` comes from a stored calibration.
+
+    Returns:
+        The dict described under :class:`DiagnosisResult` ``baseline``.
+    """
     from scipy.stats import spearmanr
 
-    per_element = {}
     symbols = features.atom["element"].astype(str)
-    for el in sorted(set(symbols)):
-        m = symbols == el
-        per_element[el] = {
-            "n_atoms": int(m.sum()),
-            "force_error_mean": float(atom_error[m].mean()),
-            "force_mae": float(atom_abs[m].mean()),
-            "uncertainty_mean": float(uncertainty[m].mean()),
+    elements, counts = np.unique(symbols, return_counts=True)
+    error_norm = breakdown(atom_error, symbols)
+    unc = breakdown(uncertainty, symbols)
+    per_element = {
+        str(el): {
+            "n_atoms": int(n),
+            "force_error_mean": error_norm[str(el)],
+            "force_mae": report.force_mae_per_element[str(el)],
+            "uncertainty_mean": unc[str(el)],
         }
+        for el, n in zip(elements, counts, strict=True)
+    }
     rho = spearmanr(uncertainty, atom_error).statistic if len(atom_error) > 2 else float("nan")
     return {
-        "n_structures": features.n_struct,
-        "n_atoms": features.n_atoms,
-        "force_mae": float(atom_abs.mean()),
-        "force_error_mean": float(atom_error.mean()),
-        "energy_mae_per_atom": float(np.abs(energy_error).mean()),
+        "n_structures": report.n_structures,
+        "n_atoms": report.n_atoms,
+        "force_mae": report.force_mae,
+        "force_error_mean": report.force_error_norm_mean,
+        "energy_mae_per_atom": report.energy_mae_per_atom,
         "uncertainty_mean": float(uncertainty.mean()),
-        "calibrated": bool(pred.calibrated),
+        "calibrated": bool(calibrated),
         "spearman_uncertainty_error": float(rho),
         "per_element": per_element,
     }
@@ -252,7 +285,7 @@ def _exemplars(
     regions: list[Region],
     features: Features,
     structures: list[Atoms],
-    pred: Any,
+    pred: Prediction,
     atom_error: np.ndarray,
     k: int,
 ) -> dict[str, list[Atoms]]:
@@ -376,6 +409,93 @@ class DiagnosisRun:
     trained_splits: list[SplitResult] = field(default_factory=list)
 
 
+@dataclass(kw_only=True)
+class _Inputs:
+    """What a diagnosis reads, from a run directory or from a model directory and a file."""
+
+    structures: list[Atoms]
+    model_dir: Path
+    cfg: DiagnosticsConfig
+    seed: int
+    out_dir: Path
+    model_cfg: ModelConfig | None = None
+    ens_cfg: EnsembleConfig | None = None
+    extra_out: Path | None = None
+    iteration: int | None = None
+    previous: list[Region] | None = None
+
+
+def _run_inputs(
+    run: str | Path,
+    out: str | Path | None,
+    cfg: DiagnosticsConfig | None,
+    seed: int | None,
+    model_cfg: ModelConfig | None,
+    ens_cfg: EnsembleConfig | None,
+) -> _Inputs:
+    """Run mode: the labelled rows, newest models, spec settings and previous regions of RUN."""
+    from chemgap.agent.store import RunStore
+
+    store = RunStore.open(run)
+    model_dir, iteration = latest_models(run)
+    previous: list[Region] | None = None
+    if (Path(run) / REGIONS_FILE).exists():
+        try:
+            previous, _ = load_regions(Path(run) / REGIONS_FILE)
+        except BadInput:
+            log.warning("ignoring unreadable %s", Path(run) / REGIONS_FILE)
+    return _Inputs(
+        structures=store.structures(status="ok"),
+        model_dir=model_dir,
+        cfg=cfg or store.spec.diagnostics,
+        seed=store.spec.seed if seed is None else seed,
+        out_dir=Path(out) if out is not None else Path(run),
+        model_cfg=model_cfg or store.spec.model,
+        ens_cfg=ens_cfg or store.spec.ensemble,
+        extra_out=store.iteration_dir(iteration) if out is None else None,
+        iteration=iteration,
+        previous=previous,
+    )
+
+
+def _file_inputs(
+    models: str | Path | None,
+    data: str | Path | None,
+    out: str | Path | None,
+    cfg: DiagnosticsConfig | None,
+    seed: int | None,
+    model_cfg: ModelConfig | None,
+    ens_cfg: EnsembleConfig | None,
+) -> _Inputs:
+    """File mode: a model directory and a labelled structure file."""
+    if models is None or data is None:
+        raise BadInput("diagnose: --models and --data go together")
+    model_dir = Path(models)
+    if not (model_dir / "ensemble.json").exists():
+        raise BadInput(f"--models: {model_dir} is not a model directory (no ensemble.json)")
+    return _Inputs(
+        structures=read_structures(data, "--data"),
+        model_dir=model_dir,
+        cfg=cfg or DiagnosticsConfig(),
+        seed=0 if seed is None else seed,
+        out_dir=Path(out) if out is not None else Path("diagnosis"),
+        model_cfg=model_cfg,
+        ens_cfg=ens_cfg,
+    )
+
+
+def _check_elements(structures: list[Atoms], ensemble: EnsembleModel) -> None:
+    """``BadInput`` when the data holds elements the ensemble does not know."""
+    missing = sorted(
+        {s for a in structures for s in a.get_chemical_symbols()} - set(ensemble.elements)
+    )
+    if missing:
+        raise BadInput(
+            f"data: element(s) {', '.join(missing)} unknown to the ensemble "
+            f"(it knows {', '.join(ensemble.elements)})"
+        )
+
+
 def run_diagnosis(
     run: str | Path | None = None,
     *,
@@ -385,83 +505,76 @@ def run_diagnosis(
     cfg: DiagnosticsConfig | None = None,
     seed: int | None = None,
     train_splits: bool = False,
-    model_cfg: Any = None,
-    ens_cfg: Any = None,
-    use_ray: bool | None = None,
-    on_split: Any = None,
+    model_cfg: ModelConfig | None = None,
+    ens_cfg: EnsembleConfig | None = None,
+    executor: Executor | None = None,
+    on_split: Callable[[SplitResult], None] | None = None,
 ) -> DiagnosisRun:
     """``chemgap diagnose``: a run directory, or ``models`` + ``data``; writes regions.json.
 
     Run mode: labelled rows of ``RUN/data.db``, the newest ``iterations/NNN/models``, the spec's
     ``diagnostics`` (and ``model``/``ensemble`` for the split study), previous regions from
     ``RUN/regions.json``; writes to ``RUN`` and ``RUN/iterations/NNN``. File mode writes to
-    ``out`` (default ``./diagnosis``). ``train_splits`` adds the split study (trains one
-    ensemble per split under ``<out>/splits/``; its table replaces the evaluate-only one).
+    ``out`` (default ``./diagnosis``).
+
+    Args:
+        run: the run directory (run mode), or None (file mode).
+        models: file mode: the model directory (holding ``ensemble.json``).
+        data: file mode: a labelled structure file ASE reads.
+        out: where to write (default: RUN, or ``./diagnosis``).
+        cfg: diagnostics settings (default: the run's spec, or the defaults).
+        seed: seed of every random choice (default: the run's spec seed, or 0).
+        train_splits: add the split study (trains one ensemble per split under
+            ``<out>/splits/``; its table replaces the evaluate-only one).
+        model_cfg: the split study's MACE architecture (default: the spec's, or the defaults).
+        ens_cfg: the split study's ensemble training (default: the spec's, or the defaults).
+        executor: where the split study trains (:mod:`chemgap.common.tasks`); None: in-process.
+        on_split: receives each split study result as it is finished (progress).
+
+    Returns:
+        :class:`DiagnosisRun`.
     """
     from chemgap.models.ensemble import Ensemble
 
     if (run is None) == (models is None and data is None):
         raise BadInput("diagnose: give either RUN or both --models and --data")
-    previous: list[Region] | None = None
-    iteration: int | None = None
-    extra_out: Path | None = None
-    if run is not None:
-        from chemgap.agent.store import RunStore
-
-        store = RunStore.open(run)
-        model_dir, iteration = latest_models(run)
-        structures = store.structures(status="ok")
-        cfg = cfg or store.spec.diagnostics
-        seed = store.spec.seed if seed is None else seed
-        model_cfg = model_cfg or store.spec.model
-        ens_cfg = ens_cfg or store.spec.ensemble
-        out_dir = Path(out) if out is not None else Path(run)
-        extra_out = store.iteration_dir(iteration) if out is None else None
-        if (Path(run) / REGIONS_FILE).exists():
-            try:
-                previous, _ = load_regions(Path(run) / REGIONS_FILE)
-            except BadInput:
-                log.warning("ignoring unreadable %s", Path(run) / REGIONS_FILE)
-    else:
-        if models is None or data is None:
-            raise BadInput("diagnose: --models and --data go together")
-        model_dir = Path(models)
-        if not (model_dir / "ensemble.json").exists():
-            raise BadInput(f"--models: {model_dir} is not a model directory (no ensemble.json)")
-        structures = read_structures(data, "--data")
-        cfg = cfg or DiagnosticsConfig()
-        seed = 0 if seed is None else seed
-        out_dir = Path(out) if out is not None else Path("diagnosis")
-    ensemble = Ensemble.load(model_dir)
-    missing = sorted(
-        {s for a in structures for s in a.get_chemical_symbols()} - set(ensemble.elements)
+    inp = (
+        _run_inputs(run, out, cfg, seed, model_cfg, ens_cfg)
+        if run is not None
+        else _file_inputs(models, data, out, cfg, seed, model_cfg, ens_cfg)
     )
-    if missing:
-        raise BadInput(
-            f"data: element(s) {', '.join(missing)} unknown to the ensemble "
-            f"(it knows {', '.join(ensemble.elements)})"
-        )
-    result = diagnose(structures, ensemble, cfg, seed=seed, iteration=iteration, previous=previous)
+    ensemble = Ensemble.load(inp.model_dir)
+    _check_elements(inp.structures, ensemble)
+    result = diagnose(
+        inp.structures,
+        ensemble,
+        inp.cfg,
+        seed=inp.seed,
+        iteration=inp.iteration,
+        previous=inp.previous,
+    )
     trained: list[SplitResult] = []
     if train_splits:
         from chemgap.models.config import EnsembleConfig, ModelConfig
 
         trained = run_splits(
-            structures,
-            cfg,
-            model_cfg or ModelConfig(),
-            ens_cfg or EnsembleConfig(),
-            out_dir / "splits",
-            seed,
+            inp.structures,
+            inp.cfg,
+            inp.model_cfg or ModelConfig(),
+            inp.ens_cfg or EnsembleConfig(),
+            inp.out_dir / "splits",
+            inp.seed,
             features=result.features,
-            use_ray=use_ray,
+            executor=executor,
             on_split=on_split,
         )
         result.splits = trained
-    path = write_regions(result, out_dir)
-    if extra_out is not None:
-        write_regions(result, extra_out)
-    return DiagnosisRun(result=result, regions_path=path, models=model_dir, trained_splits=trained)
+    path = write_regions(result, inp.out_dir)
+    if inp.extra_out is not None:
+        write_regions(result, inp.extra_out)
+    return DiagnosisRun(
+        result=result, regions_path=path, models=inp.model_dir, trained_splits=trained
+    )
 
 
 def export_exemplars(source: str | Path, dest: str | Path, region: str | None = None) -> list[Path]:

@@ -53,6 +53,8 @@ class FeatureKind(StrEnum):
 
 
 class FeatureFamily(StrEnum):
+    """The built-in feature families (keys of :data:`FEATURE_FAMILIES`)."""
+
     ELEMENT = "element"
     COORDINATION = "coordination"
     ENVIRONMENT = "environment"
@@ -136,10 +138,12 @@ class Features:
 
     @property
     def n_atoms(self) -> int:
+        """Atoms of all structures together (rows of the table)."""
         return len(self.system_idx)
 
     @property
     def n_struct(self) -> int:
+        """Structures in the table."""
         return int(self.system_idx.max()) + 1 if len(self.system_idx) else 0
 
     def structure_has(self, name: str) -> np.ndarray:
@@ -370,7 +374,7 @@ def _molecular(ctx: FeatureContext) -> FeatureBlock:
 
 
 def _structure(ctx: FeatureContext) -> FeatureBlock:
-    from ase.units import _amu
+    from ase.units import kg
 
     structures = ctx.structures
     n = len(structures)
@@ -382,7 +386,8 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
     for i, a in enumerate(structures):
         if periodic[i] and a.cell.volume > 0:
             vol_per_atom[i] = a.cell.volume / len(a)
-            density[i] = a.get_masses().sum() * _amu * 1e3 / (a.cell.volume * 1e-24)
+            # masses in amu; 1 kg = ``kg`` amu, so grams = amu / kg * 1e3; Å³ = 1e-24 cm³
+            density[i] = a.get_masses().sum() / kg * 1e3 / (a.cell.volume * 1e-24)
     strain = np.full(n, np.nan)
     for f in set(formula[periodic]):
         mask = (formula == f) & periodic

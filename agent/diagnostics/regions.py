@@ -17,8 +17,9 @@ Candidates come from three finders (registry :data:`FINDERS`, names :class:`Regi
 
 Statistics (per candidate, then across candidates):
 
-- the error of an atom is the norm of its force error |F_pred - F_ref| (eV/Å); the baseline is
-  the mean over all atoms;
+- the error of an atom is the norm of its force error |F_pred - F_ref| (eV/Å;
+  :func:`chemgap.common.metrics.force_error_norms`); the baseline is its mean over all atoms
+  (``force_error_norm_mean`` of :class:`chemgap.common.metrics.ErrorReport`);
 - **atoms of one structure are not independent** (one bad structure makes all its atoms bad),
   so the unit of every test and resampling is the structure: the p-value is a one-sided
   Mann-Whitney U test of the per-structure mean error of the region's atoms against the
@@ -43,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -56,6 +57,7 @@ from chemgap.agent.diagnostics.stats import (
     benjamini_hochberg,
     slice_p_value,
 )
+from chemgap.campaigns.spec import DiagnosticsConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ _NUMERIC_MAX_DISTINCT = 12
 
 
 class RegionMethod(StrEnum):
+    """The finders that propose candidate rules (keys of :data:`FINDERS`)."""
+
     SLICE = "slice"
     TREE = "tree"
     CLUSTER = "cluster"
@@ -83,6 +87,7 @@ class Condition:
     value: Any
 
     def mask(self, features: Features) -> np.ndarray:
+        """(n_atoms,) bool: the atoms of ``features`` that satisfy this condition."""
         col = features.atom[self.feature]
         kind = features.kinds.get(self.feature, FeatureKind.NUMERIC)
         if kind == FeatureKind.FLAG:
@@ -105,6 +110,7 @@ class Condition:
 
     @property
     def text(self) -> str:
+        """The condition as a chemist reads it (``coordination ≤ 9``, ``group = nitrile``)."""
         if self.feature.startswith("group:"):
             group = self.feature.removeprefix("group:")
             positive = (self.op == "=") == bool(self.value)
@@ -115,6 +121,7 @@ class Condition:
         return f"{self.feature} {self.op} {_fmt(self.value)}"
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready ``{"feature", "op", "value"}`` dict (``Condition(**d)`` restores it)."""
         v = self.value
         return {
             "feature": self.feature,
@@ -131,10 +138,12 @@ def _fmt(value: Any) -> str:
 
 
 def rule_text(conditions: list[Condition]) -> str:
+    """The conditions of a rule as text, joined by ``and``."""
     return " and ".join(c.text for c in conditions)
 
 
 def rule_mask(conditions: list[Condition], features: Features) -> np.ndarray:
+    """(n_atoms,) bool: the atoms that satisfy every condition of a rule."""
     mask = np.ones(features.n_atoms, dtype=bool)
     for c in conditions:
         mask &= c.mask(features)
@@ -204,12 +213,14 @@ class Region:
     last_seen: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (the CIs as lists)."""
         d = asdict(self)
         d["ci"], d["ratio_ci"] = list(self.ci), list(self.ratio_ci)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Region:
+        """The region :meth:`to_dict` wrote; unknown keys are ignored."""
         d = dict(d)
         d["ci"], d["ratio_ci"] = tuple(d["ci"]), tuple(d["ratio_ci"])
         known = set(cls.__dataclass_fields__)
@@ -229,6 +240,7 @@ class Candidate:
 
     @property
     def rule(self) -> str:
+        """The candidate's conditions as text."""
         return rule_text(self.conditions)
 
 
@@ -305,6 +317,7 @@ def numeric_cuts(name: str, x: np.ndarray) -> list[Condition]:
 
 
 def find_slices(inp: RegionInputs) -> list[Candidate]:
+    """Every one-condition rule of :func:`slice_conditions` as a candidate."""
     out = []
     for conds in slice_conditions(inp.features, inp.min_atoms):
         mask = rule_mask(conds, inp.features)
@@ -358,54 +371,82 @@ def _leaf_rules(tree, meaning: list[Condition], features: Features) -> dict[int,
     return rules
 
 
+@dataclass
+class _PathBounds:
+    """What the splits on one root-to-leaf path say, per feature, in the order first met.
+
+    ``eq``: the one-hot/flag value the path requires; ``neq``: values it excludes; ``lower`` /
+    ``upper``: the tightest numeric thresholds (``x > lower``, ``x ≤ upper``).
+    """
+
+    order: list[str] = field(default_factory=list)
+    eq: dict[str, Condition] = field(default_factory=dict)
+    neq: dict[tuple[str, Any], Condition] = field(default_factory=dict)
+    lower: dict[str, float] = field(default_factory=dict)
+    upper: dict[str, float] = field(default_factory=dict)
+
+    def add(self, meaning: Condition, right: bool, threshold: float) -> None:
+        """Record one split: ``right`` is the "> threshold" branch (``= value`` for one-hot)."""
+        name = meaning.feature
+        if name not in self.order:
+            self.order.append(name)
+        if meaning.op == "=":
+            if right:
+                self.eq[name] = meaning
+            else:
+                self.neq[(name, meaning.value)] = Condition(
+                    feature=name, op="≠", value=meaning.value
+                )
+        elif right:
+            self.lower[name] = max(self.lower.get(name, -np.inf), threshold)
+        else:
+            self.upper[name] = min(self.upper.get(name, np.inf), threshold)
+
+
+def _integer_column(features: Features, name: str) -> bool:
+    """True for a numeric column whose values are all whole numbers."""
+    col = features.atom.get(name)
+    if col is None or features.kinds.get(name) != FeatureKind.NUMERIC:
+        return False
+    return bool(np.all(np.mod(col.astype(float), 1) == 0))
+
+
+def _threshold_conditions(
+    name: str, lower: float | None, upper: float | None, integer: bool
+) -> list[Condition]:
+    """``name > lower`` / ``name ≤ upper`` as text reads them (``≥ 10`` / ``≤ 9`` for integers)."""
+    out: list[Condition] = []
+    if lower is not None:
+        out.append(
+            Condition(feature=name, op="≥", value=float(np.floor(lower) + 1))
+            if integer
+            else Condition(feature=name, op=">", value=float(f"{lower:.3g}"))
+        )
+    if upper is not None:
+        out.append(
+            Condition(feature=name, op="≤", value=float(np.floor(upper)))
+            if integer
+            else Condition(feature=name, op="≤", value=float(f"{upper:.3g}"))
+        )
+    return out
+
+
 def _simplify(
     path: list[tuple[int, bool, float]], meaning: list[Condition], features: Features
 ) -> list[Condition]:
-    lower: dict[str, float] = {}
-    upper: dict[str, float] = {}
-    eq: dict[str, Condition] = {}
-    neq: dict[tuple[str, Any], Condition] = {}
-    order: list[str] = []
+    """The conditions of one tree path, one or two per feature (the tightest bounds)."""
+    bounds = _PathBounds()
     for f, right, thr in path:
-        m = meaning[f]
-        if m.op == "=":  # one-hot or flag column: right branch means "= value"
-            if m.feature not in order:
-                order.append(m.feature)
-            if right:
-                eq[m.feature] = m
-            else:
-                neq[(m.feature, m.value)] = Condition(feature=m.feature, op="≠", value=m.value)
-            continue
-        name = m.feature
-        if name not in order:
-            order.append(name)
-        if right:
-            lower[name] = max(lower.get(name, -np.inf), thr)
-        else:
-            upper[name] = min(upper.get(name, np.inf), thr)
+        bounds.add(meaning[f], right, thr)
     out: list[Condition] = []
-    for name in order:
-        if name in eq:
-            out.append(eq[name])
+    for name in bounds.order:
+        if name in bounds.eq:
+            out.append(bounds.eq[name])
             continue
-        out += [c for (n, _), c in neq.items() if n == name]
-        col = features.atom.get(name)
-        integer = col is not None and features.kinds.get(name) == FeatureKind.NUMERIC
-        integer = integer and bool(np.all(np.mod(col.astype(float), 1) == 0))
-        if name in lower:
-            v = lower[name]
-            out.append(
-                Condition(feature=name, op="≥", value=float(np.floor(v) + 1))
-                if integer
-                else Condition(feature=name, op=">", value=float(f"{v:.3g}"))
-            )
-        if name in upper:
-            v = upper[name]
-            out.append(
-                Condition(feature=name, op="≤", value=float(np.floor(v)))
-                if integer
-                else Condition(feature=name, op="≤", value=float(f"{v:.3g}"))
-            )
+        out += [c for (n, _), c in bounds.neq.items() if n == name]
+        out += _threshold_conditions(
+            name, bounds.lower.get(name), bounds.upper.get(name), _integer_column(features, name)
+        )
     return out
 
 
@@ -487,124 +528,164 @@ def find_regions(
     features: Features,
     errors: np.ndarray,
     uncertainty: np.ndarray,
+    cfg: DiagnosticsConfig | None = None,
     *,
-    alpha: float = 0.05,
-    min_atoms: int = 10,
-    min_ratio: float = 1.2,
-    tree_depth: int = 3,
-    n_boot: int = 1000,
-    silent_factor: float = 2.0,
-    max_regions: int = 20,
-    methods: list[str] | None = None,
+    methods: Sequence[str] | None = None,
     rng: np.random.Generator | None = None,
 ) -> tuple[list[Region], int]:
     """Find, test, correct, merge and rank failure regions.
 
     Args:
         features: the feature table, one row per atom.
-        errors: (n_atoms,) per-atom force-error norm, eV/Å.
-        uncertainty: (n_atoms,) per-atom calibrated force std, eV/Å.
+        errors: (n_atoms,) per-atom force-error norm |F_pred - F_ref|, eV/Å.
+        uncertainty: (n_atoms,) per-atom calibrated force std, eV/Å (NaN where unknown).
+        cfg: the thresholds (``alpha``, ``bootstrap``, ``min_region_atoms``, ``min_ratio``,
+            ``tree_depth``, ``silent_factor``, ``max_regions``); None: the defaults of
+            :class:`~chemgap.campaigns.spec.DiagnosticsConfig`.
+        methods: the finders to run (names of :class:`RegionMethod`); None: all of them.
+        rng: the generator of every random choice (bootstrap, the tree's honest split);
+            None: ``default_rng(0)``.
+
     Returns:
         (regions, n_tested): the significant regions, most severe first, and how many candidate
         rules were tested (the BH family size).
     """
+    cfg = cfg if cfg is not None else DiagnosticsConfig()
     rng = rng if rng is not None else np.random.default_rng(0)
     errors = np.asarray(errors, dtype=float)
     uncertainty = np.asarray(uncertainty, dtype=float)
-    sidx = features.system_idx
-    n_struct, n_atoms = features.n_struct, features.n_atoms
+    n_atoms = features.n_atoms
     if len(errors) != n_atoms or len(uncertainty) != n_atoms:
         raise ValueError(f"errors/uncertainty must have {n_atoms} entries (one per atom)")
     inp = RegionInputs(
         features=features,
         errors=errors,
         uncertainty=uncertainty,
-        min_atoms=min_atoms,
-        min_ratio=min_ratio,
-        tree_depth=tree_depth,
+        min_atoms=cfg.min_region_atoms,
+        min_ratio=cfg.min_ratio,
+        tree_depth=cfg.tree_depth,
         rng=rng,
     )
+    candidates = _candidates(inp, methods)
+    if not candidates:
+        return [], 0
+    scorer = _Scorer.of(inp, ClusterBootstrap.draw(errors, features.system_idx, cfg.bootstrap, rng))
+    regions = [scorer.region(cand) for cand in candidates]
+    _judge(regions, cfg)
+    keep = [i for i, r in enumerate(regions) if r.significant]
+    log.info("%d candidate rules tested, %d significant before merging", len(regions), len(keep))
+    merged = _merge([regions[i] for i in keep], [candidates[i].mask for i in keep])
+    merged.sort(key=lambda r: -r.severity)
+    return merged[: cfg.max_regions], len(regions)
+
+
+def _candidates(inp: RegionInputs, methods: Sequence[str] | None) -> list[Candidate]:
+    """Every finder's candidates of at least ``min_atoms`` atoms (and not all atoms).
+
+    An atom set a finder proposes twice is tested once, under its first rule (the others go to
+    ``also``).
+    """
+    n_atoms = inp.features.n_atoms
     candidates: list[Candidate] = []
     seen: dict[bytes, Candidate] = {}
     for name in methods or list(FINDERS):
         for cand in FINDERS[RegionMethod(name)](inp):
             n_in = int(cand.mask.sum())
-            if n_in < min_atoms or n_in == n_atoms:
+            if n_in < inp.min_atoms or n_in == n_atoms:
                 continue
             key = np.packbits(cand.mask).tobytes() + cand.method.encode()
-            if key in seen:  # identical atom set from the same finder: one test, first rule
+            if key in seen:
                 seen[key].also.append(cand.rule)
                 continue
             seen[key] = cand
             candidates.append(cand)
-    if not candidates:
-        return [], 0
+    return candidates
 
-    boot = ClusterBootstrap.draw(errors, sidx, n_boot, rng)
-    baseline = float(errors.mean())
-    unc_all = float(np.nanmean(uncertainty)) if np.isfinite(uncertainty).any() else float("nan")
-    e2u_all = baseline / unc_all if unc_all and np.isfinite(unc_all) else float("nan")
-    regions: list[Region] = []
-    masks: list[np.ndarray] = []
-    p_values = []
-    for cand in candidates:
-        if cand.test_structures is not None:
-            rows = cand.test_structures[sidx]
-            sub_idx = np.unique(sidx[rows], return_inverse=True)[1]
-            p = slice_p_value(errors[rows], sub_idx, cand.mask[rows])
-        else:
-            p = slice_p_value(errors, sidx, cand.mask, n_struct)
-        p_values.append(p)
-        m = cand.mask
-        mean = float(errors[m].mean())
-        ci, ratio_ci = boot.interval(m)
-        unc = float(np.nanmean(uncertainty[m])) if np.isfinite(uncertainty[m]).any() else np.nan
-        e2u = (
-            (mean / unc) / e2u_all if unc and np.isfinite(unc) and np.isfinite(e2u_all) else np.nan
-        )
+
+def _nanmean_or_nan(values: np.ndarray) -> float:
+    """Mean of the values that are not NaN; NaN when none is finite."""
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+@dataclass(kw_only=True)
+class _Scorer:
+    """Measures candidates against the whole set: baseline error, uncertainty, bootstrap.
+
+    Attributes:
+        baseline: mean error norm over all atoms, eV/Å.
+        unc_all: mean calibrated uncertainty over all atoms, eV/Å (NaN if unknown).
+        e2u_all: baseline / unc_all (NaN if unknown).
+    """
+
+    inp: RegionInputs
+    boot: ClusterBootstrap
+    baseline: float
+    unc_all: float
+    e2u_all: float
+
+    @classmethod
+    def of(cls, inp: RegionInputs, boot: ClusterBootstrap) -> _Scorer:
+        baseline = float(inp.errors.mean())
+        unc_all = _nanmean_or_nan(inp.uncertainty)
+        e2u_all = baseline / unc_all if unc_all and np.isfinite(unc_all) else float("nan")
+        return cls(inp=inp, boot=boot, baseline=baseline, unc_all=unc_all, e2u_all=e2u_all)
+
+    def p_value(self, cand: Candidate) -> float:
+        """Structure-level p-value of a candidate, on its test structures only (if it has any)."""
+        errors, sidx = self.inp.errors, self.inp.features.system_idx
+        if cand.test_structures is None:
+            return slice_p_value(errors, sidx, cand.mask, self.inp.features.n_struct)
+        rows = cand.test_structures[sidx]
+        sub_idx = np.unique(sidx[rows], return_inverse=True)[1]
+        return slice_p_value(errors[rows], sub_idx, cand.mask[rows])
+
+    def region(self, cand: Candidate) -> Region:
+        """The candidate as a :class:`Region` with its statistics (before BH correction)."""
+        f, m = self.inp.features, cand.mask
+        mean = float(self.inp.errors[m].mean())
+        ci, ratio_ci = self.boot.interval(m)
+        unc = _nanmean_or_nan(self.inp.uncertainty[m])
+        finite = bool(unc) and np.isfinite(unc) and np.isfinite(self.e2u_all)
+        e2u = (mean / unc) / self.e2u_all if finite else float("nan")
         symbols, counts = (
-            np.unique(features.atom["element"][m].astype(str), return_counts=True)
-            if "element" in features.atom
+            np.unique(f.atom["element"][m].astype(str), return_counts=True)
+            if "element" in f.atom
             else ([], [])
         )
         rule = cand.rule
-        regions.append(
-            Region(
-                id=region_id(rule),
-                rule=rule,
-                conditions=[c.to_dict() for c in cand.conditions],
-                method=str(cand.method),
-                methods=[str(cand.method)],
-                also=list(cand.also),
-                n_atoms=int(m.sum()),
-                n_structures=len(np.unique(sidx[m])),
-                coverage=float(m.mean()),
-                mean_error=mean,
-                ci=ci,
-                baseline=baseline,
-                ratio=mean / baseline if baseline > 0 else float("nan"),
-                ratio_ci=ratio_ci,
-                p_value=p,
-                uncertainty_mean=unc,
-                uncertainty_ratio=unc / unc_all if unc_all else float("nan"),
-                error_to_uncertainty=float(e2u),
-                elements={str(s): int(c) for s, c in zip(symbols, counts, strict=True)},
-                enriched=cand.enriched,
-            )
+        return Region(
+            id=region_id(rule),
+            rule=rule,
+            conditions=[c.to_dict() for c in cand.conditions],
+            method=str(cand.method),
+            methods=[str(cand.method)],
+            also=list(cand.also),
+            n_atoms=int(m.sum()),
+            n_structures=len(np.unique(f.system_idx[m])),
+            coverage=float(m.mean()),
+            mean_error=mean,
+            ci=ci,
+            baseline=self.baseline,
+            ratio=mean / self.baseline if self.baseline > 0 else float("nan"),
+            ratio_ci=ratio_ci,
+            p_value=self.p_value(cand),
+            uncertainty_mean=unc,
+            uncertainty_ratio=unc / self.unc_all if self.unc_all else float("nan"),
+            error_to_uncertainty=float(e2u),
+            elements={str(s): int(c) for s, c in zip(symbols, counts, strict=True)},
+            enriched=cand.enriched,
         )
-        masks.append(m)
-    q = benjamini_hochberg(np.array(p_values))
+
+
+def _judge(regions: list[Region], cfg: DiagnosticsConfig) -> None:
+    """BH-adjust the p-values of all candidates together; set significant, silent, severity."""
+    q = benjamini_hochberg(np.array([r.p_value for r in regions]))
     for r, qv in zip(regions, q, strict=True):
         r.q_value = float(qv)
-        r.significant = bool(qv <= alpha and r.ratio >= min_ratio)
+        r.significant = bool(qv <= cfg.alpha and r.ratio >= cfg.min_ratio)
         r.silent = bool(r.significant and np.isfinite(r.error_to_uncertainty))
-        r.silent = r.silent and r.error_to_uncertainty >= silent_factor
+        r.silent = r.silent and r.error_to_uncertainty >= cfg.silent_factor
         r.severity = float((r.ratio_ci[0] - 1.0) * (2.0 if r.silent else 1.0))
-    keep = [i for i, r in enumerate(regions) if r.significant]
-    log.info("%d candidate rules tested, %d significant before merging", len(regions), len(keep))
-    merged = _merge([regions[i] for i in keep], [masks[i] for i in keep])
-    merged.sort(key=lambda r: -r.severity)
-    return merged[:max_regions], len(regions)
 
 
 def _merge(regions: list[Region], masks: list[np.ndarray]) -> list[Region]:

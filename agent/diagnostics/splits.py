@@ -21,7 +21,8 @@ Each split is a pure function of the structures, their features and a seed (the 
 ``default_rng([seed, crc32(name)])``), so it is reproducible and is stored with its indices.
 :func:`evaluate_splits` scores a given ensemble on both sides (no training; for the campaign
 loop); :func:`run_splits` trains one ensemble per split on its train side and reports the
-in-distribution error (a held-out part of the train side) next to the OOD error.
+in-distribution error (a held-out part of the train side) next to the OOD error. Both report
+the ``force_mae`` and ``energy_mae_per_atom`` of :mod:`chemgap.common.metrics` of each side.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
@@ -40,6 +41,13 @@ from ase import Atoms
 from chemgap.agent.diagnostics.features import Features, as_float
 from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import DiagnosticsConfig, SplitName
+from chemgap.common.keys import reference_energies, reference_forces
+from chemgap.common.metrics import ErrorReport, HasMeanPrediction, error_report, score
+
+if TYPE_CHECKING:
+    from chemgap.common.tasks import Executor
+    from chemgap.models.config import EnsembleConfig, ModelConfig
+    from chemgap.models.contract import EnsembleModel
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,7 @@ class Split:
     params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
         return asdict(self)
 
 
@@ -238,7 +247,22 @@ def make_split(
     cfg: DiagnosticsConfig,
     seed: int = 0,
 ) -> Split:
-    """Draw split ``name``; ``SplitUnavailable`` when the data cannot be split that way."""
+    """Draw split ``name`` of ``structures``.
+
+    Args:
+        name: a :class:`~chemgap.campaigns.spec.SplitName` (or its value).
+        structures: the structures to split.
+        features: their feature table (SOAP, functional groups).
+        cfg: the ``diagnostics`` settings (``n_clusters``, ``holdout_element``, ...).
+        seed: with the split's name, the seed of its generator.
+
+    Returns:
+        The :class:`Split`.
+
+    Raises:
+        SplitUnavailable: the data cannot be split that way.
+        BadInput: an unknown name, or a held-out element/group not in the data.
+    """
     try:
         key = SplitName(name)
     except ValueError:
@@ -254,7 +278,10 @@ def make_split(
 class SplitResult:
     """Errors on the two sides of one split.
 
-    Force MAE is the mean absolute error of force components, eV/Å; energy MAE per atom, eV/atom.
+    Every figure is a :mod:`chemgap.common.metrics` one of the ensemble-mean prediction of a
+    side's structures: ``*_force_mae`` is ``force_mae`` (mean over atoms and Cartesian components
+    of |F_pred - F_ref|, eV/Å), ``*_energy_mae`` is ``energy_mae_per_atom`` (mean over
+    structures of |E_pred - E_ref| / n_atoms, eV/atom).
 
     Attributes:
         name, description, seed: the split.
@@ -288,24 +315,44 @@ class SplitResult:
     split: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SplitResult:
+        """The result :meth:`to_dict` wrote; unknown keys are ignored."""
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def _errors(
-    atom_abs_error: np.ndarray,
-    energy_error_per_atom: np.ndarray,
+def side_report(
+    prediction: HasMeanPrediction,
+    structures: Sequence[Atoms],
     system_idx: np.ndarray,
     which: Sequence[int],
-) -> tuple[float, float]:
-    if not len(which):
-        return float("nan"), float("nan")
-    mask = np.isin(system_idx, which)
-    return float(atom_abs_error[mask].mean()), float(np.abs(energy_error_per_atom[which]).mean())
+) -> ErrorReport:
+    """The metrics of a prediction of all ``structures``, restricted to the structures ``which``.
+
+    Args:
+        prediction: ensemble-mean prediction of every structure (atoms concatenated in order).
+        structures: the labelled structures predicted.
+        system_idx: (n_atoms,) the structure of each atom of ``prediction``.
+        which: indices of the structures to score.
+
+    Returns:
+        :func:`chemgap.common.metrics.error_report` of those structures (NaN figures if none).
+    """
+    idx = np.sort(np.asarray(which, dtype=int))
+    atoms = np.isin(system_idx, idx)
+    sub = [structures[i] for i in idx]
+    return error_report(
+        pred_energy=np.asarray(prediction.energy_mean)[idx],
+        ref_energy=reference_energies(sub),
+        n_atoms=np.array([len(a) for a in sub], dtype=int),
+        pred_forces=np.asarray(prediction.forces_mean)[atoms],
+        ref_forces=reference_forces(sub),
+        numbers=np.asarray(prediction.numbers)[atoms],
+    )
 
 
 def _relate_to_random(results: list[SplitResult]) -> list[SplitResult]:
@@ -323,15 +370,21 @@ def evaluate_splits(
     features: Features,
     cfg: DiagnosticsConfig,
     *,
-    atom_abs_error: np.ndarray,
-    energy_error_per_atom: np.ndarray,
+    prediction: HasMeanPrediction,
     seed: int = 0,
 ) -> list[SplitResult]:
     """Score one given ensemble on both sides of every split in ``cfg.splits`` (no training).
 
     Args:
-        atom_abs_error: (n_atoms,) mean |ΔF| over the 3 components per atom, eV/Å.
-        energy_error_per_atom: (n_struct,) (E_pred - E_ref) / n_atoms, eV/atom.
+        structures: the labelled structures (every one predicted by ``prediction``).
+        features: their feature table.
+        cfg: the ``diagnostics`` settings (``splits`` and what the strategies read).
+        prediction: the ensemble's mean prediction of ``structures``; each side is scored with
+            :func:`side_report` (``force_mae``, ``energy_mae_per_atom``).
+        seed: the seed of the splits.
+
+    Returns:
+        One :class:`SplitResult` per configured split (skipped ones included), in order.
     """
     out = []
     for name in cfg.splits:
@@ -340,12 +393,8 @@ def evaluate_splits(
         except SplitUnavailable as exc:
             out.append(SplitResult(name=str(name), seed=seed, skipped=str(exc)))
             continue
-        id_f, id_e = _errors(
-            atom_abs_error, energy_error_per_atom, features.system_idx, split.train
-        )
-        ood_f, ood_e = _errors(
-            atom_abs_error, energy_error_per_atom, features.system_idx, split.test
-        )
+        id_side = side_report(prediction, structures, features.system_idx, split.train)
+        ood_side = side_report(prediction, structures, features.system_idx, split.test)
         out.append(
             SplitResult(
                 name=split.name,
@@ -354,10 +403,10 @@ def evaluate_splits(
                 n_train=len(split.train),
                 n_id=len(split.train),
                 n_test=len(split.test),
-                id_force_mae=id_f,
-                ood_force_mae=ood_f,
-                id_energy_mae=id_e,
-                ood_energy_mae=ood_e,
+                id_force_mae=id_side.force_mae,
+                ood_force_mae=ood_side.force_mae,
+                id_energy_mae=id_side.energy_mae_per_atom,
+                ood_energy_mae=ood_side.energy_mae_per_atom,
                 split=split.to_dict(),
             )
         )
@@ -367,13 +416,13 @@ def evaluate_splits(
 def run_splits(
     structures: Sequence[Atoms],
     cfg: DiagnosticsConfig,
-    model_cfg: Any,
-    ens_cfg: Any,
+    model_cfg: ModelConfig,
+    ens_cfg: EnsembleConfig,
     workdir: str | Path,
     seed: int = 0,
     *,
     features: Features | None = None,
-    use_ray: bool | None = None,
+    executor: Executor | None = None,
     on_split: Callable[[SplitResult], None] | None = None,
 ) -> list[SplitResult]:
     """Train one ensemble per split on its train side; ID vs OOD force and energy MAE.
@@ -381,11 +430,23 @@ def run_splits(
     ``cfg.id_fraction`` of each train side (at least one structure) is held out as the
     in-distribution test set; the rest trains an ensemble with ``model_cfg`` / ``ens_cfg``,
     saved in ``workdir/<split>/models``. Splits that cannot be made are reported as skipped.
-    ``on_split`` receives each result as it is finished (progress).
+
+    Args:
+        structures: labelled structures (unlabelled / failed ones are skipped); at least 4.
+        cfg: the ``diagnostics`` settings (``splits``, ``id_fraction``, ...).
+        model_cfg: the MACE architecture of every split's ensemble.
+        ens_cfg: how each ensemble is trained (members, epochs, ...).
+        workdir: where the ensembles are saved.
+        seed: seed of the splits, the ID hold-out and the training.
+        features: a precomputed feature table of the same structures (else computed).
+        executor: where the members train (:mod:`chemgap.common.tasks`); None: in this process.
+        on_split: receives each result as it is finished (progress).
+
+    Returns:
+        One :class:`SplitResult` per configured split, ``trained`` unless skipped.
     """
     from chemgap.agent.diagnostics.features import compute_features
-    from chemgap.models.data import element_list, usable
-    from chemgap.models.ensemble import train_ensemble
+    from chemgap.models.data import usable
 
     structures = usable(list(structures))
     if len(structures) < 4:
@@ -393,46 +454,60 @@ def run_splits(
     features = features or compute_features(
         structures, environment_classes=cfg.environment_classes, seed=seed
     )
-    workdir = Path(workdir)
+    study = _SplitStudy(
+        structures=structures,
+        features=features,
+        cfg=cfg,
+        model_cfg=model_cfg,
+        ens_cfg=ens_cfg,
+        workdir=Path(workdir),
+        seed=seed,
+        executor=executor,
+    )
     results = []
     for name in cfg.splits:
+        res = study.run(name)
+        results.append(res)
+        if on_split:
+            on_split(res)
+    return _relate_to_random(results)
+
+
+@dataclass(kw_only=True)
+class _SplitStudy:
+    """What every trained split shares: data, settings, where models go, how they train."""
+
+    structures: list[Atoms]
+    features: Features
+    cfg: DiagnosticsConfig
+    model_cfg: ModelConfig
+    ens_cfg: EnsembleConfig
+    workdir: Path
+    seed: int
+    executor: Executor | None
+
+    def run(self, name: str | SplitName) -> SplitResult:
+        """Make split ``name``, hold out ID data, train on the rest, score ID and OOD."""
         t0 = time.perf_counter()
+        seed = self.seed
         try:
-            split = make_split(name, structures, features, cfg, seed)
+            split = make_split(name, self.structures, self.features, self.cfg, seed)
         except SplitUnavailable as exc:
-            res = SplitResult(name=str(name), seed=seed, skipped=str(exc))
-            results.append(res)
-            if on_split:
-                on_split(res)
-            continue
+            return SplitResult(name=str(name), seed=seed, skipped=str(exc))
         rng = np.random.default_rng([seed, zlib.crc32(b"id"), zlib.crc32(split.name.encode())])
         train_side = np.array(split.train)
-        n_id = max(1, round(cfg.id_fraction * len(train_side)))
+        n_id = max(1, round(self.cfg.id_fraction * len(train_side)))
         if len(train_side) - n_id < 2:
-            res = SplitResult(
+            return SplitResult(
                 name=split.name, seed=seed, skipped="train side too small to hold out ID data"
             )
-            results.append(res)
-            if on_split:
-                on_split(res)
-            continue
         perm = rng.permutation(train_side)
         id_idx, fit_idx = sorted(perm[:n_id].tolist()), sorted(perm[n_id:].tolist())
-        out_dir = workdir / split.name / "models"
-        log.info("split %s: training on %d structures", split.name, len(fit_idx))
-        ens = train_ensemble(
-            [structures[i] for i in fit_idx],
-            model_cfg,
-            ens_cfg,
-            out_dir,
-            seed=seed,
-            use_ray=use_ray,
-            task_tag=f"split {split.name}",
-            elements=element_list(structures),  # the test side may hold elements training lacks
-        )
-        id_f, id_e = _score(ens, [structures[i] for i in id_idx])
-        ood_f, ood_e = _score(ens, [structures[i] for i in split.test])
-        res = SplitResult(
+        out_dir = self.workdir / split.name / "models"
+        ens = self._train(split.name, fit_idx, out_dir)
+        id_side = _score(ens, [self.structures[i] for i in id_idx])
+        ood_side = _score(ens, [self.structures[i] for i in split.test])
+        return SplitResult(
             name=split.name,
             description=split.description,
             seed=seed,
@@ -440,27 +515,33 @@ def run_splits(
             n_train=len(fit_idx),
             n_id=len(id_idx),
             n_test=len(split.test),
-            id_force_mae=id_f,
-            ood_force_mae=ood_f,
-            id_energy_mae=id_e,
-            ood_energy_mae=ood_e,
+            id_force_mae=id_side.force_mae,
+            ood_force_mae=ood_side.force_mae,
+            id_energy_mae=id_side.energy_mae_per_atom,
+            ood_energy_mae=ood_side.energy_mae_per_atom,
             wall_s=time.perf_counter() - t0,
             model_dir=str(out_dir),
             split={**split.to_dict(), "id": id_idx, "fit": fit_idx},
         )
-        results.append(res)
-        if on_split:
-            on_split(res)
-    return _relate_to_random(results)
+
+    def _train(self, name: str, fit_idx: list[int], out_dir: Path) -> EnsembleModel:
+        from chemgap.models.data import element_list
+        from chemgap.models.ensemble import train_ensemble
+
+        log.info("split %s: training on %d structures", name, len(fit_idx))
+        return train_ensemble(
+            [self.structures[i] for i in fit_idx],
+            self.model_cfg,
+            self.ens_cfg,
+            out_dir,
+            seed=self.seed,
+            executor=self.executor,
+            task_tag=f"split {name}",
+            # the test side may hold elements training lacks
+            elements=element_list(self.structures),
+        )
 
 
-def _score(ens: Any, structures: list[Atoms]) -> tuple[float, float]:
-    """(force component MAE eV/Å, energy MAE eV/atom) of ``ens`` on labelled ``structures``."""
-    pred = ens.predict(structures, calibrated=False)
-    f_ref = np.concatenate([a.arrays["REF_forces"] for a in structures])
-    e_ref = np.array([a.info["REF_energy"] for a in structures])
-    n = np.array([len(a) for a in structures])
-    return (
-        float(np.abs(pred.forces_mean - f_ref).mean()),
-        float(np.abs((pred.energy_mean - e_ref) / n).mean()),
-    )
+def _score(ens: EnsembleModel, structures: list[Atoms]) -> ErrorReport:
+    """:func:`chemgap.common.metrics.score` of ``ens``'s mean (uncalibrated) prediction."""
+    return score(ens.predict(structures, calibrated=False), structures)

@@ -76,6 +76,14 @@ class ClusterBootstrap:
     def draw(
         cls, errors: np.ndarray, system_idx: np.ndarray, n_boot: int, rng: np.random.Generator
     ) -> ClusterBootstrap:
+        """Draw ``n_boot`` resamples of the structures (with replacement) from ``rng``.
+
+        Args:
+            errors: (n_atoms,) per-atom error, eV/Å.
+            system_idx: (n_atoms,) the structure of each atom.
+            n_boot: number of resamples.
+            rng: the seeded generator.
+        """
         n = int(system_idx.max()) + 1
         draws = rng.integers(0, n, size=(n_boot, n))
         weights = np.zeros((n_boot, n))
