@@ -11,6 +11,8 @@ Every model forbids unknown keys. :func:`load_spec` collects *every* problem of 
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -133,6 +135,7 @@ class MoleculeSeed(_SeedBase):
         return self
 
     def elements(self, base_dir: Path) -> set[str]:
+        """The molecule's elements (hydrogens included)."""
         if self.smiles is not None:
             return set(_smiles_symbols(self.smiles))
         from ase.build import molecule
@@ -163,6 +166,7 @@ class DimerSeed(_SeedBase):
         return value
 
     def elements(self, base_dir: Path) -> set[str]:
+        """The two atoms' elements."""
         return set(self.symbols)
 
 
@@ -175,10 +179,16 @@ class FileSeed(_SeedBase):
     format: str | None = Field(None, description="ASE format name when the suffix is ambiguous")
 
     def resolve(self, base_dir: Path) -> Path:
+        """The file's path; a relative one starts at ``base_dir`` (the spec's folder)."""
         p = Path(self.path).expanduser()
         return p if p.is_absolute() else base_dir / p
 
     def elements(self, base_dir: Path) -> set[str]:
+        """Every element of the structures the file holds (it is read).
+
+        Raises:
+            ValueError: the file is missing or ASE cannot read it.
+        """
         from ase.io import read
 
         path = self.resolve(base_dir)
@@ -210,6 +220,8 @@ class SystemConfig(_Section):
 
 # --------------------------------------------------------------------------- exploration
 class TrustMode(StrEnum):
+    """How the trust window's levels are set."""
+
     CALIBRATED = "calibrated"  # per-element levels from the calibrated ensemble uncertainty
     FIXED = "fixed"  # DP-GEN-style fixed force-deviation levels (Zhang et al. 2020)
 
@@ -261,12 +273,16 @@ class ExplorationConfig(_Section):
 
 # --------------------------------------------------------------------------- selection
 class SelectionStrategy(StrEnum):
+    """How the labelling batch is chosen from the candidates."""
+
     UNCERTAINTY = "uncertainty"  # highest calibrated uncertainty first
     DIVERSE = "diverse"  # uncertainty-ranked, farthest-point sampling on descriptors
     RANDOM = "random"  # control
 
 
 class SelectionConfig(_Section):
+    """How many candidates are labelled per iteration, and how they are chosen."""
+
     strategy: SelectionStrategy = SelectionStrategy.DIVERSE
     batch_size: int = Field(16, ge=1, description="structures labelled per iteration")
     per_element_quota: dict[str, int] = Field(
@@ -289,12 +305,16 @@ class SelectionConfig(_Section):
 
 # --------------------------------------------------------------------------- budget and stop
 class ConvergenceConfig(_Section):
+    """When the campaign counts as converged: criteria that must hold for ``patience`` iters."""
+
     accurate_fraction: float = Field(0.95, gt=0, le=1, description="explored frames accurate")
     force_mae_tol: float = Field(0.005, ge=0, description="change of validation force MAE, eV/Å")
     patience: int = Field(2, ge=1, description="iterations the criteria must hold")
 
 
 class BudgetConfig(_Section):
+    """When the campaign stops: iterations, oracle calls, wall time, convergence."""
+
     max_iterations: int = Field(5, ge=1)
     max_oracle_calls: int = Field(500, ge=1, description="labels, failures included")
     wall_time_s: float = Field(3600.0, gt=0, description="campaign wall-time budget, s")
@@ -315,6 +335,8 @@ class SplitName(StrEnum):
 
 
 class DiagnosticsConfig(_Section):
+    """How failure regions are found and tested, and which biased splits are reported."""
+
     splits: list[SplitName] = Field(
         [SplitName.RANDOM, SplitName.CLUSTER, SplitName.MAXSEP, SplitName.SIZE]
     )
@@ -354,8 +376,11 @@ class DiagnosticsConfig(_Section):
 
 # --------------------------------------------------------------------------- the whole spec
 class CampaignSpec(_Section):
-    """A campaign: where to look (system), who tells the truth (oracle), what learns (model,
-    ensemble), how to look (exploration, selection), when to stop (budget), what to report."""
+    """A campaign, one YAML document.
+
+    Where to look (system), who tells the truth (oracle), what learns (model, ensemble), how to
+    look (exploration, selection), when to stop (budget), what to report (diagnostics).
+    """
 
     spec_version: Literal[1] = SPEC_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="campaign name")
@@ -429,7 +454,8 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _format_errors(exc: ValidationError) -> list[str]:
+def _format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
+    """One ``path.to.field: message (got VALUE)`` line per pydantic error, under ``prefix``."""
     problems = []
     for err in exc.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
@@ -439,7 +465,7 @@ def _format_errors(exc: ValidationError) -> list[str]:
             for i, p in enumerate(loc)
             if not (i > 0 and loc[i - 1].isdigit() and p in _SEED_KINDS)
         ]
-        path = ".".join(loc) or "(top level)"
+        path = ".".join([prefix, *loc] if prefix else loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -475,45 +501,140 @@ def _semantic_problems(spec: CampaignSpec, base_dir: Path) -> list[str]:
     return problems
 
 
-def apply_overrides(data: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any]:
+# --------------------------------------------------------------------------- overrides
+def apply_overrides(
+    data: dict[str, Any], overrides: Mapping[str, Any], *, source: str = "--set"
+) -> dict[str, Any]:
     """Set ``path.to.field`` in a spec dict from strings, typed by the schema.
 
-    A value whose target field is a string (or a string enum) is kept verbatim; any other value is
-    parsed as YAML (``3``, ``2.5``, ``true``, ``[300, 600]``, ``{method: GFN1-xTB}``) and then
-    validated by the schema like the file. List items are addressed by index (``system.seeds.0.a``).
+    A string whose target field is a string (or a string enum) is kept verbatim; any other string
+    is parsed as YAML (``3``, ``2.5``, ``true``, ``[300, 600]``, ``{method: GFN1-xTB}``) and then
+    validated by the schema like the file; a value that is not a string is set as it is. List
+    items are addressed by index (``system.seeds.0.a``).
+
+    Args:
+        data: the spec mapping, changed in place.
+        overrides: ``path.to.field`` -> value.
+        source: what the problems are reported under (the flag the user typed).
+
+    Returns:
+        ``data``.
+
+    Raises:
+        SpecError: listing every override that names no place in ``data`` (an item past the end
+            of a list, a field below a value).
     """
-    for path, raw in overrides.items():
-        parts = path.split(".")
-        if not all(parts):
-            raise SpecError([f"{path}: empty path component (got {raw!r})"], "--set")
-        value = raw if _is_string_field(parts) else _parse_scalar(raw)
-        node: Any = data
-        for depth, key in enumerate(parts[:-1]):
-            node = _descend(node, key, parts[: depth + 1], path, raw)
-        last = parts[-1]
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise SpecError([f"{path}: no list item {last} (got {raw!r})"], "--set")
-            node[int(last)] = value
-        else:
-            node[last] = value
+    problems = _apply_all(data, overrides, lambda parts: _is_string_field(parts, CampaignSpec))
+    if problems:
+        raise SpecError(problems, source)
     return data
 
 
-def _descend(node: Any, key: str, so_far: list[str], path: str, raw: str) -> Any:
+def parse_sections(
+    sections: Mapping[str, type[BaseModel]],
+    overrides: Mapping[str, Any],
+    *,
+    source: str = "--set",
+    base: Mapping[str, BaseModel | Mapping[str, Any]] | None = None,
+) -> dict[str, BaseModel]:
+    """Config sections built from ``SECTION.FIELD=VALUE`` overrides, every problem reported.
+
+    Each section starts from ``base[section]`` (a model or a mapping; default: the model's
+    defaults), takes the overrides under its name (typed by the schema like
+    :func:`apply_overrides`) and is validated by its model.
+
+    Args:
+        sections: section name -> its pydantic model, e.g. ``{"model": ModelConfig}``.
+        overrides: ``section.field[.sub...]`` -> value (strings typed by the schema).
+        source: what the problems are reported under, e.g. the flag the user typed.
+        base: starting values per section.
+
+    Returns:
+        Section name -> the validated model, in the order of ``sections``.
+
+    Raises:
+        SpecError: listing every problem, one ``path.to.field: message (got VALUE)`` per line,
+            unknown sections and fields included (``bogus: unknown key (got '1')``).
+    """
+    base = base or {}
+    data: dict[str, Any] = {name: _as_dict(base.get(name)) for name in sections}
+    known = {p: v for p, v in overrides.items() if p.partition(".")[0] in sections}
+    problems = [
+        f"{path}: unknown key (got {_short(value)})"
+        for path, value in overrides.items()
+        if path not in known
+    ]
+    problems += _apply_all(
+        data, known, lambda parts: _is_string_field(parts[1:], sections[parts[0]])
+    )
+    out: dict[str, BaseModel] = {}
+    for name, cls in sections.items():
+        try:
+            out[name] = cls.model_validate(data[name])
+        except ValidationError as exc:
+            problems += _format_errors(exc, prefix=name)
+    if problems:
+        raise SpecError(problems, source)
+    return out
+
+
+def _as_dict(value: BaseModel | Mapping[str, Any] | None) -> Any:
+    if value is None:
+        return {}
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    return dict(value)
+
+
+def _apply_all(
+    data: dict[str, Any], overrides: Mapping[str, Any], is_string: Callable[[list[str]], bool]
+) -> list[str]:
+    """Apply every override it can; the problems of the others."""
+    problems = []
+    for path, raw in overrides.items():
+        parts = path.split(".")
+        if not all(parts):
+            problems.append(f"{path}: empty path component (got {_short(raw)})")
+            continue
+        value = _parse_scalar(raw) if isinstance(raw, str) and not is_string(parts) else raw
+        problem = _set_path(data, parts, value, path, raw)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _set_path(data: Any, parts: list[str], value: Any, path: str, raw: Any) -> str | None:
+    """Set ``value`` at ``parts`` (sections created as needed); a problem line, or None."""
+    node = data
+    for depth in range(len(parts) - 1):
+        node = _child(node, parts[depth])
+        if node is _MISSING:
+            where = ".".join(parts[:depth])
+            return f"{path}: {where} has no item {parts[depth]} (got {_short(raw)})"
+        if not isinstance(node, dict | list):
+            where = ".".join(parts[: depth + 1])
+            return f"{path}: {where} is not a section or list (got {_short(raw)})"
+    last = parts[-1]
     if isinstance(node, list):
-        if not key.isdigit() or int(key) >= len(node):
-            where = ".".join(so_far)
-            raise SpecError([f"{path}: {where} has no item {key} (got {raw!r})"], "--set")
-        return node[int(key)]
-    if not isinstance(node, dict):
-        raise SpecError(
-            [f"{path}: {'.'.join(so_far[:-1])} is not a section (got {raw!r})"], "--set"
-        )
+        if not last.isdigit() or int(last) >= len(node):
+            return f"{path}: no list item {last} (got {_short(raw)})"
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return None
+
+
+def _child(node: dict | list, key: str) -> Any:
+    """``node[key]``, creating a missing (or null) section; a ``_MISSING`` list item."""
+    if isinstance(node, list):
+        return node[int(key)] if key.isdigit() and int(key) < len(node) else _MISSING
     child = node.get(key)
     if child is None:
         child = node[key] = {}
     return child
+
+
+_MISSING = object()
 
 
 def _parse_scalar(raw: str) -> Any:
@@ -523,30 +644,33 @@ def _parse_scalar(raw: str) -> Any:
         return raw
 
 
-def _is_string_field(parts: list[str]) -> bool:
-    """True when the schema says the field at ``parts`` holds a string."""
-    import typing
-
-    from pydantic.fields import FieldInfo
-
-    annotation: Any = CampaignSpec
+def _field_annotation(parts: list[str], root: Any) -> Any:
+    """The annotation of the field at ``parts`` below model ``root``; None when unknown."""
+    annotation: Any = root
     for part in parts:
-        origin = typing.get_origin(annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            info: FieldInfo | None = annotation.model_fields.get(part)
+            info = annotation.model_fields.get(part)
             if info is None:
-                return False
+                return None
             annotation = info.annotation
-        elif origin in (list, tuple) and part.isdigit():
+        elif typing.get_origin(annotation) in (list, tuple) and part.isdigit():
             annotation = typing.get_args(annotation)[0]
             if typing.get_origin(annotation) is Annotated:  # a tagged union: unknown kind
-                return False
+                return None
         else:
-            return False
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    candidates = args if typing.get_origin(annotation) is not Literal and args else [annotation]
+            return None
+    return annotation
+
+
+def _is_string_field(parts: list[str], root: type[BaseModel] | None = None) -> bool:
+    """True when the schema (from ``root``, default the whole spec) says ``parts`` holds a str."""
+    annotation = _field_annotation(parts, root or CampaignSpec)
+    if annotation is None:
+        return False
     if typing.get_origin(annotation) is Literal:
         return all(isinstance(a, str) for a in typing.get_args(annotation))
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    candidates = args or [annotation]
     return all(isinstance(c, type) and issubclass(c, str) for c in candidates)
 
 
@@ -555,22 +679,35 @@ def parse_spec(
     *,
     source: str = "spec",
     base_dir: Path | None = None,
-    overrides: dict[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> CampaignSpec:
-    """Validate a spec mapping (after ``--set`` overrides); raise :class:`SpecError` listing all
-    problems."""
+    """Validate a spec mapping (after ``--set`` overrides).
+
+    Args:
+        data: the spec as read from YAML.
+        source: what the problems are reported under (the file).
+        base_dir: where relative seed file paths start (default: the working directory).
+        overrides: ``path.to.field`` -> value, applied first (see :func:`apply_overrides`).
+
+    Returns:
+        The validated spec, seed file paths made absolute.
+
+    Raises:
+        SpecError: listing every problem, the overrides' included.
+    """
     if not isinstance(data, dict):
         raise SpecError(
             [f"(top level): expected a mapping of sections (got {_short(data)})"], source
         )
+    problems = []
     if overrides:
-        data = apply_overrides(data, overrides)
+        problems = _apply_all(data, overrides, lambda parts: _is_string_field(parts))
     try:
         spec = CampaignSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(_format_errors(exc), source) from None
+        raise SpecError(problems + _format_errors(exc), source) from None
     base = base_dir or Path.cwd()
-    problems = _semantic_problems(spec, base)
+    problems += _semantic_problems(spec, base)
     if problems:
         raise SpecError(problems, source)
     for seed in spec.system.seeds:  # the spec is copied into run directories: keep files found
@@ -618,4 +755,5 @@ def dump_spec(spec: CampaignSpec) -> str:
 
 
 def json_schema() -> dict[str, Any]:
+    """The JSON schema of a campaign spec (for editors)."""
     return CampaignSpec.model_json_schema()

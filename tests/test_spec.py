@@ -10,7 +10,13 @@ from click.testing import CliRunner
 
 from chemgap.agent.cli import main
 from chemgap.campaigns.builtin import builtin_names, builtin_path
-from chemgap.campaigns.spec import SpecError, apply_overrides, load_spec, parse_spec
+from chemgap.campaigns.spec import (
+    SpecError,
+    apply_overrides,
+    load_spec,
+    parse_sections,
+    parse_spec,
+)
 
 BUILTINS = ["cu-defects", "si-ge-transfer", "organics-xtb", "ionic-longrange"]
 
@@ -202,3 +208,69 @@ def test_schema_and_campaigns_commands():
     assert listing.exit_code == 0
     lines = [line for line in listing.output.splitlines() if line.strip()]
     assert [line.split()[0] for line in lines] == sorted(BUILTINS)
+
+
+# --------------------------------------------------------------------------- parse_sections
+def test_parse_sections_types_by_schema_and_keeps_order():
+    from chemgap.campaigns.spec import DiagnosticsConfig, ExplorationConfig
+    from chemgap.models.config import EnsembleConfig, ModelConfig
+
+    out = parse_sections(
+        {"model": ModelConfig, "ensemble": EnsembleConfig},
+        {"model.radial_mlp": "[16, 16]", "ensemble.mode": "bagging", "ensemble.members": 3},
+    )
+    assert list(out) == ["model", "ensemble"]
+    assert out["model"].radial_mlp == [16, 16]
+    assert out["ensemble"].mode == "bagging" and out["ensemble"].members == 3
+    assert out["model"] == ModelConfig(radial_mlp=[16, 16])  # untouched fields: the defaults
+    # nested fields, and a base to start from
+    ex = parse_sections(
+        {"exploration": ExplorationConfig},
+        {"exploration.trust.lower": "0.01", "exploration.temperatures_K": "[100, 200]"},
+    )["exploration"]
+    assert ex.trust.lower == 0.01 and ex.temperatures_K == [100.0, 200.0]
+    base = DiagnosticsConfig(alpha=0.1, holdout_element="Cu")
+    diag = parse_sections(
+        {"diagnostics": DiagnosticsConfig},
+        {"diagnostics.n_clusters": "5"},
+        base={"diagnostics": base},
+    )["diagnostics"]
+    assert (diag.alpha, diag.holdout_element, diag.n_clusters) == (0.1, "Cu", 5)
+    # a string field keeps the literal text
+    holdout = parse_sections(
+        {"diagnostics": DiagnosticsConfig}, {"diagnostics.holdout_group": "1e3"}
+    )
+    assert holdout["diagnostics"].holdout_group == "1e3"
+
+
+def test_parse_sections_lists_every_problem():
+    from chemgap.models.config import EnsembleConfig, ModelConfig
+
+    with pytest.raises(SpecError) as info:
+        parse_sections(
+            {"model": ModelConfig, "ensemble": EnsembleConfig},
+            {
+                "bogus": "1",
+                "ensemble.members": "-1",
+                "model.nonsense": "2",
+                "model.max_L": "9",
+                "model..x": "1",
+            },
+            source="--train-set",
+        )
+    exc = info.value
+    assert exc.source == "--train-set" and str(exc).startswith("--train-set: 5 problems")
+    assert "bogus: unknown key (got '1')" in exc.problems
+    assert "model.nonsense: unknown key (got 2)" in exc.problems
+    assert any(p.startswith("ensemble.members:") and "(got -1)" in p for p in exc.problems)
+    assert any(p.startswith("model.max_L:") and "(got 9)" in p for p in exc.problems)
+    assert any(p.startswith("model..x: empty path component") for p in exc.problems)
+
+
+def test_overrides_report_every_structural_problem():
+    with pytest.raises(SpecError) as info:
+        apply_overrides(cu_spec(), {"system.seeds.9.a": "3", "exploration.steps.x": "1"})
+    assert len(info.value.problems) == 2
+    msgs = problems(cu_spec(), overrides={"system.seeds.9.a": "3", "budget.max_iterations": "x"})
+    assert any("no item 9" in m for m in msgs)
+    assert any(m.startswith("budget.max_iterations:") for m in msgs)

@@ -79,7 +79,7 @@ def test_predict_writes_extxyz_with_uncertainty(trained):
     ("args", "needle"),
     [
         (["--set", "model.max_L=9"], "model.max_L"),
-        (["--set", "model.nonsense=1"], "unknown field"),
+        (["--set", "model.nonsense=1"], "model.nonsense: unknown key"),
         (["--set", "oops"], "KEY=VALUE"),
         (["--map", "Si=Ge"], "--init-from"),
     ],
@@ -95,3 +95,41 @@ def test_predict_missing_model_dir_exits_2(tmp_path):
     write_cu(tmp_path / "d.xyz", 1, 0)
     result = CliRunner().invoke(predict, [str(tmp_path / "nope"), str(tmp_path / "d.xyz")])
     assert result.exit_code == 2
+
+
+def test_every_set_problem_is_named_before_any_work(tmp_path):
+    # DATA does not even exist: the options are checked before anything is read or trained
+    result = CliRunner().invoke(
+        train,
+        [str(tmp_path / "data.xyz"), "-o", str(tmp_path / "m"),
+         "--set", "bogus=1", "--set", "ensemble.members=-1", "--set", "oops"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    out = result.output
+    assert "--set: 3 problems" in out
+    assert "bogus: unknown key (got '1')" in out
+    assert "ensemble.members:" in out and "(got -1)" in out
+    assert "expected KEY=VALUE (got 'oops')" in out
+    assert "Traceback" not in out and not (tmp_path / "m").exists()
+
+
+def test_done_when_with_a_labelled_file(tmp_path):
+    write_cu(tmp_path / "data.xyz", 2, 0)
+    result = CliRunner().invoke(
+        train,
+        [str(tmp_path / "data.xyz"), "-o", str(tmp_path / "m"),
+         "--set", "bogus=1", "--set", "ensemble.members=-1"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "bogus" in result.output and "ensemble.members" in result.output
+
+
+def test_predict_reports_errors_against_labels(trained):
+    root, _ = trained
+    result = CliRunner().invoke(predict, [str(root / "model"), str(root / "test.xyz")])
+    assert result.exit_code == 0, result.output
+    assert "vs labels: energy RMSE" in result.output
+    same = CliRunner().invoke(
+        predict, [str(root / "model"), str(root / "test.xyz"), "-o", str(root / "test.xyz")]
+    )
+    assert same.exit_code == 2 and "differ" in same.output

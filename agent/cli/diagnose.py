@@ -11,7 +11,15 @@ import click
 from rich import box
 from rich.table import Table
 
-from chemgap.agent.cli.common import console, handles_errors, parse_assignments
+from chemgap.agent.cli.common import console, handles_errors
+from chemgap.agent.cli.options import (
+    Overrides,
+    build_sections,
+    overrides_option,
+    ray_options,
+    seed_option,
+    with_runtime,
+)
 from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import SplitName
 
@@ -22,37 +30,8 @@ def _f(value: Any, fmt: str = ".3g") -> str:
     return format(value, fmt)
 
 
-def _diagnostics_cfg(base: Any, sets: tuple[str, ...], splits: tuple[str, ...]) -> Any:
-    """The spec's (or default) diagnostics section with ``--set FIELD=V`` and ``--split``."""
-    import yaml
-    from pydantic import ValidationError
-
-    from chemgap.campaigns.spec import DiagnosticsConfig
-
-    data = (base or DiagnosticsConfig()).model_dump()
-    for key, text in parse_assignments(sets).items():
-        name = key.removeprefix("diagnostics.")
-        if name not in DiagnosticsConfig.model_fields:
-            allowed = ", ".join(DiagnosticsConfig.model_fields)
-            raise BadInput(f"--set {key}: unknown diagnostics field; allowed: {allowed}")
-        try:
-            data[name] = yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
-            data[name] = text
-    if splits:
-        data["splits"] = list(splits)
-    try:
-        return DiagnosticsConfig(**data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        raise BadInput(
-            f"diagnostics.{where}: {first.get('input')!r} is not allowed ({msg})"
-        ) from None
-
-
 def regions_table(regions: list[Any], title: str) -> Table:
+    """Failure regions as a table, one row each, in the order given."""
     table = Table(
         title=title,
         box=box.SIMPLE_HEAD,
@@ -89,6 +68,7 @@ def regions_table(regions: list[Any], title: str) -> Table:
 
 
 def splits_table(splits: list[dict[str, Any]]) -> Table:
+    """The split study as a table: in- vs out-of-distribution error per split (its dicts)."""
     trained = any(s.get("trained") for s in splits)
     title = "splits: " + (
         "one ensemble trained per split (ID = held-out part of the train side)"
@@ -122,6 +102,83 @@ def splits_table(splits: list[dict[str, Any]]) -> Table:
             s.get("description", ""),
         )
     return table
+
+
+def diagnosis_configs(
+    run: Path | None,
+    sets: Overrides,
+    train_sets: Overrides,
+    splits: tuple[str, ...],
+) -> tuple[Any, Any, Any]:
+    """The diagnostics config and the split study's model and ensemble configs.
+
+    The diagnostics config is RUN's spec's section (or the defaults) with ``--set`` (keys may
+    leave out the ``diagnostics.`` prefix) and ``--split`` applied; the model and ensemble
+    configs are None unless ``--train-set`` is given (``run_diagnosis`` then takes the run's
+    spec or the defaults).
+
+    Raises:
+        BadInput: listing every problem of ``--set`` and of ``--train-set``.
+    """
+    from chemgap.agent.cli.train import training_configs
+
+    errors: list[str] = []
+    cfg = model_cfg = ens_cfg = None
+    try:
+        cfg = _diagnostics_cfg(run, sets, splits)
+    except BadInput as exc:
+        errors.append(str(exc))
+    try:
+        if train_sets:
+            model_cfg, ens_cfg = training_configs(train_sets)
+    except BadInput as exc:
+        errors.append(str(exc))
+    if errors:
+        raise BadInput("\n".join(errors))
+    return cfg, model_cfg, ens_cfg
+
+
+def _diagnostics_cfg(run: Path | None, sets: Overrides, splits: tuple[str, ...]) -> Any:
+    from chemgap.campaigns.spec import DiagnosticsConfig
+
+    base = None
+    if run is not None:
+        from chemgap.agent.store import RunStore
+
+        base = {"diagnostics": RunStore.open(run).spec.diagnostics}
+    extra = {"diagnostics.splits": list(splits)} if splits else None
+    sections = {"diagnostics": DiagnosticsConfig}
+    return build_sections(sections, sets.under("diagnostics"), extra=extra, base=base)[
+        "diagnostics"
+    ]
+
+
+def _print_diagnosis(done: Any, alpha: float) -> None:
+    res = done.result
+    b = res.baseline
+    console.print(
+        f"{b['n_structures']} structures, {b['n_atoms']} atoms · models {done.models} · "
+        f"force MAE {b['force_mae']:.4f} eV/Å, mean error norm {b['force_error_mean']:.4f} eV/Å, "
+        f"energy MAE {1000 * b['energy_mae_per_atom']:.3g} meV/atom · "
+        f"uncertainty{' (calibrated)' if b['calibrated'] else ''} "
+        f"{b['uncertainty_mean']:.4f} eV/Å, "
+        f"Spearman ρ {b['spearman_uncertainty_error']:.2f}",
+        soft_wrap=True,
+    )
+    console.print(
+        f"{len(res.regions)} failure regions ({res.n_tested} rules tested, "
+        f"Benjamini-Hochberg FDR {alpha:g}), most severe first",
+        soft_wrap=True,
+    )
+    if res.regions:
+        console.print(regions_table(res.regions, "failure regions"))
+    console.print(splits_table([s.to_dict() for s in res.splits]))
+    console.print(f"wrote {done.regions_path}")
+
+
+def _on_split(res: Any) -> None:
+    msg = f"skipped ({res.skipped})" if res.skipped else f"OOD force MAE {res.ood_force_mae:.4f}"
+    console.print(f"split {res.name}: {msg}")
 
 
 @click.command("diagnose")
@@ -159,24 +216,27 @@ def splits_table(splits: list[dict[str, Any]]) -> Table:
     show_default=True,
     help="Run the split study: train one ensemble per split (costs training time).",
 )
-@click.option(
+@overrides_option(
     "--set",
     "sets",
-    multiple=True,
     metavar="FIELD=V",
     help="Override a diagnostics field, e.g. --set alpha=0.1 (repeatable).",
 )
-@click.option(
+@overrides_option(
     "--train-set",
     "train_sets",
-    multiple=True,
     metavar="SECTION.FIELD=V",
     help="Split study: override model.* / ensemble.* (e.g. ensemble.max_epochs=20).",
 )
+@seed_option(default=None, help="Seed (default: the spec's, or 0).")
 @click.option(
-    "--seed", type=click.IntRange(min=0), default=None, help="Seed (default: the spec's, or 0)."
+    "--ray/--no-ray",
+    "use_ray",
+    default=False,
+    show_default=True,
+    help="Train the split study's members as Ray tasks (implied by --address).",
 )
-@click.option("--ray/--no-ray", "use_ray", default=False, show_default=True)
+@ray_options()
 @handles_errors
 def diagnose(
     run: Path | None,
@@ -185,10 +245,13 @@ def diagnose(
     out: Path | None,
     split_names: tuple[str, ...],
     train_splits: bool,
-    sets: tuple[str, ...],
-    train_sets: tuple[str, ...],
+    sets: Overrides,
+    train_sets: Overrides,
     seed: int | None,
     use_ray: bool,
+    address: str | None,
+    num_cpus: int | None,
+    dashboard: bool,
 ) -> None:
     """Find where an ensemble fails, in chemical terms: RUN, or --models MODEL_DIR --data FILE.
 
@@ -201,26 +264,10 @@ def diagnose(
         raise BadInput("diagnose: give RUN or --models/--data, not both")
     if run is None and (models is None or data is None):
         raise BadInput("diagnose: give RUN, or both --models MODEL_DIR and --data LABELLED")
-    base = None
-    if run is not None:
-        from chemgap.agent.store import RunStore
-
-        base = RunStore.open(run).spec.diagnostics
-    cfg = _diagnostics_cfg(base, sets, split_names)
-    model_cfg = ens_cfg = None
-    if train_sets:
-        from chemgap.agent.cli.train import _configs
-
-        model_cfg, ens_cfg = _configs(train_sets, None, None)
-
-    def on_split(res: Any) -> None:
-        msg = (
-            f"skipped ({res.skipped})" if res.skipped else f"OOD force MAE {res.ood_force_mae:.4f}"
-        )
-        console.print(f"split {res.name}: {msg}")
-
-    def go() -> Any:
-        return run_diagnosis(
+    cfg, model_cfg, ens_cfg = diagnosis_configs(run, sets, train_sets, split_names)
+    enabled = use_ray or address is not None
+    with with_runtime(enabled, address, num_cpus=num_cpus, dashboard=dashboard) as executor:
+        done = run_diagnosis(
             run,
             models=models,
             data=data,
@@ -230,37 +277,10 @@ def diagnose(
             train_splits=train_splits,
             model_cfg=model_cfg,
             ens_cfg=ens_cfg,
-            use_ray=use_ray,
-            on_split=on_split,
+            executor=executor,
+            on_split=_on_split,
         )
-
-    if train_splits and use_ray:
-        from chemgap.agent.runtime import ray_runtime
-
-        with ray_runtime(None):
-            done = go()
-    else:
-        done = go()
-    res = done.result
-    b = res.baseline
-    console.print(
-        f"{b['n_structures']} structures, {b['n_atoms']} atoms · models {done.models} · "
-        f"force MAE {b['force_mae']:.4f} eV/Å, mean error norm {b['force_error_mean']:.4f} eV/Å, "
-        f"energy MAE {1000 * b['energy_mae_per_atom']:.3g} meV/atom · "
-        f"uncertainty{' (calibrated)' if b['calibrated'] else ''} "
-        f"{b['uncertainty_mean']:.4f} eV/Å, "
-        f"Spearman ρ {b['spearman_uncertainty_error']:.2f}",
-        soft_wrap=True,
-    )
-    console.print(
-        f"{len(res.regions)} failure regions ({res.n_tested} rules tested, "
-        f"Benjamini-Hochberg FDR {cfg.alpha:g}), most severe first",
-        soft_wrap=True,
-    )
-    if res.regions:
-        console.print(regions_table(res.regions, "failure regions"))
-    console.print(splits_table([s.to_dict() for s in res.splits]))
-    console.print(f"wrote {done.regions_path}")
+    _print_diagnosis(done, cfg.alpha)
 
 
 @click.command("inspect")

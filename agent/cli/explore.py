@@ -2,16 +2,64 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
+from typing import Any
 
 import click
-import numpy as np
 from rich.table import Table
 
-from chemgap.agent.cli.common import address_option, console, handles_errors, read_structures
+from chemgap.agent.cli.common import console, handles_errors, read_structures
+from chemgap.agent.cli.options import build_sections, ray_options, seed_option, with_runtime
 from chemgap.agent.errors import BadInput
-from chemgap.campaigns.spec import SelectionStrategy
+from chemgap.campaigns.spec import (
+    ExplorationConfig,
+    SelectionConfig,
+    SelectionStrategy,
+    TrustConfig,
+    TrustMode,
+)
+
+FLAGS = {
+    "exploration.walkers": "--walkers",
+    "exploration.steps": "--steps",
+    "exploration.temperatures_K": "--temperature",
+    "exploration.timestep_fs": "--timestep-fs",
+    "exploration.trust": "--lower/--upper",
+}
+"""The exploration field each of ``explore``'s flags sets (named in problem lines)."""
+
+_EXPLORATION = ExplorationConfig.model_fields
+_TRUST = TrustConfig.model_fields
+_SELECTION = SelectionConfig.model_fields
+
+
+def exploration_config(**options: Any) -> ExplorationConfig:
+    """The exploration section from ``explore``'s options (``walkers``, ``steps``, ...).
+
+    Args:
+        **options: ``walkers``, ``steps``, ``temperatures_K``, ``timestep_fs`` and ``trust``
+            (a dict of trust fields), as :class:`ExplorationConfig` names them; None: the
+            spec's default.
+
+    Raises:
+        BadInput: listing every problem, under the flags that set them.
+    """
+    extra = {f"exploration.{k}": v for k, v in options.items() if v is not None}
+    out = build_sections(
+        {"exploration": ExplorationConfig}, extra=extra, source="explore", names=FLAGS
+    )
+    return out["exploration"]  # type: ignore[return-value]
+
+
+def _table(fractions: dict[str, dict[str, float]]) -> Table:
+    table = Table(title="exploration")
+    for col in ("walker group", "accurate", "candidate", "failed"):
+        table.add_column(col, justify="left" if col == "walker group" else "right")
+    for group, frac in fractions.items():
+        table.add_row(
+            group, *(f"{100 * frac[k]:.1f}%" for k in ("accurate", "candidate", "failed"))
+        )
+    return table
 
 
 @click.command("explore")
@@ -31,31 +79,34 @@ from chemgap.campaigns.spec import SelectionStrategy
     default=None,
     help="MD walkers (default: one per seed structure).",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=_EXPLORATION["steps"].default, show_default=True
+)
 @click.option(
     "--temperature",
     "temperatures",
     type=click.FloatRange(min=0, min_open=True),
     multiple=True,
-    help="K; repeat for a ladder (walkers cycle through it) [300].",
+    help="K; repeat for a ladder (walkers cycle through it) "
+    f"[{', '.join(f'{t:g}' for t in _EXPLORATION['temperatures_K'].default)}].",
 )
 @click.option(
     "--timestep-fs",
     type=click.FloatRange(min=0, min_open=True, max=10),
-    default=1.0,
+    default=_EXPLORATION["timestep_fs"].default,
     show_default=True,
 )
 @click.option(
     "--budget",
     type=click.IntRange(min=1),
-    default=16,
+    default=_SELECTION["batch_size"].default,
     show_default=True,
     help="Structures to select for labelling.",
 )
 @click.option(
     "--strategy",
     type=click.Choice([s.value for s in SelectionStrategy]),
-    default="diverse",
+    default=SelectionStrategy(_SELECTION["strategy"].default).value,
     show_default=True,
 )
 @click.option(
@@ -67,26 +118,26 @@ from chemgap.campaigns.spec import SelectionStrategy
 @click.option(
     "--lower",
     type=float,
-    default=0.05,
+    default=_TRUST["lower"].default,
     show_default=True,
     help="Fixed trust level, eV/Å (without --holdout).",
 )
 @click.option(
     "--upper",
     type=float,
-    default=0.15,
+    default=_TRUST["upper"].default,
     show_default=True,
     help="Fixed restart level, eV/Å (without --holdout).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option()
 @click.option(
     "--tasks",
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Walker groups run as parallel Ray tasks.",
+    help="Walker groups run as parallel Ray tasks (Ray starts when > 1 or with --address).",
 )
-@address_option
+@ray_options()
 @handles_errors
 def explore(
     model_dir: Path,
@@ -104,18 +155,28 @@ def explore(
     seed: int,
     tasks: int,
     address: str | None,
+    num_cpus: int | None,
+    dashboard: bool,
 ) -> None:
-    """Explore from the structures in SEEDS with the ensemble in MODEL_DIR; write the selected
-    candidates (with their uncertainty and provenance) to --output."""
-    import ase.io
-    from pydantic import ValidationError
+    """Explore from SEEDS with the ensemble in MODEL_DIR; write a batch to label to --output.
 
-    from chemgap.agent.explore import explore_groups, trust_levels
-    from chemgap.agent.runtime import ray_runtime
-    from chemgap.agent.selection import Candidates, select
-    from chemgap.campaigns.spec import ExplorationConfig
+    The selected candidates are written with their uncertainty and provenance
+    (md_failure=False), followed by the last frame of each walker the model drove into an
+    unphysical geometry (md_failure=True).
+    """
+    import ase.io
+
+    from chemgap.agent.explore import explore_and_select
     from chemgap.models.ensemble import Ensemble
 
+    mode = TrustMode.CALIBRATED if holdout else TrustMode.FIXED
+    cfg = exploration_config(
+        walkers=walkers,
+        steps=steps,
+        timestep_fs=timestep_fs,
+        temperatures_K=list(temperatures) or None,
+        trust={"mode": mode.value, "lower": lower, "upper": upper},
+    )
     if not (model_dir / "ensemble.json").is_file():
         raise BadInput(
             f"MODEL_DIR: {model_dir} holds no ensemble.json (train one with 'chemgap train')"
@@ -123,74 +184,33 @@ def explore(
     start = read_structures(seeds, "SEEDS")
     n = walkers or len(start)
     structures = [start[i % len(start)].copy() for i in range(n)]
-    try:
-        cfg = ExplorationConfig(
-            walkers=n,
-            steps=steps,
-            temperatures_K=list(temperatures) or [300.0],
-            timestep_fs=timestep_fs,
-            trust={"mode": "calibrated" if holdout else "fixed", "lower": lower, "upper": upper},
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        if first["loc"][0] == "trust":
-            raise BadInput(f"--lower/--upper: {msg} (got {lower:g}, {upper:g} eV/Å)") from None
-        raise BadInput(f"--{first['loc'][0]}: {msg} (got {first.get('input')!r})") from None
+    cfg = cfg.model_copy(update={"walkers": n})
+    ref = read_structures(holdout, "--holdout") if holdout else None
     ensemble = Ensemble.load(model_dir)
-    missing = {s for a in structures for s in a.get_chemical_symbols()} - set(ensemble.elements)
-    if missing:
-        raise BadInput(
-            f"SEEDS: element(s) {', '.join(sorted(missing))} are not in the "
-            f"ensemble's elements ({', '.join(ensemble.elements)})"
-        )
-    levels = None
-    if holdout is not None:
-        ref = ensemble.predict(read_structures(holdout, "--holdout"))
-        levels = trust_levels(
-            cfg.trust,
-            force_std_atom_cal=ref.force_std_atom_cal,
-            numbers=ref.numbers,
-            system_idx=ref.system_idx,
-        )
-    use_ray = tasks > 1 or address is not None
-    with ray_runtime(address) if use_ray else contextlib.nullcontext() as info:
-        if info is not None and info.dashboard_url:
-            console.print(f"Ray dashboard: {info.dashboard_url}")
-        with console.status(f"exploring: {n} walkers × {steps} steps"):
-            result = explore_groups(
-                ensemble, structures, cfg, n_tasks=tasks, levels=levels, seed=seed
+    enabled = tasks > 1 or address is not None
+    with (
+        with_runtime(enabled, address, num_cpus=num_cpus, dashboard=dashboard) as executor,
+        console.status(f"exploring: {n} walkers × {steps} steps"),
+    ):
+        try:
+            sel = explore_and_select(
+                ensemble,
+                structures,
+                cfg,
+                budget=budget,
+                strategy=strategy,
+                holdout=ref,
+                seed=seed,
+                n_tasks=tasks,
+                executor=executor,
             )
-    table = Table(title="exploration")
-    for col in ("walker group", "accurate", "candidate", "failed"):
-        table.add_column(col, justify="left" if col == "walker group" else "right")
-    for group, frac in result.fractions().items():
-        table.add_row(
-            group, *(f"{100 * frac[k]:.1f}%" for k in ("accurate", "candidate", "failed"))
-        )
-    console.print(table)
-    chosen = []
-    if result.candidates:
-        cands = result.candidates
-        sel = select(
-            Candidates(
-                uncertainty=[c.info["uncertainty"] for c in cands],
-                descriptors=ensemble.descriptors(cands),
-                elements=[frozenset(c.get_chemical_symbols()) for c in cands],
-            ),
-            budget=budget,
-            strategy=strategy,
-            rng=np.random.default_rng(seed),
-        )
-        chosen = [cands[i] for i in sel.indices]
-    for atoms in chosen:
-        atoms.info["md_failure"] = False
-    failures = [f.frames[-1] for f in result.failures]
-    for atoms in failures:
-        atoms.info["md_failure"] = True
-    ase.io.write(out, chosen + failures, format="extxyz")
+        except ValueError as exc:
+            raise BadInput(f"SEEDS: {exc}") from None
+    result = sel.result
+    console.print(_table(result.fractions()))
+    ase.io.write(out, sel.selected + sel.failure_frames, format="extxyz")
     console.print(
         f"{len(result.candidates)} candidates, {len(result.failures)} md_failures in "
-        f"{result.steps} walker-steps; wrote {len(chosen)} selected + {len(failures)} failure "
-        f"frames to {out}"
+        f"{result.steps} walker-steps; wrote {len(sel.selected)} selected + "
+        f"{len(sel.failure_frames)} failure frames to {out}"
     )

@@ -10,8 +10,8 @@ import click
 from rich.logging import RichHandler
 from rich.table import Table
 
-from chemgap.agent.cli.common import console, handles_errors, parse_assignments
-from chemgap.agent.errors import BadInput
+from chemgap.agent.cli.common import console, handles_errors
+from chemgap.agent.cli.options import Overrides, load_campaign, overrides_option
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -33,28 +33,13 @@ def main(verbose: int) -> None:
     _configure_logging(verbose)
 
 
-def _load(spec: str, sets: tuple[str, ...]):
-    from chemgap.campaigns.spec import SpecError, load_spec
-
-    try:
-        return load_spec(spec, parse_assignments(sets))
-    except SpecError as exc:
-        raise BadInput(str(exc)) from None
-
-
 @main.command()
 @click.argument("spec")
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="PATH=VALUE",
-    help="Override a field, e.g. --set exploration.steps=50 (repeatable).",
-)
+@overrides_option(help="Override a field, e.g. --set exploration.steps=50 (repeatable).")
 @handles_errors
-def validate(spec: str, sets: tuple[str, ...]) -> None:
+def validate(spec: str, sets: Overrides) -> None:
     """Check a campaign SPEC (a YAML file or a built-in name); list every problem."""
-    console.print(f"[green]ok[/] {_load(spec, sets).summary()}", soft_wrap=True)
+    console.print(f"[green]ok[/] {load_campaign(spec, sets).summary()}", soft_wrap=True)
 
 
 @main.command()

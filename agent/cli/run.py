@@ -10,7 +10,8 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chemgap.agent.cli.common import address_option, console, handles_errors, parse_assignments
+from chemgap.agent.cli.common import console, handles_errors
+from chemgap.agent.cli.options import Overrides, address_option, load_campaign, overrides_option
 from chemgap.agent.errors import BadInput
 
 STEP_TEXT = {
@@ -33,6 +34,7 @@ class Reporter:
         self.task: Any = None
 
     def __call__(self, event: str, payload: dict[str, Any]) -> None:
+        """Handle one campaign event (``step``, ``label`` or ``iteration``) and its payload."""
         match event:
             case "step":
                 self._close()
@@ -95,6 +97,7 @@ def _drive(store, address: str | None) -> None:
                 store,
                 report=Reporter(progress, store.spec.ensemble.members),
                 num_cpus=info.num_cpus,
+                executor=info.executor,
             )
     console.print(f"[bold green]done[/] after {time.monotonic() - t0:.0f} s: {reason}")
     console.print(f"  state:    chemgap status {store.root}")
@@ -113,25 +116,15 @@ def _drive(store, address: str | None) -> None:
     default=None,
     help="Run directory (default: runs/CAMPAIGN-YYYYmmdd-HHMMSS).",
 )
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="PATH=VALUE",
-    help="Override a spec field, e.g. --set budget.max_iterations=2 (repeatable).",
-)
+@overrides_option(help="Override a spec field, e.g. --set budget.max_iterations=2 (repeatable).")
 @address_option
-@handles_errors
-def run(campaign: str, out: Path | None, sets: tuple[str, ...], address: str | None) -> None:
+@handles_errors(resumable=True)
+def run(campaign: str, out: Path | None, sets: Overrides, address: str | None) -> None:
     """Run CAMPAIGN (a built-in name or a spec file; default cu-defects) to its end."""
     from chemgap.agent.store import RunStore
-    from chemgap.campaigns.spec import SpecError, load_spec
     from chemgap.oracle import check_backend
 
-    try:
-        spec = load_spec(campaign, parse_assignments(sets))
-    except SpecError as exc:
-        raise BadInput(str(exc)) from None
+    spec = load_campaign(campaign, sets)
     try:
         check_backend(spec.oracle)
     except ValueError as exc:
@@ -145,7 +138,7 @@ def run(campaign: str, out: Path | None, sets: tuple[str, ...], address: str | N
 @click.command("resume")
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @address_option
-@handles_errors
+@handles_errors(resumable=True)
 def resume(run_dir: Path, address: str | None) -> None:
     """Continue the campaign in RUN from its last finished step."""
     from chemgap.agent.store import RunStore

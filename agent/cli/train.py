@@ -2,60 +2,112 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
-from pydantic import ValidationError
 
-from chemgap.agent.cli.common import (
-    address_option,
-    console,
-    handles_errors,
-    parse_assignments,
-    read_structures,
+from chemgap.agent.cli.common import console, handles_errors, read_structures
+from chemgap.agent.cli.options import (
+    Overrides,
+    build_sections,
+    overrides_option,
+    ray_options,
+    seed_option,
+    with_runtime,
 )
 from chemgap.agent.errors import BadInput
 from chemgap.models.config import EnsembleConfig, EnsembleMode, ModelConfig
 
-log = logging.getLogger(__name__)
+TRAIN_SECTIONS = {"model": ModelConfig, "ensemble": EnsembleConfig}
+"""The sections ``--set`` (train) and ``--train-set`` (diagnose) override."""
 
-_SECTIONS = {"model": ModelConfig, "ensemble": EnsembleConfig}
+
+def training_configs(overrides: Overrides, **flags: Any) -> tuple[ModelConfig, EnsembleConfig]:
+    """The model and ensemble configs: defaults, ``--set section.field=V``, then the flags.
+
+    Args:
+        overrides: ``model.*`` / ``ensemble.*`` items.
+        **flags: ``ensemble`` fields set by the command's own flags (None: not given).
+
+    Raises:
+        BadInput: listing every problem, under the flag the user typed.
+    """
+    extra = {f"ensemble.{k}": v for k, v in flags.items() if v is not None}
+    out = build_sections(TRAIN_SECTIONS, overrides, extra=extra)
+    return out["model"], out["ensemble"]  # type: ignore[return-value]
 
 
-def _configs(
-    assignments: tuple[str, ...], members: int | None, mode: str | None
-) -> tuple[ModelConfig, EnsembleConfig]:
-    """Defaults overridden by ``--set section.field=value`` (values parsed as YAML)."""
-    fields: dict[str, dict[str, Any]] = {"model": {}, "ensemble": {}}
-    for key, text in parse_assignments(assignments).items():
-        section, dot, name = key.partition(".")
-        if not dot or section not in _SECTIONS:
-            raise BadInput(f"--set {key}: expected model.FIELD or ensemble.FIELD")
-        allowed = list(_SECTIONS[section].model_fields)
-        if name not in allowed:
-            raise BadInput(f"--set {key}: unknown field {name!r}; allowed: {', '.join(allowed)}")
-        try:
-            fields[section][name] = yaml.safe_load(text) if text.strip() else text
-        except yaml.YAMLError:
-            fields[section][name] = text
-    if members is not None:
-        fields["ensemble"]["members"] = members
-    if mode is not None:
-        fields["ensemble"]["mode"] = mode
-    out = []
-    for section, cls in _SECTIONS.items():
-        try:
-            out.append(cls(**fields[section]))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            value = fields[section].get(str(first["loc"][0]), None) if first["loc"] else None
-            msg = str(first["msg"]).removeprefix("Value error, ")
-            raise BadInput(f"{section}.{where}: {value!r} is not allowed ({msg})") from None
-    return out[0], out[1]
+def _element_map(items: tuple[str, ...], init_from: Path | None) -> dict[str, str] | None:
+    from chemgap.models.transfer import parse_element_map
+
+    if not items:
+        return None
+    if init_from is None:
+        raise BadInput("--map: needs --init-from (the source model directory)")
+    try:
+        return parse_element_map(list(items))
+    except ValueError as exc:
+        raise BadInput(f"--map: {exc}") from None
+
+
+def _check_dirs(init_from: Path | None, out_dir: Path) -> None:
+    if init_from is not None and not (init_from / "ensemble.json").exists():
+        raise BadInput(f"--init-from: {init_from} is not a model directory (no ensemble.json)")
+    if (out_dir / "ensemble.json").exists():
+        raise BadInput(f"-o: {out_dir} already holds a model; choose a new directory")
+
+
+@contextlib.contextmanager
+def _member_bars(k: int) -> Iterator[Callable[[Any], None]]:
+    """A progress bar per member; yields the ``progress`` callback of ``train_ensemble``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    ) as bar:
+        tasks: dict[int, Any] = {}
+
+        def on_progress(event: Any) -> None:
+            if event.member not in tasks:
+                tasks[event.member] = bar.add_task(
+                    f"member {event.member + 1}/{k}", total=event.max_epochs, info=""
+                )
+            total = event.epoch if event.done else event.max_epochs
+            info = f"valid loss {event.valid_loss:.4g}" + (" · done" if event.done else "")
+            bar.update(tasks[event.member], completed=event.epoch, total=total, info=info)
+
+        yield on_progress
+
+
+def _report_members(ens: Any) -> None:
+    nan = float("nan")
+    for k, meta in enumerate(ens.member_metrics()):
+        console.print(
+            f"member {k}: epochs {meta.get('epochs')}, stopped by {meta.get('stopped')}, "
+            f"valid E RMSE {1000 * meta.get('valid_rmse_e_per_atom', nan):.3g} meV/atom, "
+            f"F RMSE {1000 * meta.get('valid_rmse_f', nan):.3g} meV/Å"
+        )
+
+
+def _calibrate(ens: Any, held_out: list) -> None:
+    try:
+        cal = ens.calibrate(held_out)
+    except ValueError as exc:
+        raise BadInput(f"--calibrate: {exc}") from None
+    raw, new = cal.metrics["raw"], cal.metrics["calibrated"]
+    console.print(
+        f"calibration: force std x{cal.force_scale:.3g}, energy std x{cal.energy_scale:.3g}; "
+        f"Spearman ρ (atoms) {raw['spearman_atom']:.3f}; miscalibration area "
+        f"{raw['miscalibration_area_forces']:.3f} -> {new['miscalibration_area_forces']:.3f}; "
+        f"95% coverage {raw['coverage_95_forces']:.2f} -> {new['coverage_95_forces']:.2f}"
+    )
 
 
 @click.command("train")
@@ -75,10 +127,9 @@ def _configs(
     default=None,
     help="How members differ (default deep).",
 )
-@click.option(
+@overrides_option(
     "--set",
     "assignments",
-    multiple=True,
     metavar="SECTION.FIELD=V",
     help="Override a model.* or ensemble.* setting, e.g. model.num_channels=32. Repeatable.",
 )
@@ -115,18 +166,22 @@ def _configs(
     metavar="BLOCK",
     help="Parameter block kept fixed while fine-tuning (e.g. interactions.0). Repeatable.",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--ray/--no-ray", "use_ray", default=True, show_default=True)
-@address_option
-@click.option("--num-cpus", default=None, type=click.IntRange(min=1), help="CPUs of a local Ray.")
-@click.option("--dashboard/--no-dashboard", default=False, show_default=True)
+@seed_option()
+@click.option(
+    "--ray/--no-ray",
+    "use_ray",
+    default=True,
+    show_default=True,
+    help="Train the members as parallel Ray tasks (--no-ray: one after another, in-process).",
+)
+@ray_options()
 @handles_errors
 def train(
     data_path: Path,
     out_dir: Path,
     members: int | None,
     mode: str | None,
-    assignments: tuple[str, ...],
+    assignments: Overrides,
     valid_path: Path | None,
     calib_path: Path | None,
     init_from: Path | None,
@@ -138,113 +193,45 @@ def train(
     num_cpus: int | None,
     dashboard: bool,
 ) -> None:
-    """Train a MACE ensemble on the labelled structures in DATA and save it in MODEL_DIR.
+    """Train a MACE ensemble on the labelled structures in DATA; save it in the -o directory.
 
-    Labels: REF_energy / REF_forces / REF_stress (or plain energy/forces/stress columns).
+    Labels: the REF_* keys (energy, forces, stress), or plain energy/forces/stress columns.
     """
-    from chemgap.models.calibration import calibrate
     from chemgap.models.ensemble import train_ensemble
-    from chemgap.models.transfer import parse_element_map
 
-    model_cfg, ens_cfg = _configs(assignments, members, mode)
+    model_cfg, ens_cfg = training_configs(assignments, members=members, mode=mode)
+    emap = _element_map(element_map, init_from)
+    _check_dirs(init_from, out_dir)
     structures = read_structures(data_path, "DATA")
     valid = read_structures(valid_path, "--valid") if valid_path else None
     held_out = read_structures(calib_path, "--calibrate") if calib_path else None
-    emap = None
-    if element_map:
-        if init_from is None:
-            raise BadInput("--map: needs --init-from (the source model directory)")
-        try:
-            emap = parse_element_map(list(element_map))
-        except ValueError as exc:
-            raise BadInput(f"--map: {exc}") from None
-    if init_from is not None and not (init_from / "ensemble.json").exists():
-        raise BadInput(f"--init-from: {init_from} is not a model directory (no ensemble.json)")
-    if out_dir.exists() and (out_dir / "ensemble.json").exists():
-        raise BadInput(f"-o: {out_dir} already holds a model; choose a new directory")
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    k = ens_cfg.members
     console.print(
-        f"training {k} {ens_cfg.mode} member(s) on {len(structures)} structures from {data_path}"
+        f"training {ens_cfg.members} {ens_cfg.mode} member(s) on {len(structures)} structures "
+        f"from {data_path}"
     )
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
-    ) as bar:
-        tasks: dict[int, Any] = {}
-
-        def on_progress(event: Any) -> None:
-            if event.member not in tasks:
-                tasks[event.member] = bar.add_task(
-                    f"member {event.member + 1}/{k}", total=event.max_epochs, info=""
-                )
-            tid = tasks[event.member]
-            total = event.epoch if event.done else event.max_epochs
-            info = f"valid loss {event.valid_loss:.4g}" + (" · done" if event.done else "")
-            bar.update(tid, completed=event.epoch, total=total, info=info)
-
-        def run() -> Any:
-            try:
-                return train_ensemble(
-                    structures,
-                    model_cfg,
-                    ens_cfg,
-                    out_dir,
-                    seed=seed,
-                    valid=valid,
-                    init_from=init_from,
-                    element_map=emap,
-                    freeze=freeze,
-                    progress=on_progress,
-                    use_ray=use_ray,
-                )
-            except ValueError as exc:
-                raise BadInput(str(exc)) from None
-
-        if use_ray:
-            from chemgap.agent.runtime import ray_runtime
-
-            with ray_runtime(address, num_cpus=num_cpus, dashboard=dashboard) as runtime:
-                if runtime.dashboard_url:
-                    console.print(f"Ray dashboard: {runtime.dashboard_url}")
-                ens = run()
-        else:
-            ens = run()
-
-    for k_, meta in enumerate(_member_metrics(ens)):
-        console.print(
-            f"member {k_}: epochs {meta.get('epochs')}, stopped by {meta.get('stopped')}, "
-            f"valid E RMSE {1000 * meta.get('valid_rmse_e_per_atom', float('nan')):.3g} meV/atom, "
-            f"F RMSE {1000 * meta.get('valid_rmse_f', float('nan')):.3g} meV/Å"
-        )
-    if held_out is not None:
+    runtime = with_runtime(use_ray, address, num_cpus=num_cpus, dashboard=dashboard)
+    with runtime as executor, _member_bars(ens_cfg.members) as on_progress:
         try:
-            cal = calibrate(ens, held_out)
+            ens = train_ensemble(
+                structures,
+                model_cfg,
+                ens_cfg,
+                out_dir,
+                seed=seed,
+                valid=valid,
+                init_from=init_from,
+                element_map=emap,
+                freeze=freeze,
+                progress=on_progress,
+                executor=executor,
+            )
         except ValueError as exc:
-            raise BadInput(f"--calibrate: {exc}") from None
-        raw, new = cal.metrics["raw"], cal.metrics["calibrated"]
-        console.print(
-            f"calibration: force std x{cal.force_scale:.3g}, energy std x{cal.energy_scale:.3g}; "
-            f"Spearman ρ (atoms) {raw['spearman_atom']:.3f}; miscalibration area "
-            f"{raw['miscalibration_area_forces']:.3f} -> {new['miscalibration_area_forces']:.3f}; "
-            f"95% coverage {raw['coverage_95_forces']:.2f} -> {new['coverage_95_forces']:.2f}"
-        )
+            raise BadInput(str(exc)) from None
+    _report_members(ens)
+    if held_out is not None:
+        _calibrate(ens, held_out)
     console.print(f"saved {ens.n_members} member(s) to {out_dir}")
-
-
-def _member_metrics(ens: Any) -> list[dict]:
-    from chemgap.models.io import member_stem, read_json
-
-    out = []
-    for k in range(ens.n_members):
-        path = ens.path / f"{member_stem(k)}.json"
-        out.append(read_json(path).get("metrics", {}) if path.exists() else {})
-    return out
 
 
 @click.command("predict")
@@ -267,62 +254,49 @@ def predict(model_dir: Path, input_path: Path, output_path: Path | None, stress:
     max_devi_f) and their *_cal calibrated versions; per atom: pred_forces, pred_force_std.
     """
     import ase.io
-    import numpy as np
 
     from chemgap.models.ensemble import Ensemble
 
     if not (model_dir / "ensemble.json").exists():
         raise BadInput(f"MODEL_DIR: {model_dir} is not a model directory (no ensemble.json)")
+    if output_path is not None and output_path.resolve() == input_path.resolve():
+        raise BadInput("-o: OUT must differ from IN")
     structures = read_structures(input_path, "IN")
     ens = Ensemble.load(model_dir)
     try:
         pred = ens.predict(structures, compute_stress=stress)
     except ValueError as exc:
         raise BadInput(f"IN: {exc}") from None
-    out = []
-    for i, atoms in enumerate(structures):
-        a = atoms.copy()
-        sl = pred.per_structure(i)
-        a.info["pred_energy"] = float(pred.energy_mean[i])
-        a.info["pred_energy_std"] = float(pred.energy_std[i])
-        a.info["pred_energy_std_cal"] = float(pred.energy_std_cal[i])
-        a.info["pred_max_force_std"] = float(pred.max_force_std[i])
-        a.info["pred_max_force_std_cal"] = float(pred.max_force_std_cal[i])
-        a.arrays["pred_forces"] = pred.forces_mean[sl]
-        a.arrays["pred_force_std"] = pred.force_std_atom[sl]
-        a.arrays["pred_force_std_cal"] = pred.force_std_atom_cal[sl]
-        if pred.stress_mean is not None:
-            a.info["pred_stress"] = pred.stress_mean[i]
-            a.info["pred_stress_std"] = pred.stress_std[i]
-        out.append(a)
     if output_path is not None:
-        if output_path.resolve() == input_path.resolve():
-            raise BadInput("-o: OUT must differ from IN")
-        ase.io.write(output_path, out, format="extxyz")
+        ase.io.write(output_path, pred.annotate(structures), format="extxyz")
+    _report_prediction(pred, structures, ens.n_members)
+    if output_path is not None:
+        console.print(f"wrote {len(structures)} structures to {output_path}")
 
-    n_atoms = np.bincount(pred.system_idx)
+
+def _report_prediction(pred: Any, structures: list, n_members: int) -> None:
+    import numpy as np
+
+    from chemgap.common.keys import has_labels
+    from chemgap.common.metrics import score
+
+    per_atom = pred.energy_std_cal / np.array([len(a) for a in structures])
     console.print(
-        f"{len(structures)} structures, {ens.n_members} members"
+        f"{len(structures)} structures, {n_members} members"
         f"{' (calibrated)' if pred.calibrated else ''}"
     )
     console.print(
-        f"energy std per atom: mean {1000 * np.mean(pred.energy_std_cal / n_atoms):.3g} meV, "
-        f"max {1000 * np.max(pred.energy_std_cal / n_atoms):.3g} meV"
+        f"energy std per atom: mean {1000 * np.mean(per_atom):.3g} meV, "
+        f"max {1000 * np.max(per_atom):.3g} meV"
     )
     console.print(
         f"max force std (max_devi_f): mean {np.mean(pred.max_force_std_cal):.4g} eV/Å, "
         f"max {np.max(pred.max_force_std_cal):.4g} eV/Å "
         f"(structure {int(np.argmax(pred.max_force_std_cal))})"
     )
-    labelled = [a for a in structures if "REF_energy" in a.info and "REF_forces" in a.arrays]
-    if len(labelled) == len(structures):
-        e_ref = np.array([a.info["REF_energy"] for a in structures])
-        f_ref = np.concatenate([a.arrays["REF_forces"] for a in structures])
-        rmse_e = np.sqrt(np.mean(((pred.energy_mean - e_ref) / n_atoms) ** 2))
-        rmse_f = np.sqrt(np.mean((pred.forces_mean - f_ref) ** 2))
+    if all(has_labels(a) for a in structures):
+        report = score(pred, structures)
         console.print(
-            f"vs labels: energy RMSE {1000 * rmse_e:.3g} meV/atom, "
-            f"force RMSE {1000 * rmse_f:.3g} meV/Å"
+            f"vs labels: energy RMSE {1000 * report.energy_rmse_per_atom:.3g} meV/atom, "
+            f"force RMSE {1000 * report.force_rmse:.3g} meV/Å"
         )
-    if output_path is not None:
-        console.print(f"wrote {len(out)} structures to {output_path}")
