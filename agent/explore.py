@@ -2,11 +2,12 @@
 
 All W walkers (any sizes, compositions, periodic or not) form one disjoint graph; every step
 evaluates all K ensemble members on it once, the ensemble-mean force drives BAOAB Langevin
-dynamics (Leimkuhler & Matthews, Appl. Math. Res. Express 2013, 34) with a temperature and
-friction per walker, and the per-atom force spread is the uncertainty. The graph is built with a
-cutoff of ``r_max + skin`` and reused while no atom has moved more than ``skin / 2`` since it was
-built: MACE's polynomial envelope is exactly zero beyond ``r_max``, so the extra edges change
-nothing and the forces equal those of a fresh graph.
+dynamics (Leimkuhler & Matthews, Appl. Math. Res. Express 2013, 34; the steps are
+:mod:`chemgap.agent.md`'s) with a temperature and friction per walker, and the per-atom force
+spread is the uncertainty, judged against the trust window of :mod:`chemgap.agent.trust`. The
+graph is built with a cutoff of ``r_max + skin`` and reused while no atom has moved more than
+``skin / 2`` since it was built: MACE's polynomial envelope is exactly zero beyond ``r_max``, so
+the extra edges change nothing and the forces equal those of a fresh graph.
 
 Per-walker stops: a frame above the upper trust level is recorded as a candidate and the walker
 restarts from its last accurate frame; an unphysical geometry, NaN or exploding energy is an
@@ -14,11 +15,14 @@ restarts from its last accurate frame; an unphysical geometry, NaN or exploding 
 the same restart; every walker stops at the step cap. The last accurate frame is stored with its
 ensemble forces, so a restart costs no evaluation, and the graph is kept when the restored frame
 lies within the skin of where it was built.
+
+:func:`explore_groups` splits the walkers into tasks on an executor
+(:mod:`chemgap.common.tasks`) when that pays; :func:`explore_and_select` adds the trust levels
+and the selection of a labelling batch (what ``chemgap explore`` does).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -28,9 +32,35 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms, units
-from ase.data import atomic_masses, chemical_symbols, covalent_radii
+from ase.data import covalent_radii
 
-from chemgap.campaigns.spec import ExplorationConfig, TrustConfig, TrustMode
+from chemgap.agent.md import (
+    WalkerState,
+    baoab_step,
+    init_state,
+    kinetic_energy,
+    langevin_coefficients,
+    maxwell_boltzmann,
+)
+from chemgap.agent.selection import Candidates, select
+from chemgap.agent.trust import TrustLevels, trust_levels
+from chemgap.campaigns.spec import ExplorationConfig, TrustMode
+from chemgap.common.tasks import Executor, Task
+
+__all__ = [
+    "BatchedForceField",
+    "ExplorationResult",
+    "ExploreSelection",
+    "MDFailure",
+    "StepCheck",
+    "TrustLevels",  # re-exported from chemgap.agent.trust while callers move
+    "explore",
+    "explore_and_select",
+    "explore_groups",
+    "explore_task",
+    "trust_levels",  # re-exported from chemgap.agent.trust while callers move
+    "walker_defaults",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,167 +69,6 @@ MAX_ENERGY_CHANGE_PER_ATOM = 5.0
 MAX_FORCE = 100.0  # eV/Å; beyond it the dynamics is meaningless
 LAST_FRAMES = 5  # frames kept with an md_failure
 CANDIDATE_STRIDE = 10  # steps between two candidate frames of the same walker
-
-
-# --------------------------------------------------------------------------- trust window
-@dataclass(kw_only=True)
-class TrustLevels:
-    """Per-element trust levels on the calibrated per-atom force std, eV/Å."""
-
-    lower: dict[str, float]
-    upper: dict[str, float]
-    default_lower: float
-    default_upper: float
-
-    def per_atom(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(n_atoms,) lower and upper levels for atoms with ``numbers``."""
-        sym = [chemical_symbols[int(z)] for z in numbers]
-        lo = np.array([self.lower.get(s, self.default_lower) for s in sym])
-        hi = np.array([self.upper.get(s, self.default_upper) for s in sym])
-        return lo, hi
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "lower": self.lower,
-            "upper": self.upper,
-            "default_lower": self.default_lower,
-            "default_upper": self.default_upper,
-        }
-
-
-def trust_levels(
-    cfg: TrustConfig,
-    *,
-    force_std_atom_cal: np.ndarray | None = None,
-    numbers: np.ndarray | None = None,
-    system_idx: np.ndarray | None = None,
-) -> TrustLevels:
-    """Trust levels from the spec: fixed numbers, or calibrated from held-out data.
-
-    In calibrated mode, for each element: ``lower`` = the ``cfg.quantile`` of the per-structure
-    maximum calibrated force std of that element's atoms on held-out in-distribution data (so
-    that fraction of in-distribution frames counts as accurate), ``upper = cfg.upper_ratio x
-    lower``. Elements with fewer than 3 held-out structures use the pooled level.
-
-    Args:
-        force_std_atom_cal: (n_atoms,) calibrated per-atom force std on the held-out set, eV/Å.
-        numbers: (n_atoms,) atomic numbers; system_idx: (n_atoms,) structure of each atom.
-    """
-    if cfg.mode == TrustMode.FIXED or force_std_atom_cal is None:
-        return TrustLevels(lower={}, upper={}, default_lower=cfg.lower, default_upper=cfg.upper)
-    std = np.asarray(force_std_atom_cal, dtype=float)
-    n_struct = int(system_idx.max()) + 1
-    pooled = np.zeros(n_struct)
-    np.maximum.at(pooled, system_idx, std)
-    default = float(np.quantile(pooled, cfg.quantile))
-    lower, upper = {}, {}
-    for z in np.unique(numbers):
-        mask = numbers == z
-        per = np.full(n_struct, -np.inf)
-        np.maximum.at(per, system_idx[mask], std[mask])
-        per = per[np.isfinite(per)]
-        if len(per) >= 3:
-            sym = chemical_symbols[int(z)]
-            lower[sym] = float(np.quantile(per, cfg.quantile))
-            upper[sym] = cfg.upper_ratio * lower[sym]
-    return TrustLevels(
-        lower=lower, upper=upper, default_lower=default, default_upper=cfg.upper_ratio * default
-    )
-
-
-# --------------------------------------------------------------------------- batched state
-@dataclass(kw_only=True)
-class WalkerState:
-    """W walkers as one batch (torch-sim ``SimState`` style; DESIGN.md style rule 3).
-
-    Attributes:
-        positions: (n_atoms, 3) Å, unwrapped (periodic images via the graph's shifts).
-        velocities: (n_atoms, 3) Å per ASE time unit (``ase.units.fs`` = 1 fs).
-        masses: (n_atoms,) amu.
-        numbers: (n_atoms,) atomic numbers.
-        system_idx: (n_atoms,) walker of each atom.
-        cells: (W, 3, 3) Å; pbc: (W, 3) bool.
-        temperature_K: (W,) K; friction: (W,) per ASE time unit (0: NVE).
-        step: (W,) steps done; energy0: (W,) eV/atom at the (re)start, for the explosion test.
-    """
-
-    positions: torch.Tensor
-    velocities: torch.Tensor
-    masses: torch.Tensor
-    numbers: np.ndarray
-    system_idx: np.ndarray
-    cells: np.ndarray
-    pbc: np.ndarray
-    temperature_K: np.ndarray
-    friction: np.ndarray
-    step: np.ndarray
-    energy0: np.ndarray
-    slices: list[slice] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(self.system_idx))])
-        self.slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
-
-    @property
-    def n_walkers(self) -> int:
-        return len(self.cells)
-
-    def walker_slice(self, w: int) -> slice:
-        return self.slices[w]
-
-    def atoms(self, w: int) -> Atoms:
-        s = self.walker_slice(w)
-        atoms = Atoms(
-            self.numbers[s], self.positions[s].cpu().numpy(), cell=self.cells[w], pbc=self.pbc[w]
-        )
-        atoms.set_velocities(self.velocities[s].cpu().numpy())
-        return atoms
-
-
-def maxwell_boltzmann(
-    masses: np.ndarray, temperature_K: float, rng: np.random.Generator
-) -> np.ndarray:
-    """(n, 3) velocities from the Maxwell–Boltzmann distribution, zero total momentum."""
-    sigma = np.sqrt(units.kB * temperature_K / masses)[:, None]
-    v = rng.normal(size=(len(masses), 3)) * sigma
-    if len(masses) > 1:
-        v -= (masses[:, None] * v).sum(0) / masses.sum()
-    return v
-
-
-def init_state(
-    structures: Sequence[Atoms],
-    temperatures_K: Sequence[float],
-    *,
-    friction_per_fs: float,
-    rng: np.random.Generator,
-) -> WalkerState:
-    """One walker per structure, velocities drawn at its temperature."""
-    if len(structures) != len(temperatures_K):
-        raise ValueError("one temperature per walker structure is needed")
-    masses = np.concatenate([atomic_masses[a.numbers] for a in structures])
-    vel = np.concatenate(
-        [
-            maxwell_boltzmann(atomic_masses[a.numbers], t, rng)
-            for a, t in zip(structures, temperatures_K, strict=True)
-        ]
-    )
-    w = len(structures)
-    return WalkerState(
-        positions=torch.tensor(
-            np.concatenate([a.positions for a in structures]), dtype=torch.float64
-        ),
-        velocities=torch.tensor(vel, dtype=torch.float64),
-        masses=torch.tensor(masses, dtype=torch.float64),
-        numbers=np.concatenate([a.numbers for a in structures]).astype(np.int64),
-        system_idx=np.repeat(np.arange(w), [len(a) for a in structures]),
-        cells=np.stack([np.asarray(a.cell) for a in structures]),
-        pbc=np.stack([a.pbc for a in structures]),
-        temperature_K=np.asarray(temperatures_K, dtype=float),
-        friction=np.full(w, friction_per_fs / units.fs),
-        step=np.zeros(w, dtype=np.int64),
-        energy0=np.full(w, np.nan),
-    )
 
 
 # --------------------------------------------------------------------------- forces
@@ -256,7 +125,8 @@ class BatchedForceField:
 
     def min_distance_ratio(self, state: WalkerState) -> np.ndarray:
         """(W,) smallest d_ij / (r_cov,i + r_cov,j) over the current graph's edges of each
-        walker (inf for a walker without edges)."""
+        walker (inf for a walker without edges).
+        """
         self._graph(state)
         i, j, shifts, rc_sum, walker = self._edges
         d = (state.positions[j] - state.positions[i] + shifts).norm(dim=1)
@@ -264,6 +134,9 @@ class BatchedForceField:
         return out.scatter_reduce_(0, walker, d / rc_sum, "amin").numpy()
 
     def evaluate(self, state: WalkerState) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+        """(W,) mean energy, eV; (n_atoms, 3) mean forces, eV/Å (float64, CPU); (n_atoms,) force
+        std, eV/Å: a force function for :mod:`chemgap.agent.md`'s steps.
+        """
         batch = self._graph(state)
         batch.data["positions"] = state.positions.to(device=self.ensemble.device, dtype=self.dtype)
         out = self.ensemble.evaluate(batch)
@@ -304,6 +177,7 @@ class ExplorationResult:
     steps: int = 0
 
     def fractions(self) -> dict[str, dict[str, float]]:
+        """Per walker group, the fraction of its frames that were accurate, candidate, failed."""
         out = {}
         for group, c in self.counts.items():
             total = max(sum(c.values()), 1)
@@ -311,6 +185,7 @@ class ExplorationResult:
         return out
 
     def merge(self, other: ExplorationResult) -> None:
+        """Add ``other``'s frames, counts, builds and steps to this result (in place)."""
         self.candidates += other.candidates
         self.failures += other.failures
         for g, c in other.counts.items():
@@ -329,7 +204,8 @@ def walker_defaults(
     groups: Sequence[str] | None,
 ) -> tuple[list[float], list[str]]:
     """Per-walker temperatures (``cfg.temperatures_K`` cycled) and group labels
-    (``"<formula> <T> K"``) where the caller gives none."""
+    (``"<formula> <T> K"``) where the caller gives none.
+    """
     temps = (
         list(temperatures_K)
         if temperatures_K is not None
@@ -340,6 +216,192 @@ def walker_defaults(
             f"{a.get_chemical_formula()} {t:g} K" for a, t in zip(structures, temps, strict=True)
         ]
     return temps, list(groups)
+
+
+@dataclass(kw_only=True)
+class StepCheck:
+    """Per-walker verdict on one MD step; every array (W,).
+
+    Attributes:
+        over_lower, over_upper: some atom's calibrated force std exceeds its lower / upper level.
+        max_std: largest calibrated per-atom force std, eV/Å.
+        nonfinite: energy or forces not finite; too_close: a distance below
+            ``min_distance_factor`` x the covalent-radius sum; exploding: a force above
+            ``MAX_FORCE`` or the energy per atom off its start by ``MAX_ENERGY_CHANGE_PER_ATOM``.
+        bad: any of the three (derived).
+    """
+
+    over_lower: np.ndarray
+    over_upper: np.ndarray
+    max_std: np.ndarray
+    nonfinite: np.ndarray
+    too_close: np.ndarray
+    exploding: np.ndarray
+    bad: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bad = self.nonfinite | self.too_close | self.exploding
+
+    def reason(self, i: int) -> str:
+        """Why walker ``i`` failed (the first of the three tests it fails)."""
+        if self.nonfinite[i]:
+            return "non-finite energy or forces"
+        return "atoms too close" if self.too_close[i] else "exploding energy or forces"
+
+
+class _Exploration:
+    """The bookkeeping of one :func:`explore` run around the MD state: trust checks, frames,
+    failures, the last accurate frame of each walker and restarts to it.
+    """
+
+    def __init__(
+        self,
+        ensemble: Any,
+        structures: list[Atoms],
+        cfg: ExplorationConfig,
+        temps: list[float],
+        groups: list[str],
+        levels: TrustLevels,
+        rng: np.random.Generator,
+    ):
+        self.cfg, self.temps, self.groups, self.rng = cfg, temps, groups, rng
+        self.state = init_state(structures, temps, friction_per_fs=cfg.friction_per_fs, rng=rng)
+        self.ff = BatchedForceField(ensemble, cfg.neighbour_skin_A)
+        numbers = self.state.numbers
+        cal = getattr(ensemble, "calibration", None)
+        self.scale = cal.force_scales_for(numbers) if cal is not None else np.ones(len(numbers))
+        self.lo_atom, self.hi_atom = levels.per_atom(numbers)
+        w = self.state.n_walkers
+        self.n_atoms = np.bincount(self.state.system_idx, minlength=w)
+        self.result = ExplorationResult(
+            counts={g: {"accurate": 0, "candidate": 0, "failed": 0} for g in groups}
+        )
+        # the last LAST_FRAMES steps, all walkers at once: (loop step, state.step, positions)
+        self.recent: deque[tuple[int, np.ndarray, torch.Tensor]] = deque(maxlen=LAST_FRAMES)
+        self.failed_at = np.full(w, -1)  # loop step of each walker's last md_failure
+        self.last_candidate = np.full(w, -CANDIDATE_STRIDE)
+
+    def start(self) -> torch.Tensor:
+        """First evaluation: the reference energies and the first accurate frames; returns the
+        (n_atoms, 3) forces, eV/Å.
+        """
+        energy, forces, _ = self.ff.evaluate(self.state)
+        self.state.energy0 = energy / self.n_atoms
+        # the last accurate frame of each walker with its forces: a restart needs no evaluation
+        self.safe_positions = self.state.positions.clone()
+        self.safe_forces = forces.clone()
+        return forces
+
+    def check(self, energy: np.ndarray, forces: torch.Tensor, std: np.ndarray) -> StepCheck:
+        """The trust window and the md_failure tests on the step just done."""
+        state, w = self.state, self.state.n_walkers
+        idx = state.system_idx
+        std_cal = std * self.scale
+        over_lo = np.zeros(w, dtype=bool)
+        over_hi = np.zeros(w, dtype=bool)
+        np.logical_or.at(over_lo, idx, std_cal > self.lo_atom)
+        np.logical_or.at(over_hi, idx, std_cal > self.hi_atom)
+        max_std = np.zeros(w)
+        np.maximum.at(max_std, idx, std_cal)
+        fmax = np.zeros(w)
+        np.maximum.at(fmax, idx, forces.norm(dim=1).numpy())
+        de = np.abs(energy / self.n_atoms - state.energy0)
+        return StepCheck(
+            over_lower=over_lo,
+            over_upper=over_hi,
+            max_std=max_std,
+            nonfinite=~np.isfinite(energy) | ~np.isfinite(fmax),
+            too_close=self.ff.min_distance_ratio(state) < self.cfg.min_distance_factor,
+            exploding=(fmax > MAX_FORCE) | (de > MAX_ENERGY_CHANGE_PER_ATOM),
+        )
+
+    def frame(
+        self, i: int, unc: float, positions: torch.Tensor | None = None, at_step: int | None = None
+    ) -> Atoms:
+        """Walker ``i`` now (or at ``positions`` of step ``at_step``) with its provenance."""
+        atoms = self.state.atoms(i)
+        if positions is not None:
+            atoms.positions = positions.numpy()
+        atoms.info.update(
+            walker=i,
+            group=self.groups[i],
+            temperature_K=float(self.temps[i]),
+            step=int(self.state.step[i] if at_step is None else at_step),
+            uncertainty=float(unc),
+            source="explore",
+        )
+        return atoms
+
+    def restart(self, i: int, forces: torch.Tensor) -> None:
+        """Walker ``i`` back to its last accurate frame, its stored forces written into
+        ``forces`` in place, fresh velocities; the graph is rebuilt by the usual skin test if
+        the frame is far from where it was built.
+        """
+        s = self.state.walker_slice(i)
+        self.state.positions[s] = self.safe_positions[s]
+        forces[s] = self.safe_forces[s]
+        v = maxwell_boltzmann(self.state.masses[s].numpy(), self.temps[i], self.rng)
+        self.state.velocities[s] = torch.from_numpy(v)
+
+    def fail(self, i: int, step: int, reason: str, unc: float) -> None:
+        """Record walker ``i``'s md_failure at loop step ``step`` with its frames since its
+        previous failure (at most LAST_FRAMES).
+        """
+        s = self.state.walker_slice(i)
+        frames = [
+            self.frame(i, unc, positions[s], int(at[i]))
+            for k, at, positions in self.recent
+            if k > self.failed_at[i]
+        ]
+        self.failed_at[i] = step
+        at = int(self.state.step[i])
+        self.result.failures.append(MDFailure(walker=i, step=at, reason=reason, frames=frames))
+        self.result.counts[self.groups[i]]["failed"] += 1
+        log.info("walker %d (%s): md_failure at step %d: %s", i, self.groups[i], at, reason)
+
+    def candidate(self, i: int, step: int, unc: float, trust: str) -> None:
+        frame = self.frame(i, unc)
+        frame.info["trust"] = trust
+        self.result.candidates.append(frame)
+        self.last_candidate[i] = step
+
+    def visit(self, i: int, step: int, check: StepCheck, forces: torch.Tensor, stop: bool) -> bool:
+        """Classify walker ``i`` after loop step ``step``: md_failure, beyond the upper level
+        (restart if ``stop``), candidate, or accurate (returns True).
+        """
+        counts = self.result.counts[self.groups[i]]
+        unc = check.max_std[i]
+        if check.bad[i]:
+            self.fail(i, step, check.reason(i), unc)
+            self.restart(i, forces)
+        elif check.over_upper[i] and stop:
+            self.candidate(i, step, unc, "beyond")
+            counts["candidate"] += 1
+            self.restart(i, forces)
+        elif check.over_lower[i]:
+            counts["candidate"] += 1
+            if step - self.last_candidate[i] >= CANDIDATE_STRIDE:
+                self.candidate(i, step, unc, "candidate")
+        else:
+            counts["accurate"] += 1
+            return True
+        return False
+
+    def review(
+        self, step: int, energy: np.ndarray, forces: torch.Tensor, std: np.ndarray, stop: bool
+    ) -> None:
+        """Judge loop step ``step`` for every walker; failed and untrusted walkers restart
+        (``forces`` is updated in place), accurate ones become their last accurate frame.
+        """
+        state = self.state
+        self.recent.append((step, state.step.copy(), state.positions.clone()))
+        check = self.check(energy, forces, std)
+        accurate = np.array(
+            [self.visit(i, step, check, forces, stop) for i in range(state.n_walkers)]
+        )
+        keep = torch.from_numpy(accurate[state.system_idx])[:, None]
+        torch.where(keep, state.positions, self.safe_positions, out=self.safe_positions)
+        torch.where(keep, forces, self.safe_forces, out=self.safe_forces)
 
 
 def explore(
@@ -361,165 +423,71 @@ def explore(
     Args:
         ensemble: a :class:`chemgap.models.ensemble.Ensemble` (its calibration scales the std).
         structures: one start structure per walker.
+        cfg: timestep, friction, neighbour skin, min_distance_factor and the default trust
+            levels and temperatures.
         temperatures_K: per walker (default: ``cfg.temperatures_K`` cycled over the walkers).
         groups: per-walker group label for the accurate/candidate/failed table (default:
             ``"<formula> <T> K"``).
         levels: trust levels (default: ``cfg.trust`` fixed levels).
+        rng: velocities, restarts and the seed of the Langevin noise (default: seed 0).
+        steps: MD steps per walker (default ``cfg.steps``).
         progress: called as ``progress(step, total_steps)``.
         stop_on_uncertainty: restart a walker above the upper level (False: only record).
         energy_log: if given, the total energy (W,) eV of every step is appended (NVE tests).
     """
     rng = rng or np.random.default_rng(0)
     structures = list(structures)
-    w = len(structures)
-    if w == 0:
+    if not structures:
         raise ValueError("explore: no walker structures")
     temps, groups = walker_defaults(structures, cfg, temperatures_K, groups)
-    levels = levels or trust_levels(cfg.trust)
-    n_steps = int(steps if steps is not None else cfg.steps)
-    state = init_state(structures, temps, friction_per_fs=cfg.friction_per_fs, rng=rng)
-    ff = BatchedForceField(ensemble, cfg.neighbour_skin_A)
-    cal = getattr(ensemble, "calibration", None)
-    scale = cal.force_scales_for(state.numbers) if cal is not None else np.ones(len(state.numbers))
-    lo_atom, hi_atom = levels.per_atom(state.numbers)
-    result = ExplorationResult(
-        counts={g: {"accurate": 0, "candidate": 0, "failed": 0} for g in groups}
+    run = _Exploration(
+        ensemble, structures, cfg, temps, groups, levels or trust_levels(cfg.trust), rng
     )
+    state, w = run.state, len(structures)
+    n_steps = int(steps if steps is not None else cfg.steps)
     dt = cfg.timestep_fs * units.fs
-    m = state.masses[:, None]
-    gamma = torch.tensor(state.friction[state.system_idx], dtype=torch.float64)[:, None]
-    kt = torch.tensor(units.kB * state.temperature_K[state.system_idx], dtype=torch.float64)
-    c1 = torch.exp(-gamma * dt)
-    c2 = torch.sqrt(1 - c1**2) * torch.sqrt(kt[:, None] / m)
-    torch_rng = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
-    n_atoms = np.bincount(state.system_idx, minlength=w)
-    recent: list[deque[tuple[int, torch.Tensor]]] = [deque(maxlen=LAST_FRAMES) for _ in range(w)]
-    last_candidate = np.full(w, -CANDIDATE_STRIDE)
-
-    energy, forces, std = ff.evaluate(state)
-    state.energy0 = energy / n_atoms
-    # the last accurate frame of each walker with its forces, so a restart needs no evaluation
-    safe = [(state.positions[s].clone(), forces[s].clone()) for s in state.slices]
-
-    def restart(i: int) -> None:
-        """Back to the walker's last accurate frame (and its forces), fresh velocities; the
-        graph is rebuilt by the usual skin test if the frame is far from where it was built."""
-        s = state.walker_slice(i)
-        pos, f = safe[i]
-        state.positions[s] = pos
-        forces[s] = f
-        v = maxwell_boltzmann(state.masses[s].numpy(), temps[i], rng)
-        state.velocities[s] = torch.from_numpy(v)
-
+    coeffs = langevin_coefficients(state, dt)
+    noise = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
+    forces = run.start()
     for step in range(n_steps):
-        # BAOAB: half kick, half drift, Ornstein-Uhlenbeck, half drift, forces, half kick
-        state.velocities += 0.5 * dt * forces / m
-        state.positions += 0.5 * dt * state.velocities
-        noise = torch.randn(state.velocities.shape, generator=torch_rng, dtype=torch.float64)
-        state.velocities = c1 * state.velocities + c2 * noise
-        state.positions += 0.5 * dt * state.velocities
-        energy, forces, std = ff.evaluate(state)
-        state.velocities += 0.5 * dt * forces / m
-        state.step += 1
-        result.steps += w
+        energy, forces, std = baoab_step(state, forces, run.ff.evaluate, dt, coeffs, noise)
+        run.result.steps += w
         if energy_log is not None:
-            kin = 0.5 * (state.masses[:, None] * state.velocities**2).sum(1).numpy()
-            energy_log.append(energy + np.bincount(state.system_idx, kin, minlength=w))
-
-        std_cal = std * scale
-        over_lo = np.zeros(w, dtype=bool)
-        over_hi = np.zeros(w, dtype=bool)
-        np.logical_or.at(over_lo, state.system_idx, std_cal > lo_atom)
-        np.logical_or.at(over_hi, state.system_idx, std_cal > hi_atom)
-        max_std = np.zeros(w)
-        np.maximum.at(max_std, state.system_idx, std_cal)
-        fmax = np.zeros(w)
-        np.maximum.at(fmax, state.system_idx, forces.norm(dim=1).numpy())
-        ratio = ff.min_distance_ratio(state)
-        bad = (
-            ~np.isfinite(energy)
-            | ~np.isfinite(fmax)
-            | (fmax > MAX_FORCE)
-            | (np.abs(energy / n_atoms - state.energy0) > MAX_ENERGY_CHANGE_PER_ATOM)
-            | (ratio < cfg.min_distance_factor)
-        )
-
-        def frame(
-            i: int,
-            positions: torch.Tensor | None = None,
-            at_step: int | None = None,
-            unc: np.ndarray = max_std,
-        ) -> Atoms:
-            atoms = state.atoms(i)
-            if positions is not None:
-                atoms.positions = positions.numpy()
-            atoms.info.update(
-                walker=i,
-                group=groups[i],
-                temperature_K=float(temps[i]),
-                step=int(state.step[i] if at_step is None else at_step),
-                uncertainty=float(unc[i]),
-                source="explore",
-            )
-            return atoms
-
-        for i in range(w):
-            counts = result.counts[groups[i]]
-            s = state.slices[i]
-            if bad[i]:
-                reason = (
-                    "non-finite energy or forces"
-                    if not np.isfinite(energy[i] + fmax[i])
-                    else "atoms too close"
-                    if ratio[i] < cfg.min_distance_factor
-                    else "exploding energy or forces"
-                )
-                recent[i].append((int(state.step[i]), state.positions[s].clone()))
-                frames = [frame(i, p, k) for k, p in recent[i]]
-                result.failures.append(
-                    MDFailure(walker=i, step=int(state.step[i]), reason=reason, frames=frames)
-                )
-                counts["failed"] += 1
-                log.info(
-                    "walker %d (%s): md_failure at step %d: %s", i, groups[i], state.step[i], reason
-                )
-                recent[i].clear()
-                restart(i)
-                continue
-            recent[i].append((int(state.step[i]), state.positions[s].clone()))
-            if over_hi[i] and stop_on_uncertainty:
-                result.candidates.append(frame(i))
-                result.candidates[-1].info["trust"] = "beyond"
-                last_candidate[i] = step
-                counts["candidate"] += 1
-                restart(i)
-            elif over_lo[i]:
-                counts["candidate"] += 1
-                if step - last_candidate[i] >= CANDIDATE_STRIDE:
-                    result.candidates.append(frame(i))
-                    result.candidates[-1].info["trust"] = "candidate"
-                    last_candidate[i] = step
-            else:
-                counts["accurate"] += 1
-                safe[i] = (state.positions[s].clone(), forces[s].clone())
+            energy_log.append(energy + kinetic_energy(state))
+        run.review(step, energy, forces, std, stop_on_uncertainty)
         if progress is not None:
             progress(step + 1, n_steps)
-    result.rebuilds = ff.rebuilds
-    return result
+    run.result.rebuilds = run.ff.rebuilds
+    return run.result
 
 
-def _explore_task(
+# --------------------------------------------------------------------------- fan-out
+def explore_task(
     model_dir: str, structures: list[Atoms], cfg_json: str, kwargs: dict
 ) -> ExplorationResult:
-    """One walker group in a Ray task: load the ensemble from disk, explore, return results."""
-    import torch
-
+    """One walker group as a task: load the ensemble from disk (one torch thread), explore,
+    return the result (walker indices local to ``structures``).
+    """
     from chemgap.models.ensemble import Ensemble
 
     torch.set_num_threads(1)
     ensemble = Ensemble.load(model_dir)
     cfg = ExplorationConfig.model_validate_json(cfg_json)
     return explore(ensemble, structures, cfg, **kwargs)
+
+
+def _merge_chunks(chunks: list[np.ndarray], parts: list[ExplorationResult]) -> ExplorationResult:
+    """One result from per-chunk results, walker indices mapped back to the full list."""
+    merged = ExplorationResult(counts={})
+    for idx, part in zip(chunks, parts, strict=True):
+        for frame in part.candidates:
+            frame.info["walker"] = int(idx[frame.info["walker"]])
+        for failure in part.failures:
+            failure.walker = int(idx[failure.walker])
+            for frame in failure.frames:
+                frame.info["walker"] = failure.walker
+        merged.merge(part)
+    return merged
 
 
 def explore_groups(
@@ -534,20 +502,23 @@ def explore_groups(
     levels: TrustLevels | None = None,
     seed: int = 0,
     steps: int | None = None,
+    executor: Executor | None = None,
 ) -> ExplorationResult:
-    """Explore with the walkers split into ``n_tasks`` groups run as Ray tasks (named
-    ``explore walkers a-b/W · <tag>``) when Ray is up and ``n_tasks > 1``; in-process otherwise.
+    """Explore with the walkers split into ``n_tasks`` chunks, one :func:`explore_task` each
+    (named ``explore walkers a-b/W · <tag>``, one CPU), on ``executor``.
 
-    Each task loads the ensemble from ``ensemble.path`` and batches its own walkers. Walker
-    indices in the result refer to ``structures``.
+    One in-process :func:`explore` over all walkers (rng seeded with ``seed``) instead when
+    ``executor`` is None or not parallel, when there is one chunk, or when the ensemble has no
+    ``path`` to load it from in a task. Chunk ``k`` is seeded with ``[seed, k]``. Walker indices
+    in the result refer to ``structures``; counts, candidates and failures come in chunk order.
     """
     structures = list(structures)
     w = len(structures)
     temps, groups = walker_defaults(structures, cfg, temperatures_K, groups)
-    import ray
-
     chunks = [c for c in np.array_split(np.arange(w), max(1, min(n_tasks, w))) if len(c)]
-    if len(chunks) == 1 or not ray.is_initialized() or getattr(ensemble, "path", None) is None:
+    path = getattr(ensemble, "path", None)
+    if executor is None or not executor.parallel or len(chunks) <= 1 or path is None:
+        rng = np.random.default_rng(seed)
         return explore(
             ensemble,
             structures,
@@ -555,11 +526,10 @@ def explore_groups(
             temperatures_K=temps,
             groups=groups,
             levels=levels,
-            rng=np.random.default_rng(seed),
+            rng=rng,
             steps=steps,
         )
-    remote = ray.remote(num_cpus=1)(_explore_task)
-    refs = []
+    tasks = []
     for k, idx in enumerate(chunks):
         kwargs = dict(
             temperatures_K=[temps[i] for i in idx],
@@ -571,18 +541,101 @@ def explore_groups(
         name = f"explore walkers {idx[0] + 1}-{idx[-1] + 1}/{w}" + (
             f" · {task_tag}" if task_tag else ""
         )
-        refs.append(
-            remote.options(name=name).remote(
-                str(ensemble.path), [structures[i] for i in idx], cfg.model_dump_json(), kwargs
-            )
+        args = (str(path), [structures[i] for i in idx], cfg.model_dump_json(), kwargs)
+        tasks.append(Task(fn=explore_task, args=args, name=name, num_cpus=1))
+    parts: list[ExplorationResult | None] = [None] * len(tasks)
+    for done in executor.run(tasks):
+        parts[done.index] = done.result()
+    return _merge_chunks(chunks, parts)
+
+
+# --------------------------------------------------------------------------- explore and select
+@dataclass(kw_only=True)
+class ExploreSelection:
+    """An exploration and the labelling batch chosen from it.
+
+    Attributes:
+        result: the exploration.
+        selected: the chosen candidates (``info['md_failure'] = False``), in the order picked.
+        failure_frames: the last frame of each md_failure (``info['md_failure'] = True``).
+        levels: the trust levels used.
+    """
+
+    result: ExplorationResult
+    selected: list[Atoms]
+    failure_frames: list[Atoms]
+    levels: TrustLevels
+
+
+def _select(
+    ensemble: Any, candidates: list[Atoms], budget: int, strategy: str, seed: int
+) -> list[Atoms]:
+    """Up to ``budget`` of ``candidates`` by ``strategy`` on the ensemble's descriptors."""
+    if not candidates:
+        return []
+    sel = select(
+        Candidates(
+            uncertainty=[c.info["uncertainty"] for c in candidates],
+            descriptors=ensemble.descriptors(candidates),
+            elements=[frozenset(c.get_chemical_symbols()) for c in candidates],
+        ),
+        budget=budget,
+        strategy=strategy,
+        rng=np.random.default_rng(seed),
+    )
+    return [candidates[i] for i in sel.indices]
+
+
+def explore_and_select(
+    ensemble: Any,
+    structures: Sequence[Atoms],
+    cfg: ExplorationConfig,
+    *,
+    budget: int,
+    strategy: str = "diverse",
+    holdout: Sequence[Atoms] | None = None,
+    seed: int = 0,
+    n_tasks: int = 1,
+    executor: Executor | None = None,
+) -> ExploreSelection:
+    """Explore from ``structures`` (one walker each) and select up to ``budget`` candidates.
+
+    Trust levels: with ``holdout`` (in-distribution structures), calibrated per element from
+    the ensemble's calibrated force std on them (``cfg.trust``'s quantile and upper ratio,
+    whatever ``cfg.trust.mode`` says); without, ``cfg.trust``'s fixed levels. The walkers run
+    by :func:`explore_groups` (``seed``, ``n_tasks``, ``executor``); the batch is chosen by
+    :func:`chemgap.agent.selection.select` with ``strategy`` on the ensemble's descriptors,
+    rng seeded with ``seed``.
+
+    Raises:
+        ValueError: a structure holds an element the ensemble was not trained on.
+    """
+    structures = list(structures)
+    missing = {s for a in structures for s in a.get_chemical_symbols()} - set(ensemble.elements)
+    if missing:
+        raise ValueError(
+            f"element(s) {', '.join(sorted(missing))} are not in the ensemble's elements "
+            f"({', '.join(ensemble.elements)})"
         )
-    merged = ExplorationResult(counts={})
-    for idx, part in zip(chunks, ray.get(refs), strict=True):
-        for frame in part.candidates:
-            frame.info["walker"] = int(idx[frame.info["walker"]])
-        for failure in part.failures:
-            failure.walker = int(idx[failure.walker])
-            for frame in failure.frames:
-                frame.info["walker"] = failure.walker
-        merged.merge(part)
-    return merged
+    if holdout is not None:
+        ref = ensemble.predict(list(holdout))
+        levels = trust_levels(
+            cfg.trust.model_copy(update={"mode": TrustMode.CALIBRATED}),
+            force_std_atom_cal=ref.force_std_atom_cal,
+            numbers=ref.numbers,
+            system_idx=ref.system_idx,
+        )
+    else:
+        levels = trust_levels(cfg.trust)  # without data: the fixed levels
+    result = explore_groups(
+        ensemble, structures, cfg, n_tasks=n_tasks, levels=levels, seed=seed, executor=executor
+    )
+    selected = _select(ensemble, result.candidates, budget, strategy, seed)
+    for atoms in selected:
+        atoms.info["md_failure"] = False
+    failure_frames = [f.frames[-1] for f in result.failures]
+    for atoms in failure_frames:
+        atoms.info["md_failure"] = True
+    return ExploreSelection(
+        result=result, selected=selected, failure_frames=failure_frames, levels=levels
+    )

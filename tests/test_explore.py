@@ -1,6 +1,10 @@
-"""The batched explorer: exact forces, energy conservation, failures, uncertainty stops."""
+"""The batched explorer: exact forces, energy conservation, failures, uncertainty stops, the
+fan-out of walker groups over an executor, and explore-and-select.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +14,9 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.cluster import Octahedron
 
-from chemgap.agent.explore import BatchedForceField, explore, init_state, trust_levels
+from chemgap.agent.explore import BatchedForceField, explore, explore_groups, explore_task
+from chemgap.agent.md import init_state
+from chemgap.agent.trust import TrustLevels, trust_levels
 from chemgap.campaigns.spec import ExplorationConfig, TrustConfig
 from chemgap.models.config import EnsembleConfig, ModelConfig
 
@@ -46,7 +52,7 @@ def ensemble(tmp_path_factory):
     data = [labelled(cu_cell(i)) for i in range(16)] + [labelled(cu_cluster(i)) for i in range(8)]
     cfg = EnsembleConfig(members=3, max_epochs=20, batch_size=4, lr=1e-2, patience=50)
     out = tmp_path_factory.mktemp("explore_ens")
-    return train_ensemble(data, SMALL, cfg, out, seed=0, use_ray=False)
+    return train_ensemble(data, SMALL, cfg, out, seed=0)
 
 
 def test_batched_forces_equal_single_structure_forces(ensemble):
@@ -193,10 +199,9 @@ def test_explore_cli_writes_selected_candidates(ensemble, tmp_path):
 def test_restart_resumes_from_the_stored_frame_and_forces(ensemble):
     """At 0 K a BAOAB step from rest is x0 + dt²(1 + c1)/(4m) F(x0), c1 = exp(-γ dt).
     With an upper trust level of 0 every step is 'beyond' and restarts, so every candidate must
-    be that same frame: a restart that used the forces of the rejected frame would drift."""
+    be that same frame: a restart that used the forces of the rejected frame would drift.
+    """
     from ase import units
-
-    from chemgap.agent.explore import TrustLevels
 
     start = cu_cluster(700, rattle=0.1)
     cfg = ExplorationConfig(steps=4, timestep_fs=5.0, friction_per_fs=0.01)
@@ -212,3 +217,161 @@ def test_restart_resumes_from_the_stored_frame_and_forces(ensemble):
     for frame in result.candidates:
         assert np.abs(frame.positions - result.candidates[0].positions).max() < 1e-9
         assert np.abs(frame.positions - expected).max() < 1e-6
+
+
+# --------------------------------------------------------------------------- fan-out
+WIDE_OPEN = TrustLevels(lower={}, upper={}, default_lower=0.0, default_upper=100.0)
+
+
+def fanout_walkers() -> tuple[list[Atoms], list[str]]:
+    """Four walkers, each its own group, so a candidate's group names the walker it came from."""
+    walkers = [cu_cell(800), cu_cluster(801), cu_cell(802), cu_cluster(803)]
+    return walkers, [f"w{i}" for i in range(len(walkers))]
+
+
+def assert_merged(result, groups: list[str], steps: int) -> None:
+    """Every walker did ``steps`` steps, every frame a candidate (lower level 0), recorded at
+    steps 1 and 11 (CANDIDATE_STRIDE 10), and walker indices refer to the full walker list.
+    """
+    assert result.steps == len(groups) * steps
+    assert list(result.counts) == groups
+    assert all(
+        c == {"accurate": 0, "candidate": steps, "failed": 0} for c in result.counts.values()
+    )
+    assert not result.failures
+    walkers = sorted(c.info["walker"] for c in result.candidates)
+    assert walkers == sorted(list(range(len(groups))) * 2)
+    assert all(c.info["group"] == groups[c.info["walker"]] for c in result.candidates)
+    assert {c.info["step"] for c in result.candidates} == {1, 11}
+
+
+class RecordingExecutor:
+    """A parallel executor that runs its tasks in this process and remembers them."""
+
+    parallel = True
+
+    def __init__(self) -> None:
+        self.tasks = []
+
+    def run(self, tasks):
+        from chemgap.common.tasks import InProcessExecutor
+
+        self.tasks = list(tasks)
+        yield from reversed(list(InProcessExecutor().run(tasks)))  # completion order: any
+
+    def resources(self):
+        return {"CPU": 2.0, "GPU": 0.0}
+
+    def channel(self, callback):
+        raise NotImplementedError
+
+
+def test_explore_groups_makes_one_task_per_chunk_and_merges_them(ensemble, monkeypatch):
+    walkers, groups = fanout_walkers()
+    cfg = ExplorationConfig(steps=12, temperatures_K=[300.0])
+    executor = RecordingExecutor()
+    threads = torch.get_num_threads()
+    try:
+        result = explore_groups(
+            ensemble,
+            walkers,
+            cfg,
+            n_tasks=2,
+            task_tag="iter 3",
+            groups=groups,
+            levels=WIDE_OPEN,
+            seed=4,
+            executor=executor,
+        )
+    finally:
+        torch.set_num_threads(threads)  # explore_task pins its process to one thread
+    names = [t.name for t in executor.tasks]
+    assert names == ["explore walkers 1-2/4 · iter 3", "explore walkers 3-4/4 · iter 3"]
+    assert all(t.fn is explore_task and t.num_cpus == 1 for t in executor.tasks)
+    assert_merged(result, groups, 12)
+    # an ensemble with no directory to load it from in a task: one in-process run
+    monkeypatch.setattr(ensemble, "path", None)
+    executor = RecordingExecutor()
+    result = explore_groups(
+        ensemble, walkers, cfg, n_tasks=2, groups=groups, levels=WIDE_OPEN, executor=executor
+    )
+    assert executor.tasks == [] and result.steps == 4 * 12
+
+
+@pytest.mark.slow  # a Ray instance and two workers loading MACE: ~30 s
+def test_explore_groups_on_ray(ensemble, ray_session):
+    from chemgap.agent.runtime import RayExecutor
+
+    walkers, groups = fanout_walkers()
+    cfg = ExplorationConfig(steps=12, temperatures_K=[300.0])
+    result = explore_groups(
+        ensemble,
+        walkers,
+        cfg,
+        n_tasks=2,
+        groups=groups,
+        levels=WIDE_OPEN,
+        seed=4,
+        executor=RayExecutor(),
+    )
+    assert_merged(result, groups, 12)
+
+
+def test_explore_groups_without_executor_stays_in_process(ensemble, monkeypatch):
+    """executor=None: one in-process explore, whatever n_tasks says and whether or not a Ray
+    instance is up; ``import ray`` would fail here. A non-parallel executor gets no tasks.
+    """
+    from chemgap.common.tasks import InProcessExecutor
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    walkers, groups = fanout_walkers()
+    cfg = ExplorationConfig(steps=12, temperatures_K=[300.0])
+    kwargs = dict(n_tasks=2, groups=groups, levels=WIDE_OPEN, seed=4)
+    result = explore_groups(ensemble, walkers, cfg, **kwargs)
+    assert_merged(result, groups, 12)
+    inline = explore(
+        ensemble, walkers, cfg, groups=groups, levels=WIDE_OPEN, rng=np.random.default_rng(4)
+    )
+    same = explore_groups(ensemble, walkers, cfg, executor=InProcessExecutor(), **kwargs)
+    for other in (inline, same):
+        assert [c.info["walker"] for c in other.candidates] == [
+            c.info["walker"] for c in result.candidates
+        ]
+        for a, b in zip(other.candidates, result.candidates, strict=True):
+            np.testing.assert_array_equal(a.positions, b.positions)
+
+
+# --------------------------------------------------------------------------- explore and select
+def test_explore_and_select(ensemble):
+    from chemgap.agent.explore import explore_and_select
+
+    walkers = [cu_cell(900), cu_cluster(901), cu_cell(902)]
+    cfg = ExplorationConfig(
+        steps=12,
+        temperatures_K=[300.0, 3000.0],
+        trust=TrustConfig(mode="fixed", lower=1e-3, upper=100.0),
+    )
+    out = explore_and_select(ensemble, walkers, cfg, budget=2, seed=1)
+    assert out.levels.default_lower == 1e-3 and out.levels.default_upper == 100.0
+    assert len(out.result.candidates) >= 2 and len(out.selected) == 2
+    assert all(a.info["md_failure"] is False for a in out.selected)
+    assert all(any(a is c for c in out.result.candidates) for a in out.selected)
+    assert out.failure_frames == [] and not out.result.failures
+    # calibrated from a held-out set: per-element levels
+    holdout = [labelled(cu_cell(910 + i)) for i in range(4)]
+    out = explore_and_select(ensemble, walkers, cfg, budget=1, holdout=holdout, seed=1)
+    assert set(out.levels.lower) == {"Cu"} and len(out.selected) <= 1
+    # an element the ensemble never saw
+    with pytest.raises(ValueError, match=r"element\(s\) Si are not in .*\(Cu\)"):
+        explore_and_select(ensemble, [bulk("Si", "diamond", a=5.43)], cfg, budget=1)
+
+
+def test_explore_and_select_keeps_failure_frames(ensemble):
+    from chemgap.agent.explore import explore_and_select
+
+    squeezed = cu_cell(920)
+    squeezed.positions[1] = squeezed.positions[0] + [0.6, 0.0, 0.0]
+    cfg = ExplorationConfig(steps=3, temperatures_K=[300.0])
+    out = explore_and_select(ensemble, [squeezed], cfg, budget=4)
+    assert len(out.failure_frames) == len(out.result.failures) == 3
+    assert all(a.info["md_failure"] is True for a in out.failure_frames)
