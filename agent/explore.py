@@ -53,12 +53,10 @@ __all__ = [
     "ExploreSelection",
     "MDFailure",
     "StepCheck",
-    "TrustLevels",  # re-exported from chemgap.agent.trust while callers move
     "explore",
     "explore_and_select",
     "explore_groups",
     "explore_task",
-    "trust_levels",  # re-exported from chemgap.agent.trust while callers move
     "walker_defaults",
 ]
 

@@ -332,9 +332,7 @@ def test_train_ensemble_on_ray(ray_session, cu_data, tmp_path):
 def test_model_element_set_may_name_elements_the_data_lack(cu_data, tmp_path):
     """An element split trains without the held-out element but must still score it."""
     cfg = EnsembleConfig(members=2, max_epochs=1, batch_size=8, mode=EnsembleMode.BAGGING)
-    ens = train_ensemble(
-        cu_data["train"][:8], SMALL, cfg, tmp_path, elements=["Cu", "Ag"]
-    )
+    ens = train_ensemble(cu_data["train"][:8], SMALL, cfg, tmp_path, elements=["Cu", "Ag"])
     assert ens.elements == ["Cu", "Ag"]
     silver = label(bulk("Ag", cubic=True), EMT())
     assert np.isfinite(ens.predict([silver]).energy_mean).all()
