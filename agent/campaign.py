@@ -32,6 +32,7 @@ import numpy as np
 from ase import Atoms
 
 from chemgap.agent.store import RunStatus, RunStore, atomic_write_text
+from chemgap.agent.testset import TEST_SPLIT
 from chemgap.common.metrics import score
 from chemgap.common.tasks import Executor
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 STEPS = ("train", "calibrate", "explore", "select", "label", "evaluate")
 INIT_STEP = "init"  # before the initial labels are done
 INITIAL_DONE = "initial_labels"
+TEST_RESIDUALS = "test_residuals.npz"  # the iteration's ensemble on the test set (raw spread)
+SELECTED_RESIDUALS = "selected_residuals.npz"  # ... on the structures it chose, once labelled
 
 Reporter = Callable[[str, dict[str, Any]], None]
 
@@ -49,11 +52,18 @@ def _noop(event: str, payload: dict[str, Any]) -> None:
 
 
 def _write_extxyz(path: Path, structures: list[Atoms]) -> None:
-    """Extxyz written to a temp file and renamed: a crash leaves the old file or none."""
+    """Write extxyz to a temp file, flush it to disk, then rename: a crash (or a power cut)
+    leaves the old file or the new one, never a torn one.
+    """
+    import os
+
     from ase.io import write
 
     tmp = path.with_suffix(".tmp.extxyz")
-    write(tmp, structures, format="extxyz")
+    with open(tmp, "w") as fh:
+        write(fh, structures, format="extxyz")
+        fh.flush()
+        os.fsync(fh.fileno())
     tmp.replace(path)
 
 
@@ -86,6 +96,7 @@ class Campaign:
         self.executor = executor
         self._t0 = time.monotonic()
         self._elapsed0 = float(store.state.elapsed_s)
+        self._step_t0 = self._t0
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -93,12 +104,24 @@ class Campaign:
         """Campaign wall time so far, s, summed over resumes."""
         return self._elapsed0 + time.monotonic() - self._t0
 
+    def _begin(self, iteration: int, step: str, **payload: Any) -> None:
+        """Start timing ``step`` and tell the reporter."""
+        self._step_t0 = time.monotonic()
+        self.report("step", {"iteration": iteration, "step": step, **payload})
+
+    def _timings(self, iteration: int, **seconds: float) -> dict[str, dict[str, float]]:
+        timings = {k: dict(v) for k, v in self.store.state.timings.items()}
+        timings.setdefault(str(iteration), {}).update(seconds)
+        return timings
+
     def _finish_step(self, iteration: int, step: str, **changes: Any) -> None:
+        took = time.monotonic() - self._step_t0
         self.store.write_state(
             iteration=iteration,
             step=step,
             elapsed_s=self.elapsed_s,
             status=RunStatus.RUNNING,
+            timings=self._timings(iteration, **{step: round(took, 3)}),
             **changes,
         )
 
@@ -112,14 +135,25 @@ class Campaign:
         return self.store.root
 
     def oracle_calls(self) -> int:
-        """Oracle calls made so far (labels and failures in data.db)."""
+        """Oracle calls made so far (labels and failures in data.db, the test set's included)."""
         counts = self.store.label_counts()
         return counts["ok"] + counts["failed"]
 
+    def test_calls(self) -> int:
+        """Oracle calls spent on the test set (labels and failures)."""
+        return self.store.db.count(split=TEST_SPLIT)
+
     def labelled(self, split: str | None = None) -> list[Atoms]:
-        """Labelled structures (status ok) of ``split`` (all splits for None)."""
-        query = {"status": "ok"} if split is None else {"status": "ok", "split": split}
-        return self.store.structures(**query)
+        """Labelled structures (status ok) of ``split``; None: every split but the test set,
+        which is never trained on, selected against or calibrated on.
+        """
+        if split is not None:
+            return self.store.structures(status="ok", split=split)
+        return [a for a in self.store.structures(status="ok") if a.info.get("split") != TEST_SPLIT]
+
+    def test_set(self) -> list[Atoms]:
+        """The fixed labelled test set, in the order it was stored."""
+        return self.store.structures(status="ok", split=TEST_SPLIT)
 
     # ------------------------------------------------------------------ iteration 0
     def seeds(self) -> list[Atoms]:
@@ -139,14 +173,33 @@ class Campaign:
         hold = set(rng.choice(n, size=n_hold, replace=False).tolist())
         for i, atoms in enumerate(chosen):
             atoms.info["split"] = "holdout" if i in hold else "train"
-        self.report("step", {"iteration": 0, "step": "label", "n": len(chosen)})
+        self._begin(0, "label", n=len(chosen))
         self._label(chosen, iteration=0)
+        self._label_test_set()
         if not self.labelled("train") or not self.labelled("holdout"):
             raise RuntimeError(
                 "the oracle labelled too few initial structures to train and calibrate on "
                 f"({self.store.label_counts()}); see 'ase db {self.store.root / 'data.db'}'"
             )
         self._finish_step(0, INITIAL_DONE)
+
+    def _label_test_set(self) -> None:
+        """Label the fixed test set (or store the user's labelled file as it is)."""
+        from chemgap.agent.testset import draw_test_set, read_test_file
+
+        cfg = self.spec.test_set
+        if cfg.file is not None:
+            for atoms in read_test_file(self.spec):
+                if not self.store.has(atoms):
+                    self.store.add(
+                        atoms, iteration=0, oracle="file", status="ok", **_provenance(atoms)
+                    )
+            return
+        if cfg.per_kind == 0:
+            return
+        test = draw_test_set(self.spec, self.seeds(), self._rng(0, 9))
+        self.report("step", {"iteration": 0, "step": "test", "n": len(test)})
+        self._label(test, iteration=0)
 
     # ------------------------------------------------------------------ steps
     def step_train(self, it: int) -> None:
@@ -159,7 +212,7 @@ class Campaign:
         def progress(event: Any) -> None:
             self.report("train", {"iteration": it, "event": event})
 
-        self.report("step", {"iteration": it, "step": "train", "n": len(train)})
+        self._begin(it, "train", n=len(train))
         train_ensemble(
             train,
             self.spec.model,
@@ -179,26 +232,61 @@ class Campaign:
         return Ensemble.load(self._idir(it) / "models")
 
     def step_calibrate(self, it: int) -> None:
-        """Calibrate the ensemble on the holdout; store scales and trust levels."""
+        """Calibrate the ensemble on the holdout (its one prediction this iteration); check the
+        calibration on the test set's ID and OOD parts, and against one that also uses the
+        loop's own labels; store scales, checks, trust levels and the holdout errors.
+        """
+        from chemgap.agent.evaluation import calibration_checks, compare_calibrations
         from chemgap.agent.trust import trust_levels
+        from chemgap.models.calibration import Residuals, calibration_quality, fit_calibration
 
-        self.report("step", {"iteration": it, "step": "calibrate"})
+        self._begin(it, "calibrate")
         ensemble = self._ensemble(it)
         holdout = self.labelled("holdout")
-        cal = ensemble.calibrate(holdout)
-        pred = ensemble.predict(holdout)
+        raw = ensemble.predict(holdout, calibrated=False)
+        res = Residuals.from_prediction(raw, holdout)
+        cal = fit_calibration(res)
+        cal.metrics = {
+            "raw": calibration_quality(res, None),
+            "calibrated": calibration_quality(res, cal),
+        }
+        ensemble.calibration = cal
+        ensemble.save_metadata()
         levels = trust_levels(
             self.spec.exploration.trust,
-            force_std_atom_cal=pred.force_std_atom_cal,
-            numbers=pred.numbers,
-            system_idx=pred.system_idx,
+            force_std_atom_cal=raw.force_std_atom * cal.force_scales_for(raw.numbers),
+            numbers=raw.numbers,
+            system_idx=raw.system_idx,
         )
-        atomic_write_text(
-            self._idir(it) / "calibration.json",
-            json.dumps(
-                {"calibration": cal.to_dict(), "trust": levels.to_dict()}, indent=2, default=float
-            ),
-        )
+        idir = self._idir(it)
+        test = self.test_set()
+        test_res = None
+        if test:
+            test_res = Residuals.from_prediction(ensemble.predict(test, calibrated=False), test)
+            test_res.save(idir / TEST_RESIDUALS)
+        checks = calibration_checks(cal, fitted_on=res, test=test_res, test_structures=test)
+        payload = {
+            "calibration": cal.to_dict(),
+            "trust": levels.to_dict(),
+            "holdout_errors": score(raw, holdout).to_dict(),
+            "checks": checks,
+            "loop": None,
+        }
+        earlier = [self._idir(j) / SELECTED_RESIDUALS for j in range(1, it)]
+        parts = [Residuals.load(path) for path in earlier if path.exists()]
+        if parts:
+            both = Residuals.concat([res, *parts])
+            cal_loop = fit_calibration(both)
+            loop_checks = calibration_checks(
+                cal_loop, fitted_on=both, test=test_res, test_structures=test
+            )
+            payload["loop"] = {
+                "calibration": cal_loop.to_dict(),
+                "loop_structures": sum(part.n_structures for part in parts),
+                "checks": loop_checks,
+                **compare_calibrations(checks, loop_checks),
+            }
+        atomic_write_text(idir / "calibration.json", json.dumps(payload, indent=2, default=float))
         self._finish_step(it, "calibrate")
 
     def _levels(self, it: int):
@@ -218,7 +306,7 @@ class Campaign:
         starts = [seeds[order[i % len(seeds)]].copy() for i in range(cfg.walkers)]
         temps = [cfg.temperatures_K[i % len(cfg.temperatures_K)] for i in range(cfg.walkers)]
         groups = [f"{a.info['seed_kind']} {t:g} K" for a, t in zip(starts, temps, strict=True)]
-        self.report("step", {"iteration": it, "step": "explore", "n": cfg.walkers})
+        self._begin(it, "explore", n=cfg.walkers)
         ensemble = self._ensemble(it)
         result = explore_groups(
             ensemble,
@@ -273,7 +361,7 @@ class Campaign:
         n_batch = max(0, min(self.spec.selection.batch_size, left))
         chosen: list[Atoms] = []
         info: dict[str, Any] = {"candidates": len(candidates), "batch": n_batch}
-        self.report("step", {"iteration": it, "step": "select", "n": len(candidates)})
+        self._begin(it, "select", n=len(candidates))
         if candidates and n_batch:
             ensemble = self._ensemble(it)
             labelled = self.labelled()
@@ -329,16 +417,10 @@ class Campaign:
             self.store.add(
                 atoms,
                 iteration=iteration,
-                source=src.info.get("source", "seed"),
-                seed_kind=src.info.get("seed_kind"),
-                walker=src.info.get("walker"),
-                group=src.info.get("group"),
-                temperature_K=src.info.get("temperature_K"),
-                uncertainty=src.info.get("uncertainty"),
-                split=src.info.get("split", "train"),
                 oracle=str(self.spec.oracle.name),
                 status=result.status,
                 seconds=round(float(result.seconds), 6),
+                **_provenance(src),
             )
             done += 1
             self.report(
@@ -358,57 +440,102 @@ class Campaign:
     def step_label(self, it: int) -> None:
         """Label the selected batch (each label written to data.db as it arrives)."""
         chosen = _read_extxyz(self._idir(it) / "selection.extxyz")
-        self.report("step", {"iteration": it, "step": "label", "n": len(chosen)})
+        self._begin(it, "label", n=len(chosen))
         self._label(chosen, iteration=it)
         self._finish_step(it, "label")
 
     def step_evaluate(self, it: int) -> dict[str, Any]:
-        """Validation errors of this iteration's ensemble on the holdout, and the stop check."""
-        self.report("step", {"iteration": it, "step": "evaluate"})
-        ensemble = self._ensemble(it)
-        holdout = self.labelled("holdout")
-        errors = score(ensemble.predict(holdout), holdout)
-        cal = json.loads((self._idir(it) / "calibration.json").read_text())["calibration"]
-        expl = json.loads((self._idir(it) / "exploration.json").read_text())
+        """This iteration's errors (holdout, and the fixed test set per part, kind and element),
+        its diagnosis on the test set, the learning-curve row, and the stop check.
+        """
+        self._begin(it, "evaluate")
+        idir = self._idir(it)
+        calib = json.loads((idir / "calibration.json").read_text())
+        expl = json.loads((idir / "exploration.json").read_text())
         counts = self.store.label_counts()
+        test_calls = self.test_calls()
+        holdout = calib["holdout_errors"]
+        metrics = calib["calibration"].get("metrics", {}).get("calibrated", {})
         row = {
             "iteration": it,
             "labels_ok": counts["ok"],
             "labels_failed": counts["failed"],
-            "energy_mae_per_atom": errors.energy_mae_per_atom,
-            "force_mae": errors.force_mae,
-            "spearman_atom": cal.get("metrics", {}).get("calibrated", {}).get("spearman_atom"),
+            "oracle_calls": counts["ok"] + counts["failed"] - test_calls,
+            "oracle_calls_test": test_calls,
+            "energy_mae_per_atom": holdout["energy_mae_per_atom"],
+            "force_mae": holdout["force_mae"],
+            "spearman_atom": metrics.get("spearman_atom"),
             "accurate": expl["overall"]["accurate"],
             "candidate": expl["overall"]["candidate"],
             "failed": expl["overall"]["failed"],
-            "elapsed_s": self.elapsed_s,
         }
+        row.update(self._test_row(it))
+        self._save_selected_residuals(it)
+        t_diag = time.monotonic()
         row.update(self._diagnose(it))
+        diag_s = time.monotonic() - t_diag
+        row["elapsed_s"] = self.elapsed_s
         history = [h for h in self.store.state.history if h["iteration"] != it] + [row]
         reason = self.stop_reason(history)
-        status = RunStatus.DONE if reason else RunStatus.RUNNING
+        took = time.monotonic() - self._step_t0
         self.store.write_state(
             iteration=it,
             step="evaluate",
             history=history,
             stop_reason=reason,
-            status=status,
+            status=RunStatus.DONE if reason else RunStatus.RUNNING,
             elapsed_s=self.elapsed_s,
+            timings=self._timings(it, evaluate=round(took - diag_s, 3), diagnose=round(diag_s, 3)),
         )
         self.report("iteration", row)
         return row
 
+    def _test_row(self, it: int) -> dict[str, Any]:
+        """The test-set errors of iteration ``it`` (from the residuals its calibrate step saved)."""
+        from chemgap.agent.evaluation import score_test_set
+        from chemgap.models.calibration import Residuals
+
+        path = self._idir(it) / TEST_RESIDUALS
+        test = self.test_set()
+        if not test or not path.exists():
+            return {}
+        errors = score_test_set(Residuals.load(path), test)
+        row: dict[str, Any] = {"test": errors}
+        for part in ("all", "id", "ood"):
+            report = errors.get(part)
+            row[f"test_force_mae_{part}"] = report["force_mae"] if report else None
+            row[f"test_energy_mae_{part}"] = report["energy_mae_per_atom"] if report else None
+        return row
+
+    def _save_selected_residuals(self, it: int) -> None:
+        """The structures this iteration chose and labelled, as predicted by the ensemble that
+        chose them (out of sample for it): the loop's own calibration data for later
+        iterations (a later ensemble has trained on them).
+        """
+        from chemgap.models.calibration import Residuals
+
+        chosen = [
+            a
+            for a in self.labelled()
+            if a.info.get("iteration") == it and a.info.get("source") == "explore"
+        ]
+        if not chosen:
+            return
+        pred = self._ensemble(it).predict(chosen, calibrated=False)
+        Residuals.from_prediction(pred, chosen).save(self._idir(it) / SELECTED_RESIDUALS)
+
     def _diagnose(self, it: int) -> dict[str, Any]:
-        """Failure regions of this iteration's ensemble on data it was not trained on: the
-        holdout and the structures labelled in this iteration (the ones it was unsure about).
-        Writes ``regions.json`` in the run and in ``iterations/NNN``. A diagnosis that cannot be
-        made (too few structures for a statistic, say) is logged and recorded, not fatal.
+        """Failure regions of this iteration's ensemble on the fixed test set (without one: on
+        the holdout and this iteration's labels, data it was not trained on). The same
+        structures every iteration, so a region's ratio per iteration is a history. Writes
+        ``regions.json`` in the run and in ``iterations/NNN``. A diagnosis that cannot be made
+        (too few structures for a statistic, say) is logged and recorded, not fatal.
         """
         from chemgap.agent.diagnostics import REGIONS_FILE
         from chemgap.agent.diagnostics.diagnose import diagnose, load_regions, write_regions
 
         self.report("step", {"iteration": it, "step": "diagnose"})
-        unseen = [
+        unseen = self.test_set() or [
             a
             for a in self.labelled()
             if a.info.get("split") == "holdout" or a.info.get("iteration") == it
@@ -542,3 +669,24 @@ def run_campaign(
             )
             raise
         return reason
+
+
+PROVENANCE = (
+    "source",
+    "seed_kind",
+    "walker",
+    "group",
+    "temperature_K",
+    "uncertainty",
+    "split",
+    "test_kind",
+    "in_distribution",
+)
+
+
+def _provenance(atoms: Atoms) -> dict[str, Any]:
+    """The provenance of a structure to store with its label (``data.db`` key-value pairs)."""
+    out = {key: atoms.info.get(key) for key in PROVENANCE}
+    out["source"] = out["source"] or "seed"
+    out["split"] = out["split"] or "train"
+    return out

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chemgap.agent.diagnostics import REGIONS_FILE
 from chemgap.agent.errors import RunDirError
+from chemgap.agent.summary import campaign_summary, learning_curve, time_budget
 from chemgap.campaigns.spec import CampaignSpec, dump_spec, parse_spec
 from chemgap.common.keys import ENERGY_KEY, FORCES_KEY, STRESS_KEY
 
@@ -76,6 +77,9 @@ class RunState(BaseModel):
     history: list[dict[str, Any]] = Field(default_factory=list, description="per-iteration metrics")
     elapsed_s: float = Field(
         0.0, ge=0, description="campaign wall time so far, summed over resumes"
+    )
+    timings: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="iteration -> step -> wall seconds"
     )
 
 
@@ -191,7 +195,11 @@ class RunStore:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the run's lock while driving it; a second driver gets a clear error."""
+        """Hold the run's lock while driving it; a second driver gets a clear error.
+
+        ``state.json`` is read again once the lock is held: the state the holder acts on is
+        never one read before another driver's last write.
+        """
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -200,6 +208,8 @@ class RunStore:
             raise RunDirError(f"{self.root} is being driven by another chemgap process") from None
         self._lock_fd = fd
         try:
+            # what another process wrote before we held the lock is the state we continue
+            self.state = read_state(self.root)
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -257,6 +267,10 @@ class RunStore:
     def label_counts(self) -> dict[str, int]:
         """``{"ok": n, "failed": n}``: rows labelled, and rows whose oracle call failed."""
         return label_counts(self.root / DB_FILE)
+
+    def summary(self) -> dict[str, Any]:
+        """What the campaign found so far (:func:`chemgap.agent.summary.campaign_summary`)."""
+        return campaign_summary(self.root, self.state, self.root / ITERATIONS_DIR)
 
     # ------------------------------------------------------------------ iterations
     def iteration_dir(self, iteration: int, *, create: bool = True) -> Path:
@@ -374,7 +388,10 @@ def run_status(root: str | Path) -> dict[str, Any]:
 
     Keys: ``campaign``, ``state`` (running | done | failed | interrupted), ``iteration``,
     ``step``, ``labels`` (``{"ok": n, "failed": n}``), ``regions`` (count), ``stop_reason``,
-    ``path``, ``updated``, ``history``.
+    ``path``, ``updated``, ``history``, ``learning_curve`` (per iteration: oracle calls,
+    holdout and test-set errors in and out of distribution), ``test_errors`` (the last
+    iteration's test-set errors per part, kind and element) and ``time`` (wall time per step and
+    the orchestration overhead); see :mod:`chemgap.agent.summary`.
     """
     root = Path(root)
     state = read_state(root)
@@ -398,4 +415,7 @@ def run_status(root: str | Path) -> dict[str, Any]:
         "path": str(root.resolve()),
         "updated": state.updated,
         "history": state.history,
+        "learning_curve": learning_curve(state),
+        "test_errors": state.history[-1].get("test") if state.history else None,
+        "time": time_budget(state),
     }

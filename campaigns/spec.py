@@ -218,6 +218,62 @@ class SystemConfig(_Section):
     )
 
 
+# --------------------------------------------------------------------------- test set
+class TestSetMethod(StrEnum):
+    """How test structures are drawn from the seeds at each test temperature."""
+
+    MD = "md"  # short Langevin MD with the oracle itself (cheap oracles: EMT, SW, xTB molecules)
+    RATTLE = "rattle"  # thermal Gaussian displacements and strain (any oracle: one call each)
+
+
+class TestSetConfig(_Section):
+    """A fixed labelled test set: labelled once at iteration 0 and never trained on, selected
+    from or calibrated on; every iteration is scored on it.
+
+    Generated (``per_kind`` > 0): ``per_kind`` structures from *every* seed entry, also those
+    with ``initial: false``, spread over ``temperatures_K`` (default: the exploration ladder).
+    A seed entry is one *kind* (its ``kind``, with the formula, SMILES or name when the spec has
+    several entries of one kind); kinds with ``initial: true`` are in distribution (ID), the
+    others out of distribution (OOD). From a file (``file``): a user's labelled structures
+    (extxyz with REF_energy / REF_forces, or energy / forces), used as given; ``info['kind']``
+    or ``info['config_type']`` names each structure's kind, and a kind equal to an initial
+    seed's kind is ID.
+    """
+
+    __test__ = False  # not a pytest class
+
+    per_kind: int = Field(4, ge=0, description="test structures per seed entry (0: none)")
+    temperatures_K: list[float] | None = Field(
+        None,
+        description="temperatures the test structures are drawn at, K (default: exploration's)",
+    )
+    method: TestSetMethod = Field(
+        TestSetMethod.RATTLE,
+        description="md: oracle Langevin MD; rattle: thermal displacements and strain",
+    )
+    md_steps: int = Field(40, ge=1, description="md: oracle MD steps before the frame is taken")
+    timestep_fs: float = Field(2.0, gt=0, le=10, description="md: timestep, fs")
+    rattle_A: float = Field(
+        0.05, ge=0, lt=1, description="rattle: displacement std at 300 K, Å (scales as sqrt(T))"
+    )
+    strain: float = Field(0.01, ge=0, lt=0.5, description="rattle: max random strain")
+    file: str | None = Field(None, description="labelled test structures instead of generated")
+
+    @field_validator("temperatures_K")
+    @classmethod
+    def _positive(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and (not value or min(value) <= 0):
+            raise ValueError("temperatures must be > 0 K (or leave the list out)")
+        return value
+
+    def resolve(self, base_dir: Path) -> Path | None:
+        """The test file as an absolute path (relative paths are relative to the spec)."""
+        if self.file is None:
+            return None
+        p = Path(self.file).expanduser()
+        return p if p.is_absolute() else base_dir / p
+
+
 # --------------------------------------------------------------------------- exploration
 class TrustMode(StrEnum):
     """How the trust window's levels are set."""
@@ -394,6 +450,7 @@ class CampaignSpec(_Section):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    test_set: TestSetConfig = Field(default_factory=TestSetConfig)
 
     def elements(self, base_dir: Path | None = None) -> set[str]:
         """Every element the seed structures contain."""
@@ -498,7 +555,48 @@ def _semantic_problems(spec: CampaignSpec, base_dir: Path) -> list[str]:
                 f"selection.per_element_quota.{element}: no seed structure contains {element} "
                 f"(got {element!r})"
             )
-    return problems
+    return problems + _initial_set_problems(spec) + _test_set_problems(spec, base_dir)
+
+
+def initial_pool_size(system: SystemConfig) -> int | None:
+    """Seed structures that may be drawn into the initial set (None: a file seed's count is
+    only known when the file is read).
+    """
+    total = 0
+    for seed in system.seeds:
+        if not seed.initial:
+            continue
+        if seed.kind == "file":
+            return None
+        n = len(seed.distances_A) if seed.kind == "dimer" else 1
+        total += seed.count * n
+    return total
+
+
+def _initial_set_problems(spec: CampaignSpec) -> list[str]:
+    """The initial set must leave something to train on and something to calibrate on."""
+    system = spec.system
+    if not any(seed.initial for seed in system.seeds):
+        return [
+            "system.seeds: every seed entry has initial: false, so there is nothing to label "
+            "before the first training (got no initial seed); mark at least one initial: true"
+        ]
+    pool = initial_pool_size(system)
+    n = system.initial_labels if pool is None else min(system.initial_labels, pool)
+    n_hold = max(1, round(system.holdout_fraction * n))
+    if n - n_hold < 1:
+        return [
+            f"system.holdout_fraction: holds out {n_hold} of the {n} initial structures, "
+            f"leaving none to train on (got {system.holdout_fraction!r}); lower it or label more"
+        ]
+    return []
+
+
+def _test_set_problems(spec: CampaignSpec, base_dir: Path) -> list[str]:
+    path = spec.test_set.resolve(base_dir)
+    if path is not None and not path.is_file():
+        return [f"test_set.file: file {str(path)!r} does not exist (got {spec.test_set.file!r})"]
+    return []
 
 
 # --------------------------------------------------------------------------- overrides
@@ -713,6 +811,8 @@ def parse_spec(
     for seed in spec.system.seeds:  # the spec is copied into run directories: keep files found
         if seed.kind == "file":
             seed.path = str(seed.resolve(base).resolve())
+    if spec.test_set.file is not None:
+        spec.test_set.file = str(spec.test_set.resolve(base).resolve())
     return spec
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "force_error_norms",
     "mae",
     "per_element_force_mae",
+    "report_from_errors",
     "rmse",
     "score",
 ]
@@ -124,8 +125,34 @@ def error_report(
         ref_forces: (n_atoms_total, 3) labelled forces, eV/Å.
         numbers: (n_atoms_total,) atomic numbers, for the per-element breakdown.
     """
-    de = energy_errors_per_atom(pred_energy, ref_energy, n_atoms)
-    df = np.asarray(pred_forces, float) - np.asarray(ref_forces, float)
+    return report_from_errors(
+        energy_error=np.asarray(pred_energy, float) - np.asarray(ref_energy, float),
+        n_atoms=n_atoms,
+        force_error=np.asarray(pred_forces, float) - np.asarray(ref_forces, float),
+        numbers=numbers,
+    )
+
+
+def report_from_errors(
+    *,
+    energy_error: np.ndarray,
+    n_atoms: np.ndarray,
+    force_error: np.ndarray,
+    numbers: np.ndarray,
+) -> ErrorReport:
+    """All error metrics from signed errors (prediction − label) already computed.
+
+    Args:
+        energy_error: (n_struct,) total-energy errors, eV.
+        n_atoms: (n_struct,) atoms per structure.
+        force_error: (n_atoms_total, 3) force errors, eV/Å, structures in order.
+        numbers: (n_atoms_total,) atomic numbers, for the per-element breakdown.
+    """
+    de = np.asarray(energy_error, float) / np.asarray(n_atoms)
+    df = np.asarray(force_error, float).reshape(-1, 3)
+    norms = np.linalg.norm(df, axis=1)
+    comp = np.abs(df).mean(axis=1)
+    by_z = breakdown(comp, np.asarray(numbers, dtype=int)) if len(df) else {}
     return ErrorReport(
         n_structures=len(de),
         n_atoms=len(df),
@@ -133,10 +160,8 @@ def error_report(
         energy_rmse_per_atom=rmse(de),
         force_mae=mae(df),
         force_rmse=rmse(df),
-        force_error_norm_mean=float(force_error_norms(pred_forces, ref_forces).mean())
-        if len(df)
-        else float("nan"),
-        force_mae_per_element=per_element_force_mae(numbers, pred_forces, ref_forces),
+        force_error_norm_mean=float(norms.mean()) if len(df) else float("nan"),
+        force_mae_per_element={chemical_symbols[int(z)]: v for z, v in by_z.items()},
     )
 
 

@@ -25,7 +25,7 @@ from ase.data import chemical_symbols
 from chemgap.common.tasks import Channel, Executor, Task, resolve_executor
 
 from .build import DataStats, build_for_loading, compute_stats
-from .calibration import Calibration, fit_calibration, quality
+from .calibration import Calibration, Residuals, calibration_quality, fit_calibration
 from .config import EnsembleConfig, EnsembleMode, ModelConfig
 from .data import (
     Batch,
@@ -217,24 +217,28 @@ class Ensemble:
     ) -> Calibration:
         """Fit the uncertainty scales on held-out ``labelled`` data and keep them.
 
-        The fit is :func:`chemgap.models.calibration.fit_calibration` on this ensemble's raw
-        prediction; every later :meth:`predict` applies it and, with ``save`` and a model
-        directory, it is written into ``ensemble.json``. The quality metrics stored with it are
-        measured on the same data (so they describe the fit, not its transfer). Needs ≥ 2
-        members.
+        The fit is :func:`chemgap.models.calibration.fit_calibration` on the
+        :class:`~chemgap.models.calibration.Residuals` of this ensemble's raw prediction; every
+        later :meth:`predict` applies it and, with ``save`` and a model directory, it is written
+        into ``ensemble.json``. ``metrics`` = ``{"raw": ..., "calibrated": ...}``
+        (:func:`chemgap.models.calibration.calibration_quality`) is measured on the *fitting*
+        data, so it describes the fit, not its transfer (there the calibrated mean z² is 1 by
+        construction): the campaign scores the calibration on other data (a test set, its
+        out-of-distribution part). A scale that could not be fitted is 1.0 and
+        ``Calibration.uncalibrated`` says why. Needs ≥ 2 members.
         """
         if self.n_members < 2:
             raise ValueError("calibrate: needs an ensemble of at least 2 members")
         structures = usable(labelled)
         if not structures:
             raise ValueError("calibrate: no labelled structures (energy, forces, status ok)")
-        raw = self.predict(structures, calibrated=False)
-        cal = fit_calibration(raw, structures, per_element=per_element, min_atoms=min_atoms)
-        self.calibration = cal
+        res = Residuals.from_prediction(self.predict(structures, calibrated=False), structures)
+        cal = fit_calibration(res, per_element=per_element, min_atoms=min_atoms)
         cal.metrics = {
-            "raw": quality(raw, structures, calibrated=False),
-            "calibrated": quality(self.predict(structures), structures, calibrated=True),
+            "raw": calibration_quality(res, None),
+            "calibrated": calibration_quality(res, cal),
         }
+        self.calibration = cal
         log.info(
             "calibration: energy x%.3g, forces x%.3g; miscalibration area %.3f -> %.3f",
             cal.energy_scale,

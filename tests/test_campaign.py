@@ -74,6 +74,8 @@ def tiny_spec(oracle: dict | None = None, **budget) -> dict:
         },
         "selection": {"strategy": "diverse", "batch_size": 4},
         "budget": {"max_iterations": 2, "max_oracle_calls": 100, **budget},
+        # two test structures per seed kind: bulk (in distribution), vacancy (out of it)
+        "test_set": {"per_kind": 2, "method": "rattle", "rattle_A": 0.04},
     }
 
 
@@ -104,7 +106,7 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session):
     info = json.loads(result.output)
     assert info["state"] == "done" and info["iteration"] == 2
     assert info["labels"]["failed"] == 0
-    assert info["labels"]["ok"] == 6 + 4 + 4  # initial set + one batch per iteration
+    assert info["labels"]["ok"] == 6 + 4 + 4 + 4  # initial set, test set, a batch per iteration
     history = RunStore.open(store.root).state.history
     assert [h["iteration"] for h in history] == [1, 2]
     assert all(h["force_mae"] > 0 for h in history)
@@ -125,6 +127,50 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session):
     assert events.count("iteration") == 2
     keys = [k for _, k, _ in rows(store.root / "data.db")]
     assert len(keys) == len(set(keys))
+    _check_test_set_kept_apart(store.root, history, info)
+
+
+def _check_test_set_kept_apart(root: Path, history: list[dict], info: dict) -> None:
+    """The test set is labelled once and never trained on, selected from or calibrated on; every
+    iteration is scored on it, in and out of distribution.
+    """
+    from chemgap.models.data import data_hash
+
+    store = RunStore.open(root)
+    test = store.structures(split="test")
+    assert len(test) == 4 and all(a.info["status"] == "ok" for a in test)
+    assert sorted(a.info["test_kind"] for a in test) == ["bulk"] * 2 + ["vacancy"] * 2
+    assert {a.info["test_kind"]: bool(a.info["in_distribution"]) for a in test} == {
+        "bulk": True,
+        "vacancy": False,
+    }
+    assert all(a.info["iteration"] == 0 for a in test)
+    test_keys = {a.info["key"] for a in test}
+    trained = store.structures(split="train")
+    held = store.structures(split="holdout")
+    for it, row in zip((1, 2), history, strict=True):
+        # the members trained on exactly the train rows labelled before this iteration
+        earlier = [a for a in trained if a.info["iteration"] < it]
+        held_before = [a for a in held if a.info["iteration"] < it]
+        meta = json.loads((root / f"iterations/00{it}/models/ensemble.json").read_text())
+        assert (meta["n_train"], meta["n_valid"]) == (len(earlier), len(held_before))
+        for k in range(2):
+            member = json.loads((root / f"iterations/00{it}/models/member_0{k}.json").read_text())
+            assert member["data_hash"] == data_hash(earlier)
+        assert not test_keys & {a.info["key"] for a in earlier + held_before}
+        # selection never picked a test structure, and calibration was fitted on the holdout
+        sel = (root / f"iterations/00{it}/selection.extxyz").read_text()
+        assert "split=test" not in sel
+        cal = json.loads((root / f"iterations/00{it}/calibration.json").read_text())
+        assert cal["calibration"]["n_structures"] == len(held_before)
+        assert cal["checks"]["test_id"] and cal["checks"]["test_ood"]
+        assert row["test_force_mae_id"] > 0 and row["test_force_mae_ood"] > 0
+        assert row["oracle_calls_test"] == 4
+        assert set(row["test"]["kinds"]) == {"bulk", "vacancy"}
+    assert [r["iteration"] for r in info["learning_curve"]] == [1, 2]
+    assert info["time"]["per_step_s"]["train"] > 0
+    loop = json.loads((root / "iterations/002/calibration.json").read_text())["loop"]
+    assert loop is not None and loop["loop_structures"] == 4
 
 
 @pytest.mark.slow
@@ -165,7 +211,7 @@ def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray
                 if (run_dir / "state.json").exists()
                 else {}
             )
-            if state.get("step") == "select" and len(rows(db)) >= 7:
+            if state.get("step") == "select" and len(rows(db)) >= 11:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -175,7 +221,7 @@ def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     before = rows(db)
-    assert 7 <= len(before) < 10, before  # killed mid-batch: some labels of 4 are missing
+    assert 11 <= len(before) < 14, before  # killed mid-batch: some labels of 4 are missing
     status = CliRunner().invoke(main, ["status", "--json", str(run_dir)])
     assert json.loads(status.output)["state"] == "interrupted"
 
@@ -185,7 +231,7 @@ def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray
     assert set(before) <= set(after)  # nothing written before the kill was lost
     keys = [k for _, k, _ in after]
     assert len(keys) == len(set(keys))  # and nothing was labelled twice
-    assert len(after) == 6 + 4
+    assert len(after) == 6 + 4 + 4  # initial set, test set, one batch
     assert (
         json.loads(CliRunner().invoke(main, ["status", "--json", str(run_dir)]).output)["state"]
         == "done"

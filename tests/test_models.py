@@ -12,7 +12,6 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from chemgap.models.build import DataStats, build_model, compute_stats
-from chemgap.models.calibration import miscalibration_area
 from chemgap.models.config import EnsembleConfig, EnsembleMode, ModelConfig
 from chemgap.models.data import data_hash, element_list, symbols_to_z
 from chemgap.models.ensemble import Ensemble, plan_jobs, train_ensemble
@@ -125,8 +124,13 @@ def test_std_larger_out_of_distribution(cu_ensemble, cu_data):
 def test_calibration_stored_and_applied(cu_ensemble, cu_data):
     cal = cu_ensemble.calibrate(cu_data["test"])
     assert cal.force_scale > 0 and "Cu" in cal.force_scale_per_element
-    for key in ("spearman_atom", "miscalibration_area_forces", "coverage_68_forces"):
+    assert cal.uncalibrated is None
+    keys = ("spearman_atom", "miscalibration_area_forces", "coverage_68_forces", "mean_z2_forces")
+    for key in keys:
         assert key in cal.metrics["raw"] and key in cal.metrics["calibrated"]
+    # the stored metrics are on the fitting data, where σ-scaling makes mean z² one
+    assert cal.metrics["calibrated"]["mean_z2_forces"] == pytest.approx(1.0, rel=1e-4)
+    assert cal.metrics["calibrated"]["n_structures"] == len(cu_data["test"])
     reloaded = Ensemble.load(cu_ensemble.path)
     assert reloaded.calibration is not None
     pred = reloaded.predict(cu_data["ood"])
@@ -138,12 +142,6 @@ def test_calibration_stored_and_applied(cu_ensemble, cu_data):
     f_ref = np.concatenate([a.arrays["REF_forces"] for a in cu_data["test"]])
     z = (cal_pred.forces_mean - f_ref) / cal_pred.forces_std_cal
     assert np.mean(z**2) == pytest.approx(1.0, rel=1e-4)
-
-
-def test_miscalibration_area_of_gaussian_errors_is_small():
-    z = np.random.default_rng(0).normal(size=20000)
-    assert miscalibration_area(z) < 0.01
-    assert miscalibration_area(3 * z) > 0.2  # overconfident by 3x
 
 
 def test_descriptors_shape_and_invariance(cu_ensemble, cu_data):

@@ -274,3 +274,30 @@ def test_overrides_report_every_structural_problem():
     msgs = problems(cu_spec(), overrides={"system.seeds.9.a": "3", "budget.max_iterations": "x"})
     assert any("no item 9" in m for m in msgs)
     assert any(m.startswith("budget.max_iterations:") for m in msgs)
+
+
+def test_a_spec_with_nothing_to_train_on_is_refused():
+    """Broken variants: every seed initial: false, and a holdout fraction that takes every
+    initial structure, used to fail at run time; both are spec errors now (exit 2).
+    """
+    data = cu_spec()
+    for seed in data["system"]["seeds"]:
+        seed["initial"] = False
+    assert any("initial: false" in p for p in problems(data))
+    data = cu_spec()
+    data["system"]["initial_labels"] = 2
+    data["system"]["holdout_fraction"] = 0.9
+    found = problems(data)
+    assert any(p.startswith("system.holdout_fraction: holds out 2 of the 2") for p in found)
+
+
+def test_test_set_section(tmp_path):
+    data = cu_spec()
+    data["test_set"] = {"file": "missing.extxyz"}
+    assert any(p.startswith("test_set.file: file") for p in problems(data, base_dir=tmp_path))
+    data["test_set"] = {"per_kind": -1, "temperatures_K": [0]}
+    found = problems(data)
+    assert any(p.startswith("test_set.per_kind") for p in found)
+    assert any(p.startswith("test_set.temperatures_K") for p in found)
+    spec = parse_spec(cu_spec())
+    assert spec.test_set.per_kind > 0 and spec.test_set.method == "rattle"

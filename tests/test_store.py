@@ -234,3 +234,48 @@ def test_status_json_and_liveness(tmp_path, spec):
     assert info["state"] == "done" and info["iteration"] == 3
     human = CliRunner().invoke(main, ["status", str(store.root)])
     assert "done (iteration cap)" in human.output
+
+
+def test_state_is_read_again_under_the_lock(tmp_path, spec):
+    """Broken variant: a driver acting on the state.json it read when it opened the run, before
+    another driver's last write; the lock must hand it the state on disk.
+    """
+    store = RunStore.create(tmp_path / "run", spec)
+    early = RunStore.open(store.root)  # opened while another process still drives the run
+    store.write_state(iteration=3, step="explore")
+    assert early.state.iteration == 0
+    with early.lock():
+        assert (early.state.iteration, early.state.step) == (3, "explore")
+
+
+def test_extxyz_steps_are_flushed_to_disk_before_the_rename(tmp_path, monkeypatch):
+    """Broken variant: write + rename without fsync (a power cut can leave an empty file)."""
+    import os
+
+    from chemgap.agent import campaign
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    campaign._write_extxyz(tmp_path / "sel.extxyz", [labelled_cu(0)])
+    assert synced and (tmp_path / "sel.extxyz").stat().st_size > 0
+    assert not (tmp_path / "sel.tmp.extxyz").exists()
+
+
+def test_resume_checks_the_oracle_backend_first(tmp_path, spec):
+    """Broken variant: resume without the backend check started Ray and failed at the first
+    label (exit 1); now an oracle that cannot be built is bad input before anything runs.
+    """
+    from click.testing import CliRunner
+
+    from chemgap.agent.cli import main
+
+    broken = spec.model_copy(deep=True)
+    broken.oracle.name = "ase"
+    broken.oracle.params = {"calculator": "no_such_module_here:Calc"}
+    store = RunStore.create(tmp_path / "run", broken)
+    before = snapshot(store.root)
+    result = CliRunner().invoke(main, ["resume", str(store.root)])
+    assert result.exit_code == 2, result.output
+    assert "oracle" in result.output and "no_such_module_here" in result.output
+    assert snapshot(store.root) == before

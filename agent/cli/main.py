@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import re
+import warnings
 from pathlib import Path
 
 import click
@@ -13,11 +17,31 @@ from rich.table import Table
 from chemgap.agent.cli.common import console, handles_errors
 from chemgap.agent.cli.options import Overrides, load_campaign, overrides_option
 
+# warnings of the stack that say nothing about the user's run (shown with -vv)
+HARMLESS_WARNINGS = (
+    "Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD",  # e3nn's torch.load of constants
+    "The TorchScript type system doesn't support instance-level annotations",  # e3nn codegen
+    "You are using `torch.load` with `weights_only=False`",  # mace's model loading
+    "Skipping unhashable information",  # ASE's extxyz on slab metadata
+)
+# commands that import mace, which prints a cuequivariance notice on CPU machines
+MODEL_COMMANDS = frozenset({"run", "resume", "train", "predict", "explore", "diagnose"})
+
 
 def _configure_logging(verbosity: int) -> None:
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     handler = RichHandler(console=console, show_path=False, rich_tracebacks=verbosity > 1)
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
+    if verbosity < 2:
+        for text in HARMLESS_WARNINGS:
+            warnings.filterwarnings("ignore", message=f".*{re.escape(text)}")
+        logging.getLogger("ray").setLevel(logging.ERROR)  # token-auth and start-up notices
+
+
+def _quiet_mace_import() -> None:
+    """Import mace once with its cuequivariance notice (a print on CPU machines) swallowed."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        import mace.tools.cg  # noqa: F401
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,6 +55,9 @@ def main(verbose: int) -> None:
     errors to chemical features.
     """
     _configure_logging(verbose)
+    ctx = click.get_current_context()
+    if verbose < 2 and ctx.invoked_subcommand in MODEL_COMMANDS:
+        _quiet_mace_import()
 
 
 @main.command()
@@ -66,7 +93,7 @@ def campaigns() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of a table.")
 @handles_errors
 def status(run: Path, as_json: bool) -> None:
-    """Where campaign RUN stands: state, iteration, labels, failure regions."""
+    """Where campaign RUN stands: state, iteration, labels, failure regions, learning curve."""
     from chemgap.agent.store import run_status
 
     info = run_status(run)
@@ -80,6 +107,17 @@ def status(run: Path, as_json: bool) -> None:
     table.add_row("iteration", f"{info['iteration']} (step: {info['step']})")
     table.add_row("labels", f"{info['labels']['ok']} ok, {info['labels']['failed']} failed")
     table.add_row("failure regions", str(info["regions"]))
+    for row in info["learning_curve"]:
+        parts = [
+            f"{part} {1000 * row[f'test_force_mae_{part.lower()}']:.0f}"
+            for part in ("ID", "OOD")
+            if row.get(f"test_force_mae_{part.lower()}") is not None
+        ]
+        if parts:
+            table.add_row(
+                f"iteration {row['iteration']}",
+                f"test force MAE {' · '.join(parts)} meV/Å after {row['oracle_calls']} calls",
+            )
     console.print(table)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -20,8 +21,9 @@ STEP_TEXT = {
     "explore": "exploring with {n} walkers",
     "select": "selecting from {n} candidates",
     "label": "labelling {n} structures",
-    "evaluate": "evaluating on the holdout",
-    "diagnose": "diagnosing failure regions",
+    "test": "labelling the {n}-structure test set",
+    "evaluate": "scoring on the holdout and the test set",
+    "diagnose": "diagnosing failure regions on the test set",
 }
 
 
@@ -55,17 +57,35 @@ class Reporter:
             self.task = None
 
 
+def _mev(value: float | None, digits: int = 0) -> str:
+    return "–" if value is None else f"{1000 * value:.{digits}f}"
+
+
 def _iteration_table(row: dict[str, Any]) -> Table:
-    table = Table(title=f"iteration {row['iteration']}", title_justify="left")
+    """One iteration in a table that fits 80 columns (MAEs as chemgap.common.metrics has them)."""
+    calls = f"{row.get('oracle_calls', row['labels_ok'])} oracle calls"
+    if row.get("oracle_calls_test"):
+        calls += f" + {row['oracle_calls_test']} test"
+    table = Table(
+        title=f"iteration {row['iteration']} · {row['labels_ok']} labels "
+        f"({row['labels_failed']} failed) · {calls}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        caption="force MAE per component, meV/Å · energy MAE meV/atom · ID/OOD: test kinds "
+        "in/out of the initial data",
+        caption_justify="left",
+    )
     cols = {
-        "labels ok/failed": f"{row['labels_ok']}/{row['labels_failed']}",
-        "energy MAE (meV/atom)": f"{1000 * row['energy_mae_per_atom']:.1f}",
-        "force MAE (meV/Å)": f"{1000 * row['force_mae']:.0f}",
-        "Spearman ρ": "–" if row["spearman_atom"] is None else f"{row['spearman_atom']:.2f}",
-        "accurate/candidate/failed": (
-            f"{100 * row['accurate']:.0f}/{100 * row['candidate']:.0f}/{100 * row['failed']:.0f} %"
+        "holdout\nF MAE": _mev(row.get("force_mae")),
+        "test\nF MAE ID": _mev(row.get("test_force_mae_id")),
+        "test\nF MAE OOD": _mev(row.get("test_force_mae_ood")),
+        "test\nE MAE OOD": _mev(row.get("test_energy_mae_ood"), 1),
+        "ρ(σ,|ΔF|)": "–" if row.get("spearman_atom") is None else f"{row['spearman_atom']:.2f}",
+        "frames acc/\ncand/fail %": (
+            f"{100 * row['accurate']:.0f}/{100 * row['candidate']:.0f}/{100 * row['failed']:.0f}"
         ),
-        "regions (silent)": (
+        "regions\n(silent)": (
             "–" if row.get("regions") is None else f"{row['regions']} ({row['silent_regions']})"
         ),
     }
@@ -73,6 +93,82 @@ def _iteration_table(row: dict[str, Any]) -> Table:
         table.add_column(name, justify="right")
     table.add_row(*cols.values())
     return table
+
+
+def _ratio(r: dict[str, Any]) -> str:
+    lo, hi = r.get("ratio_ci") or (None, None)
+    if r.get("ratio") is None:
+        return "–"
+    ci = "" if lo is None or hi is None else f" ({lo:.2f}–{hi:.2f})"
+    return f"{r['ratio']:.2f}{ci}"
+
+
+def _regions_found(regions: list[dict[str, Any]]) -> Table:
+    table = Table(
+        title="failure regions (last diagnosis, on the test set)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        caption="×: force-error ratio to the baseline (95% CI) · q: BH-adjusted p · silent: "
+        "high error, low uncertainty",
+        caption_justify="left",
+    )
+    table.add_column("rule", overflow="fold", ratio=1)
+    table.add_column("× (95% CI)", no_wrap=True, justify="right")
+    table.add_column("q", justify="right")
+    table.add_column("silent")
+    table.add_column("seen", justify="right")
+    for r in regions:
+        table.add_row(
+            str(r["rule"]),
+            _ratio(r),
+            "–" if r.get("q_value") is None else f"{r['q_value']:.0e}",
+            "[bold red]yes[/]" if r.get("silent") else "",
+            "–" if r.get("first_seen") is None else f"{r['first_seen']}–{r['last_seen']}",
+        )
+    return table
+
+
+def _test_by_kind(rows: list[dict[str, Any]]) -> Table:
+    first, last = rows[0]["first_iteration"], rows[0]["last_iteration"]
+    table = Table(
+        title=f"test force MAE per kind, meV/Å: iteration {first} → {last}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+    )
+    for col in ("kind", "structures", f"iter {first}", f"iter {last}", "change"):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    for r in rows:
+        a, b = r["force_mae_first"], r["force_mae_last"]
+        change = "–" if not a or b is None else f"{100 * (b - a) / a:+.0f} %"
+        table.add_row(str(r["kind"]), str(r["n_structures"]), _mev(a), _mev(b), change)
+    return table
+
+
+def print_summary(summary: dict[str, Any], root: Path) -> None:
+    """The closing answer of a run: regions found and resolved, test error per kind, time."""
+    regions, resolved = summary["regions"], summary["resolved"]
+    if regions:
+        console.print(_regions_found(regions))
+    else:
+        console.print(
+            f"no failure region found in the last diagnosis (why: chemgap inspect {root})"
+        )
+    for r in resolved:
+        console.print(
+            f"resolved at iteration {r['resolved_at']}: {r.get('rule') or r['id']}", soft_wrap=True
+        )
+    if summary["test_by_kind"]:
+        console.print(_test_by_kind(summary["test_by_kind"]))
+    t = summary["time"]
+    if t.get("overhead_fraction") is not None:
+        console.print(
+            f"wall time {t['elapsed_s']:.0f} s, of which orchestration (outside training, "
+            f"exploring, labelling, diagnosis) {t['overhead_s']:.0f} s "
+            f"({100 * t['overhead_fraction']:.1f} %)",
+            soft_wrap=True,
+        )
 
 
 def _drive(store, address: str | None) -> None:
@@ -100,6 +196,8 @@ def _drive(store, address: str | None) -> None:
                 executor=info.executor,
             )
     console.print(f"[bold green]done[/] after {time.monotonic() - t0:.0f} s: {reason}")
+    print_summary(store.summary(), store.root)
+    console.print(f"  regions:  chemgap inspect {store.root}")
     console.print(f"  state:    chemgap status {store.root}")
     console.print(f"  data:     ase db {store.root / 'data.db'}")
     console.print(
@@ -142,11 +240,16 @@ def run(campaign: str, out: Path | None, sets: Overrides, address: str | None) -
 def resume(run_dir: Path, address: str | None) -> None:
     """Continue the campaign in RUN from its last finished step."""
     from chemgap.agent.store import RunStore
+    from chemgap.oracle import check_backend
 
     store = RunStore.open(run_dir)
     if store.state.status == "done":
         console.print(f"{run_dir} is already done: {store.state.stop_reason}")
         return
+    try:
+        check_backend(store.spec.oracle)
+    except ValueError as exc:
+        raise BadInput(f"oracle: {exc}") from None
     console.print(
         f"resuming {store.spec.name} at iteration {store.state.iteration} "
         f"(last finished step: {store.state.step})"

@@ -1,0 +1,150 @@
+"""What a campaign found, read back from its run directory: the answer ``chemgap run`` ends with.
+
+:func:`campaign_summary` gathers, without changing anything:
+
+- the learning curve: per iteration, oracle calls (training labels and the test set's apart),
+  the holdout force MAE and the test set's force and energy MAE, in and out of distribution;
+- the failure regions of the last diagnosis (rule, error ratio with its CI, q, silent flag,
+  first and last iteration seen) and the regions resolved on the way, with the iteration each
+  stopped being found;
+- the test-set error per kind, first iteration against last;
+- where the wall time went: per step, and the orchestration overhead (everything outside
+  training, exploration, labelling and diagnosis).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from chemgap.agent.diagnostics import REGIONS_FILE
+
+if TYPE_CHECKING:
+    from chemgap.agent.store import RunState
+
+__all__ = ["CURVE_KEYS", "WORK_STEPS", "campaign_summary", "learning_curve", "time_budget"]
+
+CURVE_KEYS = (
+    "iteration",
+    "oracle_calls",
+    "oracle_calls_test",
+    "force_mae",
+    "test_force_mae_id",
+    "test_force_mae_ood",
+    "test_energy_mae_id",
+    "test_energy_mae_ood",
+    "regions",
+    "elapsed_s",
+)
+WORK_STEPS = ("train", "explore", "label", "diagnose")  # the work; the rest is orchestration
+
+
+def learning_curve(state: RunState) -> list[dict[str, Any]]:
+    """One row per finished iteration with :data:`CURVE_KEYS` (None where not measured)."""
+    return [{k: row.get(k) for k in CURVE_KEYS} for row in state.history]
+
+
+def time_budget(state: RunState) -> dict[str, Any]:
+    """Wall seconds per step summed over iterations, and the orchestration overhead.
+
+    ``overhead_s`` is the campaign's elapsed time minus the time in :data:`WORK_STEPS`
+    (iteration 0's labelling counts as labelling); ``overhead_fraction`` is its share.
+    """
+    per_step: dict[str, float] = {}
+    for steps in state.timings.values():
+        for step, seconds in steps.items():
+            name = "label" if step == "initial_labels" else step
+            per_step[name] = per_step.get(name, 0.0) + float(seconds)
+    work = sum(per_step.get(s, 0.0) for s in WORK_STEPS)
+    total = float(state.elapsed_s)
+    overhead = max(total - work, 0.0)
+    return {
+        "elapsed_s": total,
+        "per_step_s": per_step,
+        "overhead_s": overhead,
+        "overhead_fraction": overhead / total if total > 0 else None,
+    }
+
+
+def _read_regions(path: Path) -> dict[str, Any] | None:
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _region_row(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": r.get("id"),
+        "rule": r.get("rule"),
+        "ratio": r.get("ratio"),
+        "ratio_ci": r.get("ratio_ci"),
+        "q_value": r.get("q_value"),
+        "silent": bool(r.get("silent")),
+        "first_seen": r.get("first_seen"),
+        "last_seen": r.get("last_seen"),
+    }
+
+
+def _regions_history(
+    iterations: Path,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Every region any iteration reported (last report wins), and those resolved with when."""
+    seen: dict[str, dict[str, Any]] = {}
+    resolved = []
+    for folder in sorted(iterations.glob("[0-9][0-9][0-9]")):
+        payload = _read_regions(folder / REGIONS_FILE)
+        if payload is None:
+            continue
+        for r in payload.get("regions", []):
+            seen[r["id"]] = _region_row(r)
+        for rid in payload.get("resolved", []):
+            row = dict(seen.get(rid, {"id": rid, "rule": None}))
+            row["resolved_at"] = int(folder.name)
+            resolved.append(row)
+    return seen, resolved
+
+
+def _kind_errors(state: RunState) -> list[dict[str, Any]]:
+    rows = [h for h in state.history if h.get("test")]
+    if not rows:
+        return []
+    first, last = rows[0], rows[-1]
+    out = []
+    for kind, rep in (first["test"].get("kinds") or {}).items():
+        end = (last["test"].get("kinds") or {}).get(kind) or {}
+        out.append(
+            {
+                "kind": kind,
+                "first_iteration": first["iteration"],
+                "last_iteration": last["iteration"],
+                "force_mae_first": (rep or {}).get("force_mae"),
+                "force_mae_last": end.get("force_mae"),
+                "n_structures": (rep or {}).get("n_structures"),
+            }
+        )
+    return out
+
+
+def campaign_summary(root: Path, state: RunState, iterations: Path) -> dict[str, Any]:
+    """What the campaign in ``root`` found (see the module docstring).
+
+    Args:
+        root: the run directory.
+        state: its state.
+        iterations: its ``iterations/`` folder.
+
+    Returns:
+        ``{"learning_curve", "regions", "resolved", "test_by_kind", "time"}``.
+    """
+    payload = _read_regions(root / REGIONS_FILE) or {}
+    _, resolved = _regions_history(iterations)
+    return {
+        "learning_curve": learning_curve(state),
+        "regions": [_region_row(r) for r in payload.get("regions", [])],
+        "resolved": resolved,
+        "test_by_kind": _kind_errors(state),
+        "time": time_budget(state),
+    }
