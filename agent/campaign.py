@@ -532,7 +532,7 @@ class Campaign:
         (too few structures for a statistic, say) is logged and recorded, not fatal.
         """
         from chemgap.agent.diagnostics import REGIONS_FILE
-        from chemgap.agent.diagnostics.diagnose import diagnose, load_regions, write_regions
+        from chemgap.agent.diagnostics.diagnose import diagnose, load_previous, write_regions
 
         self.report("step", {"iteration": it, "step": "diagnose"})
         unseen = self.test_set() or [
@@ -542,13 +542,8 @@ class Campaign:
         ]
         # the previous iteration's own file: the run-level one may already be this iteration's
         # if a run was killed between writing it and recording the step
-        previous = None
-        before = self.store.iteration_dir(it - 1, create=False) / REGIONS_FILE
-        if before.exists():
-            try:
-                previous, _ = load_regions(before)
-            except ValueError:
-                log.warning("ignoring an unreadable %s", before)
+        test = bool(self.store.db.count(split=TEST_SPLIT, status="ok"))
+        previous = load_previous(self.store.iteration_dir(it - 1, create=False) / REGIONS_FILE)
         try:
             result = diagnose(
                 unseen,
@@ -557,6 +552,7 @@ class Campaign:
                 seed=self.spec.seed,
                 iteration=it,
                 previous=previous,
+                source="test set" if test else "holdout and this iteration's labels",
             )
         except Exception as exc:
             log.warning("iteration %d: diagnosis failed: %s", it, exc, exc_info=True)
@@ -573,6 +569,7 @@ class Campaign:
             "regions": len(regions),
             "silent_regions": sum(bool(getattr(r, "silent", False)) for r in regions),
             "top_region": getattr(top, "rule", None),
+            "resolved_regions": len(result.resolved),
             "diagnosed_structures": len(unseen),
         }
 

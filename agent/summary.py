@@ -100,8 +100,11 @@ def _regions_history(
             continue
         for r in payload.get("regions", []):
             seen[r["id"]] = _region_row(r)
-        for rid in payload.get("resolved", []):
-            row = dict(seen.get(rid, {"id": rid, "rule": None}))
+        gone = payload.get("resolved_regions") or [
+            {"id": rid} for rid in payload.get("resolved", [])
+        ]
+        for r in gone:
+            row = {**seen.get(r["id"], {"id": r["id"], "rule": None}), **r}
             row["resolved_at"] = int(folder.name)
             resolved.append(row)
     return seen, resolved

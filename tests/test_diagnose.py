@@ -287,7 +287,7 @@ def test_diagnose_cli_on_files_and_on_a_run(cu, tmp_path):
     spec = parse_spec(
         {
             "name": "cu-diag",
-            "system": {"seeds": [{"kind": "bulk", "formula": "Cu", "crystal": "fcc"}]},
+            "system": {"seeds": [{"kind": "bulk", "formula": "Cu", "crystal": "fcc", "count": 4}]},
             "oracle": {"name": "emt"},
             "diagnostics": {"bootstrap": 200, "n_clusters": 4},
         }
@@ -295,9 +295,12 @@ def test_diagnose_cli_on_files_and_on_a_run(cu, tmp_path):
     run = tmp_path / "run"
     store = RunStore.create(run, spec)
     for i, atoms in enumerate(test):
-        store.add(atoms, iteration=1, source="test", status="ok", walker=i)
+        store.add(atoms, iteration=0, source="test", status="ok", split="test", walker=i)
     shutil.copytree(ens.path, store.iteration_dir(1) / "models")
     res = runner.invoke(diagnose_cmd, [str(run)], terminal_width=250)
+    assert res.exit_code == 0, res.output
+    assert (run / "diagnosis" / "regions.json").exists() and not (run / "regions.json").exists()
+    res = runner.invoke(diagnose_cmd, [str(run), "--update"], terminal_width=250)
     assert res.exit_code == 0, res.output
     payload = json.loads((run / "regions.json").read_text())
     assert payload["iteration"] == 1 and (run / "iterations" / "001" / "regions.json").exists()

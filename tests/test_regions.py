@@ -190,3 +190,109 @@ def test_find_regions_reads_its_thresholds_from_the_config():
         feats, err, unc, DiagnosticsConfig(min_ratio=10.0), rng=np.random.default_rng(0)
     )
     assert strict == []
+
+
+def _hot_features(n_struct: int, per: int, hot_per_structure: int):
+    """A per-atom flag ``hot`` on the first atoms of every structure, all atoms Cu."""
+    sidx = np.repeat(np.arange(n_struct), per)
+    hot = np.tile(np.arange(per) < hot_per_structure, n_struct)
+    feats = Features(
+        atom={"hot": hot, "element": np.array(["Cu"] * len(sidx), dtype=object)},
+        structure={},
+        kinds={"hot": FeatureKind.FLAG, "element": FeatureKind.CATEGORICAL},
+        system_idx=sidx,
+    )
+    return feats, sidx, hot
+
+
+def test_tree_rules_are_scored_on_the_held_out_half_only(monkeypatch):
+    """A hot spot that is extreme in the half the tree grows on and mild in the other half.
+
+    Catches the broken variant that scores tree rules (ratio, its CI, mean error, CI, baseline,
+    severity) on all structures: that gives a ratio of ~2.0 against ~1.43 on the held-out half,
+    and a CI that lies above the honest ratio.
+    """
+    from chemgap.agent.diagnostics import regions as regions_mod
+
+    n_struct, per = 20, 10
+    feats, sidx, hot = _hot_features(n_struct, per, 4)
+    grow = np.arange(n_struct) < n_struct // 2
+    monkeypatch.setattr(regions_mod, "honest_split", lambda n, rng: grow.copy())
+    rng = np.random.default_rng(6)
+    in_grow = grow[sidx]
+    err = np.where(hot, np.where(in_grow, 1.0, 0.2), 0.1) * rng.lognormal(0, 0.05, len(sidx))
+    regions, n_tested = find_regions(
+        feats, err, np.full_like(err, 0.1), DiagnosticsConfig(bootstrap=300), methods=["tree"]
+    )
+    assert n_tested == 1 and len(regions) == 1
+    r = regions[0]
+    assert r.method == "tree" and r.rule == "hot = yes"
+    held = ~in_grow
+    honest_mean = err[hot & held].mean()
+    honest_ratio = honest_mean / err[held].mean()
+    optimistic_ratio = err[hot].mean() / err.mean()
+    assert optimistic_ratio > 1.3 * honest_ratio  # the planted difference is visible
+    assert r.held_out and r.scored_structures == n_struct // 2
+    assert r.mean_error == pytest.approx(honest_mean, rel=1e-12)
+    assert r.baseline == pytest.approx(err[held].mean(), rel=1e-12)
+    assert r.ratio == pytest.approx(honest_ratio, rel=1e-12)
+    assert r.ci[0] < honest_mean < r.ci[1] < err[hot].mean()
+    assert r.ratio_ci[0] < honest_ratio < r.ratio_ci[1] < optimistic_ratio
+    assert r.severity == pytest.approx(r.ratio_ci[0] - 1.0)
+    # the whole-set description of the rule stays: all its atoms, all its structures
+    assert r.n_atoms == int(hot.sum()) and r.n_structures == n_struct
+    # the p-value too comes from the held-out half: 10 vs 10 structures, complete separation
+    assert r.p_value == pytest.approx(
+        mannwhitneyu(np.arange(10, 20), np.arange(10), alternative="greater").pvalue
+    )
+
+
+def test_search_summary_bounds_what_an_empty_search_could_have_found():
+    """Too few structures for any rule to be significant; the summary says so, in structures.
+
+    Catches variants that count atoms instead of structures (40 vs 120 atoms would allow a
+    tiny p), forget that q ≥ p under Benjamini-Hochberg, or report a bound that an actual
+    q-value undercuts.
+    """
+    from math import comb
+
+    from chemgap.agent.diagnostics.regions import search_regions
+    from chemgap.agent.diagnostics.stats import min_p_value, structures_needed
+
+    feats, sidx, _ = _hot_features(4, 40, 0)
+    feats.atom["hot"] = sidx == 0  # one structure of four: samples of 1 and 3 structures
+    noise = np.random.default_rng(9).lognormal(0, 0.1, len(sidx))  # distinct structure means
+    err = np.where(sidx == 0, 1.0, 0.1) * noise
+    found = search_regions(
+        feats, err, np.ones_like(err), DiagnosticsConfig(bootstrap=100), methods=["slice"]
+    )
+    s = found.summary
+    assert found.regions == [] and s["n_rules_tested"] == found.n_tested == 1
+    assert s["n_structures"] == 4 and s["n_atoms"] == 160 and s["best_sizes"] == [1, 3]
+    assert s["min_q_achievable"] == pytest.approx(1 / comb(4, 1))  # exact MW, U = n1 n2
+    assert s["structures_needed"] == structures_needed(0.05) == 3
+    assert s["max_ratio_seen"]["rule"] == "hot = yes"
+    assert s["max_ratio_seen"]["ratio"] == pytest.approx(err[sidx == 0].mean() / err.mean())
+    assert s["max_ratio_seen"]["q_value"] >= s["min_q_achievable"]
+    # with many structures and many rules: every q respects the bound, the lone-finding q
+    rng = np.random.default_rng(8)
+    sidx, err = _synthetic(rng, n_struct=30, per=12)
+    feats = Features(
+        atom={
+            "a": rng.random(len(sidx)) < 0.3,
+            "b": (rng.random(30) < 0.5)[sidx],
+            "x": np.round(rng.random(len(sidx)), 2),
+        },
+        structure={},
+        kinds={"a": FeatureKind.FLAG, "b": FeatureKind.FLAG, "x": FeatureKind.NUMERIC},
+        system_idx=sidx,
+    )
+    found = search_regions(
+        feats, err, np.ones_like(err), DiagnosticsConfig(bootstrap=100), methods=["slice"]
+    )
+    s = found.summary
+    m = s["n_rules_tested"]
+    assert m > 10 and s["structures_needed"] is None
+    assert s["min_q_achievable"] == pytest.approx(min_p_value(*s["best_sizes"]))
+    assert s["min_q_lone"] == pytest.approx(min(1.0, m * s["min_q_achievable"]))
+    assert s["min_q_seen"]["q_value"] >= s["min_q_achievable"]

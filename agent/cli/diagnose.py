@@ -30,78 +30,114 @@ def _f(value: Any, fmt: str = ".3g") -> str:
     return format(value, fmt)
 
 
+def _ratio_ci(r: Any) -> str:
+    """``1.61 (1.40–1.90)``: the ratio and its 95% CI, compact."""
+    return f"{_f(r.ratio, '.2f')} ({_f(r.ratio_ci[0], '.2f')}–{_f(r.ratio_ci[1], '.2f')})"
+
+
 def regions_table(regions: list[Any], title: str) -> Table:
-    """Failure regions as a table, one row each, in the order given."""
+    """Failure regions as a table, one row each, in the order given; fits 80 columns.
+
+    Long rules fold inside their column; a silent region is marked in its rule cell; the
+    iterations a region was seen in show only inside a campaign.
+    """
     table = Table(
         title=title,
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
+        caption_justify="left",
         caption="error: mean force-error norm, eV/Å · ×: ratio to the baseline (95% CI) · "
-        "q: BH-adjusted p · silent: high error, low uncertainty",
+        "q: BH-adjusted p · SILENT: high error, low uncertainty · held-out: tree rule scored "
+        "on the structures it was not grown on",
     )
     show_seen = any(r.first_seen is not None for r in regions)
-    table.add_column("#", justify="right")
     table.add_column("id", no_wrap=True)
-    table.add_column("rule", overflow="fold", min_width=16)
-    table.add_column("atoms", justify="right")
-    table.add_column("error", justify="right")
+    table.add_column("rule", overflow="fold", ratio=1, min_width=14)
+    table.add_column("atoms", justify="right", no_wrap=True)
+    table.add_column("error", justify="right", no_wrap=True)
     table.add_column("× (95% CI)", no_wrap=True)
-    table.add_column("q", justify="right")
-    table.add_column("silent")
+    table.add_column("q", justify="right", no_wrap=True)
     if show_seen:
-        table.add_column("seen", justify="right")
-    for i, r in enumerate(regions, 1):
-        row = [
-            str(i),
-            r.id,
-            r.rule,
-            str(r.n_atoms),
-            _f(r.mean_error, ".3f"),
-            f"{_f(r.ratio, '.2f')} ({_f(r.ratio_ci[0], '.2f')}–{_f(r.ratio_ci[1], '.2f')})",
-            _f(r.q_value, ".0e"),
-            "[bold red]yes[/]" if r.silent else "",
-        ]
+        table.add_column("seen", justify="right", no_wrap=True)
+    for r in regions:
+        rule = r.rule + (" [dim](held-out)[/]" if getattr(r, "held_out", False) else "")
+        if r.silent:
+            rule += " [bold red]SILENT[/]"
+        row = [r.id, rule, str(r.n_atoms), _f(r.mean_error, ".3f"), _ratio_ci(r)]
+        row.append(_f(r.q_value, ".0e"))
         if show_seen:
-            row.append("–" if r.first_seen is None else f"{r.first_seen}–{r.last_seen}")
+            row.append(_seen(r))
         table.add_row(*row)
     return table
 
 
+def _seen(r: Any) -> str:
+    """``2–4``: the iterations a region was first and last seen in (``3`` when one)."""
+    if r.first_seen is None:
+        return "–"
+    return str(r.first_seen) if r.first_seen == r.last_seen else f"{r.first_seen}–{r.last_seen}"
+
+
 def splits_table(splits: list[dict[str, Any]]) -> Table:
-    """The split study as a table: in- vs out-of-distribution error per split (its dicts)."""
+    """The split study as a table: in- vs out-of-distribution error per split; fits 80 columns.
+
+    What each split holds out is listed under the table (:func:`split_legend`).
+    """
     trained = any(s.get("trained") for s in splits)
     title = "splits: " + (
-        "one ensemble trained per split (ID = held-out part of the train side)"
+        "one ensemble per split, ID = held-out train part"
         if trained
-        else "the given ensemble on both sides (ID = train side, OOD = test side)"
+        else "this ensemble, ID = train side, OOD = test side"
     )
     table = Table(
         title=title,
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
-        caption="force MAE: eV/Å per component · OOD E: energy MAE, meV/atom",
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
+        caption_justify="left",
+        caption="MAE: force, eV/Å per component · OOD E: energy MAE, meV/atom · "
+        "vs rnd: OOD MAE over the random split's",
     )
     table.add_column("split", no_wrap=True)
-    for col in ("train", "test", "ID MAE", "OOD MAE", "OOD/ID", "OOD/rnd", "OOD E"):
-        table.add_column(col, justify="right")
-    table.add_column("held out", overflow="fold", min_width=16)
+    table.add_column("train/test", justify="right", no_wrap=True)
+    for col in ("ID MAE", "OOD MAE", "OOD/ID", "vs rnd", "OOD E"):
+        table.add_column(col, justify="right", no_wrap=True)
     for s in splits:
         if s.get("skipped"):
-            table.add_row(s["name"], *["–"] * 7, f"[dim]skipped: {s['skipped']}[/]")
+            table.add_row(s["name"], *["–"] * 6)
             continue
         e = s.get("ood_energy_mae")
         table.add_row(
             s["name"],
-            str(s.get("n_train")),
-            str(s.get("n_test")),
+            f"{s.get('n_train')}/{s.get('n_test')}",
             _f(s.get("id_force_mae"), ".4f"),
             _f(s.get("ood_force_mae"), ".4f"),
             _f(s.get("ood_ratio"), ".2f"),
             _f(s.get("vs_random"), ".2f"),
             _f(None if e is None else 1000 * e, ".3g"),
-            s.get("description", ""),
         )
     return table
+
+
+def split_legend(splits: list[dict[str, Any]]) -> list[str]:
+    """One line per split: what its test side holds out, or why it was skipped."""
+    out = []
+    for s in splits:
+        what = f"skipped: {s['skipped']}" if s.get("skipped") else s.get("description", "")
+        out.append(f"{s['name']}: {what}")
+    return out
+
+
+def print_splits(splits: list[dict[str, Any]]) -> None:
+    """The split table and its legend."""
+    console.print(splits_table(splits))
+    for line in split_legend(splits):
+        console.print(f"  {line}", markup=False)
 
 
 def diagnosis_configs(
@@ -154,8 +190,12 @@ def _diagnostics_cfg(run: Path | None, sets: Overrides, splits: tuple[str, ...])
 
 
 def _print_diagnosis(done: Any, alpha: float) -> None:
+    from chemgap.agent.diagnostics.diagnose import explain_empty
+
     res = done.result
     b = res.baseline
+    if res.source:
+        console.print(f"diagnosed: {res.source}", markup=False)
     console.print(
         f"{b['n_structures']} structures, {b['n_atoms']} atoms · models {done.models} · "
         f"force MAE {b['force_mae']:.4f} eV/Å, mean error norm {b['force_error_mean']:.4f} eV/Å, "
@@ -163,17 +203,34 @@ def _print_diagnosis(done: Any, alpha: float) -> None:
         f"uncertainty{' (calibrated)' if b['calibrated'] else ''} "
         f"{b['uncertainty_mean']:.4f} eV/Å, "
         f"Spearman ρ {b['spearman_uncertainty_error']:.2f}",
-        soft_wrap=True,
-    )
-    console.print(
-        f"{len(res.regions)} failure regions ({res.n_tested} rules tested, "
-        f"Benjamini-Hochberg FDR {alpha:g}), most severe first",
-        soft_wrap=True,
+        markup=False,
     )
     if res.regions:
+        console.print(
+            f"{len(res.regions)} failure regions ({res.n_tested} rules tested, "
+            f"Benjamini-Hochberg FDR {alpha:g}), most severe first"
+        )
         console.print(regions_table(res.regions, "failure regions"))
-    console.print(splits_table([s.to_dict() for s in res.splits]))
-    console.print(f"wrote {done.regions_path}")
+    else:
+        for line in explain_empty(res.diagnosed):
+            console.print(line, markup=False)
+    _print_resolved(res.resolved_regions)
+    print_splits([s.to_dict() for s in res.splits])
+    console.print(f"wrote {done.regions_path}", markup=False)
+
+
+def _print_resolved(resolved: list[dict[str, Any]]) -> None:
+    """The previous diagnosis' regions not found any more, with how their atoms do now."""
+    if not resolved:
+        return
+    console.print("resolved since the last diagnosis:")
+    for d in resolved:
+        now = d.get("ratio_now")
+        console.print(
+            f"  {d['id']} {d['rule']}: ratio {_f(d.get('ratio_before'), '.2f')} → "
+            f"{_f(now, '.2f')} (last seen in iteration {_f(d.get('last_seen'), 'd')})",
+            markup=False,
+        )
 
 
 def _on_split(res: Any) -> None:
@@ -200,7 +257,12 @@ def _on_split(res: Any) -> None:
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Where regions.json and regions/ go (default: RUN, or ./diagnosis).",
+    help="Where regions.json and regions/ go (default: RUN/diagnosis, or ./diagnosis).",
+)
+@click.option(
+    "--update",
+    is_flag=True,
+    help="RUN: replace the run's own diagnosis (RUN/regions.json, as the loop writes it).",
 )
 @click.option(
     "--split",
@@ -243,6 +305,7 @@ def diagnose(
     models: Path | None,
     data: Path | None,
     out: Path | None,
+    update: bool,
     split_names: tuple[str, ...],
     train_splits: bool,
     sets: Overrides,
@@ -255,8 +318,10 @@ def diagnose(
 ) -> None:
     """Find where an ensemble fails, in chemical terms: RUN, or --models MODEL_DIR --data FILE.
 
-    Writes regions.json and regions/<id>.extxyz (exemplars); prints the regions ranked by
-    severity and the split table (in- vs out-of-distribution error).
+    RUN: the newest ensemble on the run's fixed test set, into RUN/diagnosis (--update: into
+    the run's own regions.json). Writes regions.json and regions/<id>.extxyz (exemplars), never
+    over files chemgap did not write; prints the regions ranked by severity (or why there is
+    none) and the split table (in- vs out-of-distribution error).
     """
     from chemgap.agent.diagnostics.diagnose import run_diagnosis
 
@@ -272,6 +337,7 @@ def diagnose(
             models=models,
             data=data,
             out=out,
+            update=update,
             cfg=cfg,
             seed=seed,
             train_splits=train_splits,
@@ -308,18 +374,35 @@ def inspect(run: Path, region_id: str | None, export_dir: Path | None, as_json: 
             payload = next(d for d in payload["regions"] if d["id"] == region_id)
         click.echo(json.dumps(payload, indent=1))
     elif region_id is None:
-        it = payload.get("iteration")
-        title = f"{len(regions)} failure regions" + (f" · iteration {it}" if it is not None else "")
-        console.print(regions_table(regions, title))
-        if payload.get("resolved"):
-            console.print(f"resolved since last diagnosis: {', '.join(payload['resolved'])}")
-        if payload.get("splits"):
-            console.print(splits_table(payload["splits"]))
+        _overview(regions, payload)
     else:
         _detail(next(r for r in regions if r.id == region_id))
     if export_dir is not None:
         files = export_exemplars(run, export_dir, region_id)
         console.print(f"exported {len(files)} exemplar file(s) to {export_dir}")
+
+
+def _overview(regions: list[Any], payload: dict[str, Any]) -> None:
+    """``inspect RUN``: the regions (or why there are none), the resolved, the splits."""
+    from chemgap.agent.diagnostics.diagnose import explain_empty
+
+    it = payload.get("iteration")
+    if payload.get("source"):
+        console.print(f"diagnosed: {payload['source']}", markup=False)
+    title = f"{len(regions)} failure regions" + (f" · iteration {it}" if it is not None else "")
+    if regions:
+        console.print(regions_table(regions, title))
+    else:
+        console.print(title)
+        for line in explain_empty(payload.get("diagnosed")):
+            console.print(line, markup=False)
+    resolved = payload.get("resolved_regions")
+    if resolved:
+        _print_resolved(resolved)
+    elif payload.get("resolved"):
+        console.print(f"resolved since last diagnosis: {', '.join(payload['resolved'])}")
+    if payload.get("splits"):
+        print_splits(payload["splits"])
 
 
 def _detail(r: Any) -> None:
@@ -342,6 +425,11 @@ def _detail(r: Any) -> None:
         f"{_f(r.ratio, '.2f')} (95% CI {_f(r.ratio_ci[0], '.2f')}–{_f(r.ratio_ci[1], '.2f')})",
     )
     table.add_row("p / q (BH)", f"{_f(r.p_value, '.2g')} / {_f(r.q_value, '.2g')}")
+    if r.held_out:
+        table.add_row(
+            "scored on",
+            f"{r.scored_structures} held-out structures (the tree rule was grown on the others)",
+        )
     table.add_row(
         "uncertainty",
         f"{_f(r.uncertainty_mean, '.4f')} eV/Å (× {_f(r.uncertainty_ratio, '.2f')} overall); "
@@ -353,19 +441,23 @@ def _detail(r: Any) -> None:
     table.add_row("severity", _f(r.severity, ".3g"))
     if r.first_seen is not None:
         table.add_row("seen", f"iteration {r.first_seen} to {r.last_seen}")
+    if r.history:
+        table.add_row(
+            "ratio by iteration",
+            ", ".join(f"{h.get('iteration')}: {_f(h.get('ratio'), '.2f')}" for h in r.history),
+        )
     console.print(table)
-    ex = Table(title="exemplars (highest error inside the region)")
-    for col in (
-        "frame",
-        "structure",
-        "db id",
-        "formula",
-        "atoms",
-        "in region",
-        "error eV/Å",
-        "file",
-    ):
-        ex.add_column(col)
+    file = r.exemplars[0].get("file") if r.exemplars else None
+    ex = Table(
+        title="exemplars (highest error inside the region)",
+        caption=f"frames of {file}" if file else None,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
+    )
+    for col in ("frame", "index", "db id", "formula", "atoms", "inside", "error eV/Å"):
+        ex.add_column(col, overflow="fold")
     for e in r.exemplars:
         ex.add_row(
             str(e.get("frame")),
@@ -375,6 +467,5 @@ def _detail(r: Any) -> None:
             str(e.get("n_atoms")),
             str(e.get("atoms_in_region")),
             _f(e.get("mean_error"), ".4f"),
-            str(e.get("file")),
         )
     console.print(ex)

@@ -16,7 +16,10 @@ Families:
   (0 for a defect or surface atom itself, capped at :data:`DEFECT_DISTANCE_CAP_A`).
 - ``environment``: local-environment class, KMeans (k = ``environment_classes``) on per-atom SOAP
   power spectra (Bartók, Kondor & Csányi, Phys. Rev. B 87, 184115, 2013; dscribe, Himanen et al.,
-  Comput. Phys. Commun. 247, 106949, 2020).
+  Comput. Phys. Commun. 247, 106949, 2020). The classes depend on the structures and the seed
+  only (never on errors), so a fixed test set gets the same classes every iteration; their
+  centroids (:class:`EnvironmentClasses`) let :func:`match_environment_classes` give the classes
+  of another diagnosis (other structures, another seed) the names of the matching earlier ones.
 - ``molecular``: for non-periodic structures of organic elements, bonds perceived from geometry
   with RDKit (``rdDetermineBonds``, after Kim & Kim 2015's xyz2mol), then per atom: membership in
   each functional group of :data:`FUNCTIONAL_GROUPS` (SMARTS; hydrogens bonded to a matched atom
@@ -24,7 +27,9 @@ Families:
   perceived gets no group features (logged), never an exception.
 - ``structure``: composition, atom count, periodicity, density (g/cm³, fully periodic cells),
   volumetric strain (linear, against the median volume per atom of cells of the same formula),
-  and provenance from ``atoms.info``: sampling temperature, source, seed kind, walker, iteration.
+  and provenance from ``atoms.info``: sampling temperature, source, seed kind, walker, iteration,
+  and ``out_of_distribution`` (the negation of ``in_distribution``, a campaign's test-set flag
+  for seed kinds absent from the initial training data) when every structure carries it.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -98,6 +104,39 @@ FUNCTIONAL_GROUPS: dict[str, str] = {
 
 
 @dataclass(kw_only=True)
+class EnvironmentClasses:
+    """The local-environment classes of a feature table, as points in per-atom SOAP space.
+
+    Attributes:
+        labels: the class names (``env0``, ...), one per centroid.
+        centroids: (k, d) KMeans centroids of the L2-normalised per-atom SOAP vectors.
+        species: the SOAP species (they define the space; tables over other species cannot
+            be matched).
+    """
+
+    labels: list[str]
+    centroids: np.ndarray
+    species: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (centroids rounded to 6 significant digits)."""
+        return {
+            "labels": list(self.labels),
+            "species": list(self.species),
+            "centroids": [[float(f"{v:.6g}") for v in row] for row in self.centroids],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EnvironmentClasses:
+        """The classes :meth:`to_dict` wrote."""
+        return cls(
+            labels=[str(x) for x in d["labels"]],
+            centroids=np.asarray(d["centroids"], dtype=float),
+            species=[str(x) for x in d["species"]],
+        )
+
+
+@dataclass(kw_only=True)
 class FeatureBlock:
     """What one family returns.
 
@@ -106,11 +145,13 @@ class FeatureBlock:
             flags, float for numeric; NaN / "" where a feature does not apply).
         structure: name -> (n_struct,) column, same conventions.
         kinds: name -> :class:`FeatureKind` of every column above.
+        environment: the environment family's classes (None from other families).
     """
 
     atom: dict[str, np.ndarray] = field(default_factory=dict)
     structure: dict[str, np.ndarray] = field(default_factory=dict)
     kinds: dict[str, FeatureKind] = field(default_factory=dict)
+    environment: EnvironmentClasses | None = None
 
 
 @dataclass(kw_only=True)
@@ -126,6 +167,7 @@ class Features:
         soap_atom: (n_atoms_total, d) per-atom SOAP power spectrum, or None.
         soap_structure: (n_struct, d) SOAP averaged over each structure's atoms, or None.
         groups_present: functional groups matched in at least one atom.
+        environment: the classes of the ``environment`` column (None without that family).
     """
 
     atom: dict[str, np.ndarray]
@@ -135,6 +177,7 @@ class Features:
     soap_atom: np.ndarray | None = None
     soap_structure: np.ndarray | None = None
     groups_present: list[str] = field(default_factory=list)
+    environment: EnvironmentClasses | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -273,11 +316,72 @@ def _environment(ctx: FeatureContext) -> FeatureBlock:
 
     x = ctx.soap()
     k = max(1, min(ctx.environment_classes, len(np.unique(np.round(x, 6), axis=0))))
-    labels = KMeans(n_clusters=k, n_init=4, random_state=ctx.seed).fit_predict(x)
+    km = KMeans(n_clusters=k, n_init=4, random_state=ctx.seed).fit(x)
+    species = sorted({s for a in ctx.structures for s in a.get_chemical_symbols()})
     return FeatureBlock(
-        atom={"environment": np.array([f"env{j}" for j in labels], dtype=object)},
+        atom={"environment": np.array([f"env{j}" for j in km.labels_], dtype=object)},
         kinds={"environment": FeatureKind.CATEGORICAL},
+        environment=EnvironmentClasses(
+            labels=[f"env{j}" for j in range(k)],
+            centroids=np.asarray(km.cluster_centers_, dtype=float),
+            species=species,
+        ),
     )
+
+
+def match_environment_classes(
+    features: Features, reference: EnvironmentClasses | None, *, max_shift: float = 0.5
+) -> Features:
+    """``features`` with its environment classes named after the matching ``reference`` ones.
+
+    Classes are paired by the Hungarian assignment (``scipy.optimize.linear_sum_assignment``;
+    Kuhn, Naval Res. Logist. Q. 2, 83, 1955) on the Euclidean distance between centroids. A pair
+    is accepted when the new centroid lies closer to its reference centroid than ``max_shift``
+    x the distance from that reference centroid to its nearest other reference centroid (well
+    inside its cell: a different environment is never given an old name); a new class left
+    without a partner gets a name no reference class has (``env<k>``, k past the largest).
+
+    Args:
+        features: a feature table with an ``environment`` column and its classes.
+        reference: the classes of an earlier diagnosis; None: nothing to match.
+        max_shift: the acceptance fraction described above.
+
+    Returns:
+        A new :class:`Features` (the input is not changed) with the ``environment`` column and
+        ``environment`` classes renamed; ``features`` itself when nothing can be matched
+        (no classes on either side, other species or another SOAP dimension).
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+
+    env = features.environment
+    if reference is None or env is None or "environment" not in features.atom:
+        return features
+    if env.species != reference.species or env.centroids.shape[1:] != reference.centroids.shape[1:]:
+        log.info("environment classes: other species or SOAP size; not matched to the previous")
+        return features
+    cost = cdist(env.centroids, reference.centroids)
+    ref_gap = cdist(reference.centroids, reference.centroids)
+    np.fill_diagonal(ref_gap, np.inf)
+    nearest_other = ref_gap.min(axis=1)
+    names: dict[str, str] = {}
+    for i, j in zip(*linear_sum_assignment(cost), strict=True):
+        if cost[i, j] < max_shift * nearest_other[j]:
+            names[env.labels[i]] = reference.labels[j]
+    names.update(_fresh_names([lab for lab in env.labels if lab not in names], reference.labels))
+    column = np.array([names[str(v)] for v in features.atom["environment"]], dtype=object)
+    return replace(
+        features,
+        atom={**features.atom, "environment": column},
+        environment=replace(env, labels=[names[lab] for lab in env.labels]),
+    )
+
+
+def _fresh_names(unmatched: list[str], taken: list[str]) -> dict[str, str]:
+    """``env<k>`` names for unmatched classes, k past every ``env<k>`` in ``taken``."""
+    used = [int(t[3:]) for t in taken if t.startswith("env") and t[3:].isdigit()]
+    start = max(used, default=-1) + 1
+    return {lab: f"env{start + n}" for n, lab in enumerate(unmatched)}
 
 
 _HYBRID = {"S": "s", "SP": "sp", "SP2": "sp2", "SP3": "sp3", "SP3D": "sp3d", "SP3D2": "sp3d2"}
@@ -403,6 +507,7 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
         )
 
     cols = {
+        "out_of_distribution": _out_of_distribution(info),
         "composition": formula,
         "n_atoms": n_atoms,
         "periodic": periodic,
@@ -415,6 +520,7 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
         "walker": cat("walker"),
     }
     kinds = {
+        "out_of_distribution": FeatureKind.FLAG,
         "composition": FeatureKind.CATEGORICAL,
         "n_atoms": FeatureKind.NUMERIC,
         "periodic": FeatureKind.FLAG,
@@ -437,6 +543,20 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
         if informative:
             keep[name] = col
     return FeatureBlock(structure=keep, kinds={k: kinds[k] for k in keep})
+
+
+def _out_of_distribution(info: list[dict[str, Any]]) -> np.ndarray:
+    """(n,) bool: not ``in_distribution``; all False unless every structure carries the key."""
+    if not info or any(d.get("in_distribution") is None for d in info):
+        return np.zeros(len(info), dtype=bool)
+    return np.array([not _truthy(d["in_distribution"]) for d in info], dtype=bool)
+
+
+def _truthy(value: object) -> bool:
+    """A stored flag as bool: True/False, 1/0 (ase.db), or the strings 'true'/'false'."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes"}
+    return bool(value)
 
 
 def as_float(value: object) -> float:
@@ -490,11 +610,13 @@ def compute_features(
     atom: dict[str, np.ndarray] = {}
     struct: dict[str, np.ndarray] = {}
     kinds: dict[str, FeatureKind] = {}
+    blocks: list[FeatureBlock] = []
     for name in names:
         if name not in FEATURE_FAMILIES:
             allowed = ", ".join(FEATURE_FAMILIES)
             raise ValueError(f"features: unknown family {name!r}; allowed: {allowed}")
         block = FEATURE_FAMILIES[name](ctx)
+        blocks.append(block)
         atom.update(block.atom)
         struct.update(block.structure)
         kinds.update(block.kinds)
@@ -507,6 +629,7 @@ def compute_features(
         else None
     )
     groups = sorted(k.removeprefix("group:") for k in atom if k.startswith("group:"))
+    classes = [b for b in blocks if b.environment is not None]
     return Features(
         atom=atom,
         structure=struct,
@@ -515,4 +638,5 @@ def compute_features(
         soap_atom=soap_atom,
         soap_structure=soap_struct,
         groups_present=groups,
+        environment=classes[-1].environment if classes else None,
     )

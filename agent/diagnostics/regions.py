@@ -8,9 +8,11 @@ Candidates come from three finders (registry :data:`FINDERS`, names :class:`Regi
 - ``tree``: a shallow regression tree (depth ``tree_depth``) on the features predicting the
   per-atom force error; each leaf whose mean error is ``min_ratio`` x the baseline becomes a
   conjunction rule (``element = Cu and coordination ≤ 9``): decision-tree slice discovery after
-  SliceFinder (Chung et al., ICDE 2019). The tree is grown on a random half of the structures and
-  its rules are tested on the other half (honest splitting), so choosing a leaf by its error does
-  not make its p-value optimistic.
+  SliceFinder (Chung et al., ICDE 2019). The tree is grown on a random half of the structures
+  (:func:`honest_split`) and its rules are scored on the other half only (honest estimation,
+  Athey & Imbens, PNAS 113, 7353, 2016): the p-value, the mean error and its CI, the baseline,
+  the ratio and its CI, the uncertainty figures and the severity all come from the held-out
+  structures, so choosing a leaf by its error makes none of them optimistic.
 - ``cluster``: local-environment classes (KMeans on SOAP, see
   :mod:`chemgap.agent.diagnostics.features`), described by the slice conditions most enriched
   in them.
@@ -32,7 +34,9 @@ Statistics (per candidate, then across candidates):
   at false-discovery rate ``alpha``;
 - a region is reported when its q-value is ≤ alpha, its error ratio to the baseline is
   ≥ ``min_ratio`` and it holds ≥ ``min_region_atoms`` atoms. Overlapping findings (Jaccard index of
-  their atom sets ≥ 0.8) are merged into one region, keeping the simplest rule.
+  their atom sets ≥ 0.8) are merged into one region, keeping the simplest rule;
+- what the search could have found is summarised with the result (:class:`RegionSearch`
+  ``summary``, see :func:`search_summary`), so an empty result can say why it is empty.
 
 A region is **silent** when the ensemble's calibrated uncertainty does not follow the error into
 it: (mean error / mean calibrated force std) inside is ≥ ``silent_factor`` x the same ratio over
@@ -55,7 +59,9 @@ from chemgap.agent.diagnostics.features import FeatureKind, Features
 from chemgap.agent.diagnostics.stats import (
     ClusterBootstrap,
     benjamini_hochberg,
+    min_p_value,
     slice_p_value,
+    structures_needed,
 )
 from chemgap.campaigns.spec import DiagnosticsConfig
 
@@ -172,6 +178,10 @@ class Region:
         n_atoms / n_structures: atoms and structures covered; coverage: n_atoms / all atoms.
         mean_error, ci: mean error inside and its 95% cluster-bootstrap CI, eV/Å.
         baseline: mean error over all atoms, eV/Å; ratio, ratio_ci: mean_error / baseline.
+        held_out: the statistics (mean error, CIs, baseline, ratio, p, uncertainty, severity)
+            come from the structures the rule was not found on (tree rules); n_atoms,
+            n_structures, coverage and elements always describe the whole set.
+        scored_structures: structures the statistics come from.
         p_value / q_value: structure-level test, and BH-adjusted; significant: q ≤ alpha.
         uncertainty_mean: mean calibrated force std inside, eV/Å; uncertainty_ratio: / overall.
         error_to_uncertainty: (mean error / mean uncertainty) inside over the same outside-agnostic
@@ -182,6 +192,8 @@ class Region:
         exemplars: the structures with the highest error inside (index, db_id, formula, n_atoms,
             atoms_in_region, mean_error, file).
         first_seen / last_seen: iterations in which the region was found (None outside a run).
+        history: one ``{"iteration", "ratio", "ratio_ci", "q_value"}`` per diagnosis that found
+            it, oldest first (carried over from the previous diagnosis; empty outside a run).
     """
 
     id: str
@@ -199,6 +211,8 @@ class Region:
     ratio: float
     ratio_ci: tuple[float, float]
     p_value: float
+    held_out: bool = False
+    scored_structures: int = 0
     q_value: float = 1.0
     significant: bool = False
     uncertainty_mean: float = float("nan")
@@ -211,6 +225,7 @@ class Region:
     exemplars: list[dict[str, Any]] = field(default_factory=list)
     first_seen: int | None = None
     last_seen: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (the CIs as lists)."""
@@ -450,6 +465,13 @@ def _simplify(
     return out
 
 
+def honest_split(n_struct: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_struct,) bool: a random half of the structures to grow a tree on (the rest score it)."""
+    grow = np.zeros(n_struct, dtype=bool)
+    grow[rng.permutation(n_struct)[: n_struct // 2]] = True
+    return grow
+
+
 def find_tree_rules(inp: RegionInputs) -> list[Candidate]:
     """High-error leaves of a regression tree grown on half the structures (see module doc)."""
     from sklearn.tree import DecisionTreeRegressor
@@ -459,8 +481,7 @@ def find_tree_rules(inp: RegionInputs) -> list[Candidate]:
     n_struct = f.n_struct
     if x.shape[1] == 0 or n_struct < 4:
         return []
-    grow = np.zeros(n_struct, dtype=bool)
-    grow[inp.rng.permutation(n_struct)[: n_struct // 2]] = True
+    grow = honest_split(n_struct, inp.rng)
     rows = grow[f.system_idx]
     tree = DecisionTreeRegressor(
         max_depth=inp.tree_depth,
@@ -524,6 +545,21 @@ FINDERS: dict[RegionMethod, Finder] = {
 
 
 # --------------------------------------------------------------------------- the whole search
+@dataclass(kw_only=True)
+class RegionSearch:
+    """What :func:`search_regions` found, and what it could have found.
+
+    Attributes:
+        regions: the significant regions, merged, most severe first (at most ``max_regions``).
+        n_tested: candidate rules tested (the Benjamini-Hochberg family size).
+        summary: :func:`search_summary` of every tested rule (why a result is empty).
+    """
+
+    regions: list[Region]
+    n_tested: int
+    summary: dict[str, Any]
+
+
 def find_regions(
     features: Features,
     errors: np.ndarray,
@@ -533,7 +569,26 @@ def find_regions(
     methods: Sequence[str] | None = None,
     rng: np.random.Generator | None = None,
 ) -> tuple[list[Region], int]:
-    """Find, test, correct, merge and rank failure regions.
+    """Find, test, correct, merge and rank failure regions (:func:`search_regions`).
+
+    Returns:
+        (regions, n_tested): the significant regions, most severe first, and how many candidate
+        rules were tested (the BH family size).
+    """
+    found = search_regions(features, errors, uncertainty, cfg, methods=methods, rng=rng)
+    return found.regions, found.n_tested
+
+
+def search_regions(
+    features: Features,
+    errors: np.ndarray,
+    uncertainty: np.ndarray,
+    cfg: DiagnosticsConfig | None = None,
+    *,
+    methods: Sequence[str] | None = None,
+    rng: np.random.Generator | None = None,
+) -> RegionSearch:
+    """Find, test, correct, merge and rank failure regions; summarise what could be found.
 
     Args:
         features: the feature table, one row per atom.
@@ -547,8 +602,7 @@ def find_regions(
             None: ``default_rng(0)``.
 
     Returns:
-        (regions, n_tested): the significant regions, most severe first, and how many candidate
-        rules were tested (the BH family size).
+        :class:`RegionSearch`.
     """
     cfg = cfg if cfg is not None else DiagnosticsConfig()
     rng = rng if rng is not None else np.random.default_rng(0)
@@ -567,16 +621,118 @@ def find_regions(
         rng=rng,
     )
     candidates = _candidates(inp, methods)
-    if not candidates:
-        return [], 0
-    scorer = _Scorer.of(inp, ClusterBootstrap.draw(errors, features.system_idx, cfg.bootstrap, rng))
-    regions = [scorer.region(cand) for cand in candidates]
-    _judge(regions, cfg)
+    regions: list[Region] = []
+    sizes: list[tuple[int, int]] = []
+    if candidates:
+        scorer = _Scorer(inp=inp, n_boot=cfg.bootstrap, rng=rng)
+        for cand in candidates:
+            region, size = scorer.region(cand)
+            regions.append(region)
+            sizes.append(size)
+        _judge(regions, cfg)
+    summary = search_summary(
+        regions, sizes, n_structures=features.n_struct, n_atoms=n_atoms, cfg=cfg
+    )
     keep = [i for i, r in enumerate(regions) if r.significant]
     log.info("%d candidate rules tested, %d significant before merging", len(regions), len(keep))
     merged = _merge([regions[i] for i in keep], [candidates[i].mask for i in keep])
     merged.sort(key=lambda r: -r.severity)
-    return merged[: cfg.max_regions], len(regions)
+    return RegionSearch(regions=merged[: cfg.max_regions], n_tested=len(regions), summary=summary)
+
+
+def search_summary(
+    tested: Sequence[Region],
+    sizes: Sequence[tuple[int, int]],
+    *,
+    n_structures: int,
+    n_atoms: int,
+    cfg: DiagnosticsConfig,
+) -> dict[str, Any]:
+    """What a search could have found at its size, and the strongest rules it did see.
+
+    The reasoning, so that the sentence built on it (``explain_empty`` in
+    :mod:`chemgap.agent.diagnostics.diagnose`) is true:
+
+    - every rule is tested with a one-sided Mann-Whitney U test of the per-structure mean error
+      inside (``n_in`` structures) against outside (``n_out``); its p-value cannot fall below
+      ``min_p_value(n_in, n_out)``, the p-value at complete separation (every structure's mean
+      inside above every one outside; :func:`chemgap.agent.diagnostics.stats.min_p_value`);
+    - a Benjamini-Hochberg q-value is never below its own p-value (q_(i) = min over j ≥ i of
+      m p_(j) / j, and p_(j) ≥ p_(i), m / j ≥ 1), so no rule's q can fall below the smallest
+      complete-separation p over the rules tried: ``min_q_achievable``. That bound is reached
+      only when every rule is that extreme; a rule that is the only one with a small p-value
+      gets q = m p (BH rank 1 of m), so ``min_q_lone`` = min(1, m x ``min_q_achievable``) is
+      what a lone, perfectly separated finding would get;
+    - when ``min_q_achievable`` > alpha no rule could have been reported whatever the errors;
+      ``structures_needed`` is then the fewest structures with which any test can reach
+      p ≤ alpha at all (:func:`chemgap.agent.diagnostics.stats.structures_needed`), a necessary
+      (not sufficient) size;
+    - the test ranks structures, so it has no smallest detectable ratio of its own: any rule
+      whose error ratio is ≥ ``min_ratio`` could have been reported when its structures
+      separate well enough; ``min_ratio`` is therefore the smallest reportable ratio whenever
+      ``min_q_achievable`` ≤ alpha;
+    - the bounds assume distinct per-structure mean errors (continuous force errors have no
+      exact ties; with ties scipy's tie-corrected approximation can fall a little lower);
+    - what was seen: the rule with the largest error ratio and its q (``max_ratio_seen``), the
+      rule with the smallest q and its ratio (``min_q_seen``), and how many rules reached
+      q ≤ alpha but fell short of ``min_ratio`` (``n_below_min_ratio``).
+
+    Args:
+        tested: every tested rule as a judged :class:`Region` (q-values set).
+        sizes: (n_in, n_out) structures of each rule's test, in the same order.
+        n_structures: structures diagnosed.
+        n_atoms: atoms diagnosed.
+        cfg: the thresholds (``alpha``, ``min_ratio``, ``min_region_atoms``).
+
+    Returns:
+        A JSON-ready dict: n_structures, n_atoms, n_rules_tested, alpha, min_ratio,
+        min_region_atoms, min_q_achievable, min_q_lone, best_sizes ([n_in, n_out] of the rule
+        that could reach the smallest p), structures_needed (None when q ≤ alpha was
+        achievable), n_below_min_ratio, max_ratio_seen and min_q_seen (``{"rule", "ratio",
+        "q_value", "held_out"}`` or None). With no rule tested the achievable figures are None.
+    """
+    m = len(tested)
+    out: dict[str, Any] = {
+        "n_structures": int(n_structures),
+        "n_atoms": int(n_atoms),
+        "n_rules_tested": m,
+        "alpha": float(cfg.alpha),
+        "min_ratio": float(cfg.min_ratio),
+        "min_region_atoms": int(cfg.min_region_atoms),
+        "min_q_achievable": None,
+        "min_q_lone": None,
+        "best_sizes": None,
+        "structures_needed": None,
+        "n_below_min_ratio": sum(
+            bool(r.q_value <= cfg.alpha and not r.ratio >= cfg.min_ratio) for r in tested
+        ),
+        "max_ratio_seen": None,
+        "min_q_seen": None,
+    }
+    if not m:
+        return out
+    p_min = [min_p_value(int(a), int(b)) for a, b in sizes]
+    best = int(np.argmin(p_min))
+    out["min_q_achievable"] = p_min[best]
+    out["min_q_lone"] = min(1.0, m * p_min[best])
+    out["best_sizes"] = [int(sizes[best][0]), int(sizes[best][1])]
+    if p_min[best] > cfg.alpha:
+        out["structures_needed"] = structures_needed(cfg.alpha)
+    finite = [r for r in tested if np.isfinite(r.ratio)]
+    if finite:
+        top = max(finite, key=lambda r: (r.ratio, -r.q_value))
+        out["max_ratio_seen"] = _seen(top)
+    out["min_q_seen"] = _seen(min(tested, key=lambda r: (r.q_value, -_finite_or(r.ratio))))
+    return out
+
+
+def _finite_or(value: float, default: float = -np.inf) -> float:
+    return float(value) if np.isfinite(value) else default
+
+
+def _seen(r: Region) -> dict[str, Any]:
+    """The summary's view of one tested rule."""
+    return {"rule": r.rule, "ratio": r.ratio, "q_value": r.q_value, "held_out": r.held_out}
 
 
 def _candidates(inp: RegionInputs, methods: Sequence[str] | None) -> list[Candidate]:
@@ -608,52 +764,123 @@ def _nanmean_or_nan(values: np.ndarray) -> float:
 
 
 @dataclass(kw_only=True)
-class _Scorer:
-    """Measures candidates against the whole set: baseline error, uncertainty, bootstrap.
+class _Scope:
+    """The structures a candidate is scored on (all, or a tree's held-out half) and their figures.
 
     Attributes:
-        baseline: mean error norm over all atoms, eV/Å.
-        unc_all: mean calibrated uncertainty over all atoms, eV/Å (NaN if unknown).
+        rows: (n_atoms,) bool, the atoms in scope; None: all atoms.
+        errors / uncertainty: the in-scope atoms' values, eV/Å.
+        system_idx: the in-scope atoms' structures, renumbered 0..n_struct-1.
+        boot: the cluster bootstrap of the in-scope structures.
+        baseline: mean error over the in-scope atoms, eV/Å.
+        unc_all: mean calibrated uncertainty over them, eV/Å (NaN if unknown).
         e2u_all: baseline / unc_all (NaN if unknown).
     """
 
-    inp: RegionInputs
+    rows: np.ndarray | None
+    errors: np.ndarray
+    uncertainty: np.ndarray
+    system_idx: np.ndarray
+    n_struct: int
     boot: ClusterBootstrap
     baseline: float
     unc_all: float
     e2u_all: float
 
     @classmethod
-    def of(cls, inp: RegionInputs, boot: ClusterBootstrap) -> _Scorer:
-        baseline = float(inp.errors.mean())
-        unc_all = _nanmean_or_nan(inp.uncertainty)
+    def of(
+        cls, inp: RegionInputs, rows: np.ndarray | None, n_boot: int, rng: np.random.Generator
+    ) -> _Scope:
+        errors, unc, sidx = inp.errors, inp.uncertainty, inp.features.system_idx
+        if rows is not None:
+            errors, unc = errors[rows], unc[rows]
+            sidx = np.unique(sidx[rows], return_inverse=True)[1]
+        baseline = float(errors.mean())
+        unc_all = _nanmean_or_nan(unc)
         e2u_all = baseline / unc_all if unc_all and np.isfinite(unc_all) else float("nan")
-        return cls(inp=inp, boot=boot, baseline=baseline, unc_all=unc_all, e2u_all=e2u_all)
+        return cls(
+            rows=rows,
+            errors=errors,
+            uncertainty=unc,
+            system_idx=sidx,
+            n_struct=int(sidx.max()) + 1,
+            boot=ClusterBootstrap.draw(errors, sidx, n_boot, rng),
+            baseline=baseline,
+            unc_all=unc_all,
+            e2u_all=e2u_all,
+        )
 
-    def p_value(self, cand: Candidate) -> float:
-        """Structure-level p-value of a candidate, on its test structures only (if it has any)."""
-        errors, sidx = self.inp.errors, self.inp.features.system_idx
-        if cand.test_structures is None:
-            return slice_p_value(errors, sidx, cand.mask, self.inp.features.n_struct)
-        rows = cand.test_structures[sidx]
-        sub_idx = np.unique(sidx[rows], return_inverse=True)[1]
-        return slice_p_value(errors[rows], sub_idx, cand.mask[rows])
-
-    def region(self, cand: Candidate) -> Region:
-        """The candidate as a :class:`Region` with its statistics (before BH correction)."""
-        f, m = self.inp.features, cand.mask
-        mean = float(self.inp.errors[m].mean())
-        ci, ratio_ci = self.boot.interval(m)
-        unc = _nanmean_or_nan(self.inp.uncertainty[m])
+    def stats(self, mask: np.ndarray) -> dict[str, Any]:
+        """The statistics of the (whole-set) ``mask`` on this scope's atoms, as Region fields."""
+        m = mask if self.rows is None else mask[self.rows]
+        sidx = self.system_idx
+        n_in = len(np.unique(sidx[m]))
+        sizes = (n_in, len(np.unique(sidx[~m])))
+        nan2 = (float("nan"), float("nan"))
+        if not m.any():
+            mean, ci, ratio_ci, unc = float("nan"), nan2, nan2, float("nan")
+        else:
+            mean = float(self.errors[m].mean())
+            ci, ratio_ci = self.boot.interval(m)
+            unc = _nanmean_or_nan(self.uncertainty[m])
         finite = bool(unc) and np.isfinite(unc) and np.isfinite(self.e2u_all)
-        e2u = (mean / unc) / self.e2u_all if finite else float("nan")
+        return {
+            "mean_error": mean,
+            "ci": ci,
+            "baseline": self.baseline,
+            "ratio": mean / self.baseline if self.baseline > 0 else float("nan"),
+            "ratio_ci": ratio_ci,
+            "p_value": slice_p_value(self.errors, sidx, m, self.n_struct),
+            "held_out": self.rows is not None,
+            "scored_structures": self.n_struct,
+            "uncertainty_mean": unc,
+            "uncertainty_ratio": unc / self.unc_all if self.unc_all else float("nan"),
+            "error_to_uncertainty": float((mean / unc) / self.e2u_all) if finite else float("nan"),
+            "_sizes": sizes,
+        }
+
+
+@dataclass(kw_only=True)
+class _Scorer:
+    """Scores candidates: on all structures, or a tree rule on the half it was not grown on.
+
+    The whole-set scope (and its bootstrap) is drawn first; a held-out scope is drawn when a
+    candidate first asks for it, and shared by every candidate with the same held-out half.
+    """
+
+    inp: RegionInputs
+    n_boot: int
+    rng: np.random.Generator
+    scopes: dict[bytes, _Scope] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scopes[b""] = _Scope.of(self.inp, None, self.n_boot, self.rng)
+
+    def scope(self, cand: Candidate) -> _Scope:
+        """The scope a candidate is scored on."""
+        if cand.test_structures is None:
+            return self.scopes[b""]
+        key = np.packbits(cand.test_structures).tobytes() + b"held-out"
+        if key not in self.scopes:
+            rows = cand.test_structures[self.inp.features.system_idx]
+            self.scopes[key] = _Scope.of(self.inp, rows, self.n_boot, self.rng)
+        return self.scopes[key]
+
+    def region(self, cand: Candidate) -> tuple[Region, tuple[int, int]]:
+        """The candidate as a :class:`Region` (before BH correction) and its test's sizes.
+
+        Sizes: (structures with atoms inside, structures with atoms outside) in its scope.
+        """
+        f, m = self.inp.features, cand.mask
+        stats = self.scope(cand).stats(m)
+        sizes = stats.pop("_sizes")
         symbols, counts = (
             np.unique(f.atom["element"][m].astype(str), return_counts=True)
             if "element" in f.atom
             else ([], [])
         )
         rule = cand.rule
-        return Region(
+        region = Region(
             id=region_id(rule),
             rule=rule,
             conditions=[c.to_dict() for c in cand.conditions],
@@ -663,18 +890,11 @@ class _Scorer:
             n_atoms=int(m.sum()),
             n_structures=len(np.unique(f.system_idx[m])),
             coverage=float(m.mean()),
-            mean_error=mean,
-            ci=ci,
-            baseline=self.baseline,
-            ratio=mean / self.baseline if self.baseline > 0 else float("nan"),
-            ratio_ci=ratio_ci,
-            p_value=self.p_value(cand),
-            uncertainty_mean=unc,
-            uncertainty_ratio=unc / self.unc_all if self.unc_all else float("nan"),
-            error_to_uncertainty=float(e2u),
             elements={str(s): int(c) for s, c in zip(symbols, counts, strict=True)},
             enriched=cand.enriched,
+            **stats,
         )
+        return region, sizes
 
 
 def _judge(regions: list[Region], cfg: DiagnosticsConfig) -> None:

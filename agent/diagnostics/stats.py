@@ -6,6 +6,7 @@ structure as the unit (Field & Welsh, J. R. Stat. Soc. B 69, 369, 2007).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +57,56 @@ def slice_p_value(
     if len(inside) == 0 or len(outside) == 0:
         return 1.0
     return float(mannwhitneyu(inside, outside, alternative="greater").pvalue)
+
+
+@functools.lru_cache(maxsize=4096)
+def min_p_value(n_in: int, n_out: int) -> float:
+    """The smallest p-value :func:`slice_p_value` can return for ``n_in`` against ``n_out``.
+
+    The one-sided Mann-Whitney p-value falls as U grows, and U is largest (``n_in * n_out``)
+    when every per-structure mean inside ranks above every one outside (complete separation).
+    The value is computed by the same scipy call on such a sample, so it follows scipy's choice
+    of the exact distribution (either sample of at most 8, no ties) or the normal approximation
+    with continuity correction. It holds for distinct per-structure means: exact ties, which
+    continuous force errors do not produce, can make the tie-corrected approximation smaller.
+
+    Args:
+        n_in: structures with atoms inside the region (the first sample).
+        n_out: structures with atoms outside it (the second sample).
+
+    Returns:
+        The p-value at complete separation; 1.0 when a sample is empty.
+    """
+    from scipy.stats import mannwhitneyu
+
+    if n_in <= 0 or n_out <= 0:
+        return 1.0
+    inside = np.arange(n_out, n_out + n_in, dtype=float)
+    outside = np.arange(n_out, dtype=float)
+    return float(mannwhitneyu(inside, outside, alternative="greater").pvalue)
+
+
+def structures_needed(alpha: float, limit: int = 100_000) -> int | None:
+    """Fewest structures with which any region test can reach p ≤ ``alpha``.
+
+    With n structures both samples of :func:`slice_p_value` hold at most n per-structure means
+    (a structure with atoms on both sides is in both), so no p-value can fall below the
+    smallest :func:`min_p_value` over sample sizes up to n. That minimum is taken at (n, n) or,
+    where scipy uses the exact distribution for a sample of at most 8 against a larger one, at
+    (8, n): the exact p-value 1 / C(a + n, a) falls as a grows, the approximate one falls as
+    either size grows; the exact (8, 8) is smaller than the approximate (9, 9), so the minimum
+    over sizes is not monotone and both candidates are checked for every n.
+
+    Returns:
+        The smallest n (≥ 2) for which a test over at most n structures per sample can reach
+        p ≤ alpha; None when even ``limit`` structures do not suffice.
+    """
+    best = 1.0
+    for n in range(1, limit + 1):
+        best = min(best, min_p_value(n, n), min_p_value(min(n, 8), n))
+        if best <= alpha and n >= 2:
+            return n
+    return None
 
 
 @dataclass(kw_only=True)
