@@ -197,7 +197,7 @@ class Campaign:
             return
         if cfg.per_kind == 0:
             return
-        test = draw_test_set(self.spec, self.seeds(), self._rng(0, 9))
+        test = draw_test_set(self.spec, self._rng(0, 9), self._base_dir())
         self.report("step", {"iteration": 0, "step": "test", "n": len(test)})
         self._label(test, iteration=0)
 

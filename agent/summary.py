@@ -85,6 +85,7 @@ def _region_row(r: dict[str, Any]) -> dict[str, Any]:
         "silent": bool(r.get("silent")),
         "first_seen": r.get("first_seen"),
         "last_seen": r.get("last_seen"),
+        "enriched": list(r.get("enriched") or []),
     }
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,16 +100,29 @@ def _thermalise(
     return frame
 
 
-def draw_test_set(
-    spec: CampaignSpec, seeds: Sequence[Atoms], rng: np.random.Generator
-) -> list[Atoms]:
+def draw_test_set(spec: CampaignSpec, rng: np.random.Generator, base_dir: Path) -> list[Atoms]:
     """``per_kind`` unlabelled test structures from every seed entry (see the module docstring).
+
+    Test structures start from the seed entries *without* their ``strain`` and ``rattle_A``
+    (those shape the training seeds): the test set's own thermal displacements (or oracle MD)
+    at each test temperature are the only perturbation, so a kind's test structures are the
+    physical thermal ensemble the temperature stands for.
 
     Args:
         spec: the campaign (its ``test_set``, ``exploration`` temperatures and oracle).
-        seeds: the seed structures (``agent.seeds.generate_seeds``; ``info['seed_index']``).
         rng: the test set's own random stream.
+        base_dir: where relative file seeds are found.
     """
+    from chemgap.agent.seeds import generate_seeds
+
+    plain = spec.system.model_copy(
+        update={
+            "seeds": [
+                s.model_copy(update={"strain": 0.0, "rattle_A": 0.0}) for s in spec.system.seeds
+            ]
+        }
+    )
+    seeds = generate_seeds(plain, rng, base_dir)
     cfg = spec.test_set
     temps = cfg.temperatures_K or spec.exploration.temperatures_K
     labels = seed_labels(spec)

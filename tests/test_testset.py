@@ -11,7 +11,6 @@ from ase.calculators.emt import EMT
 from ase.io import write
 
 from chemgap.agent.errors import BadInput
-from chemgap.agent.seeds import generate_seeds
 from chemgap.agent.testset import draw_test_set, read_test_file, seed_labels
 from chemgap.campaigns.spec import parse_spec
 
@@ -43,8 +42,7 @@ def spec(**test_set):
 
 
 def draw(s, key=9):
-    seeds = generate_seeds(s.system, np.random.default_rng([0, 0]), Path.cwd())
-    return draw_test_set(s, seeds, np.random.default_rng([0, key]))
+    return draw_test_set(s, np.random.default_rng([0, key]), Path.cwd())
 
 
 def test_every_seed_kind_is_drawn_and_marked_in_or_out_of_distribution():

@@ -24,8 +24,8 @@ HARMLESS_WARNINGS = (
     "You are using `torch.load` with `weights_only=False`",  # mace's model loading
     "Skipping unhashable information",  # ASE's extxyz on slab metadata
 )
-# commands that import mace, which prints a cuequivariance notice on CPU machines
-MODEL_COMMANDS = frozenset({"run", "resume", "train", "predict", "explore", "diagnose"})
+# commands that import mace (a cuequivariance notice on CPU machines) or start Ray
+MODEL_COMMANDS = frozenset({"run", "resume", "train", "predict", "explore", "diagnose", "label"})
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -38,10 +38,16 @@ def _configure_logging(verbosity: int) -> None:
         logging.getLogger("ray").setLevel(logging.ERROR)  # token-auth and start-up notices
 
 
-def _quiet_mace_import() -> None:
-    """Import mace once with its cuequivariance notice (a print on CPU machines) swallowed."""
+def _quiet_imports() -> None:
+    """Import mace with its cuequivariance notice (a print on CPU machines) swallowed, and
+    Ray with its start-up notices (token authentication, which stays on) below ERROR: Ray's
+    import sets its logger's level, so this comes after it.
+    """
     with contextlib.redirect_stdout(io.StringIO()):
         import mace.tools.cg  # noqa: F401
+    import ray  # noqa: F401
+
+    logging.getLogger("ray").setLevel(logging.ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,7 +63,7 @@ def main(verbose: int) -> None:
     _configure_logging(verbose)
     ctx = click.get_current_context()
     if verbose < 2 and ctx.invoked_subcommand in MODEL_COMMANDS:
-        _quiet_mace_import()
+        _quiet_imports()
 
 
 @main.command()

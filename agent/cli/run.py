@@ -73,16 +73,16 @@ def _iteration_table(row: dict[str, Any]) -> Table:
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
         caption="force MAE per component, meV/Å · energy MAE meV/atom · ID/OOD: test kinds "
-        "in/out of the initial data",
+        "in/out of the initial data · % frames: explored frames accurate/candidate/failed",
         caption_justify="left",
     )
     cols = {
         "holdout\nF MAE": _mev(row.get("force_mae")),
-        "test\nF MAE ID": _mev(row.get("test_force_mae_id")),
-        "test\nF MAE OOD": _mev(row.get("test_force_mae_ood")),
-        "test\nE MAE OOD": _mev(row.get("test_energy_mae_ood"), 1),
-        "ρ(σ,|ΔF|)": "–" if row.get("spearman_atom") is None else f"{row['spearman_atom']:.2f}",
-        "frames acc/\ncand/fail %": (
+        "test ID\nF MAE": _mev(row.get("test_force_mae_id")),
+        "test OOD\nF MAE": _mev(row.get("test_force_mae_ood")),
+        "test OOD\nE MAE": _mev(row.get("test_energy_mae_ood"), 1),
+        "ρ(σ,ΔF)": "–" if row.get("spearman_atom") is None else f"{row['spearman_atom']:.2f}",
+        "% frames\nacc/cnd/fl": (
             f"{100 * row['accurate']:.0f}/{100 * row['candidate']:.0f}/{100 * row['failed']:.0f}"
         ),
         "regions\n(silent)": (
@@ -119,8 +119,11 @@ def _regions_found(regions: list[dict[str, Any]]) -> Table:
     table.add_column("silent")
     table.add_column("seen", justify="right")
     for r in regions:
+        rule = str(r["rule"])
+        if r.get("enriched") and rule.startswith("environment ="):  # say what the class is
+            rule += f" [dim](mostly {r['enriched'][0]})[/]"
         table.add_row(
-            str(r["rule"]),
+            rule,
             _ratio(r),
             "–" if r.get("q_value") is None else f"{r['q_value']:.0e}",
             "[bold red]yes[/]" if r.get("silent") else "",
@@ -156,9 +159,7 @@ def print_summary(summary: dict[str, Any], root: Path) -> None:
             f"no failure region found in the last diagnosis (why: chemgap inspect {root})"
         )
     for r in resolved:
-        console.print(
-            f"resolved at iteration {r['resolved_at']}: {r.get('rule') or r['id']}", soft_wrap=True
-        )
+        console.print(f"resolved at iteration {r['resolved_at']}: {r.get('rule') or r['id']}")
     if summary["test_by_kind"]:
         console.print(_test_by_kind(summary["test_by_kind"]))
     t = summary["time"]
@@ -166,8 +167,7 @@ def print_summary(summary: dict[str, Any], root: Path) -> None:
         console.print(
             f"wall time {t['elapsed_s']:.0f} s, of which orchestration (outside training, "
             f"exploring, labelling, diagnosis) {t['overhead_s']:.0f} s "
-            f"({100 * t['overhead_fraction']:.1f} %)",
-            soft_wrap=True,
+            f"({100 * t['overhead_fraction']:.1f} %)"
         )
 
 
