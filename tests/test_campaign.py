@@ -94,10 +94,20 @@ def rows(db: Path) -> list[tuple[int, str, str]]:
 
 
 @pytest.mark.slow
-def test_tiny_campaign_runs_to_done(tmp_path, ray_session):
+def test_tiny_campaign_runs_to_done(tmp_path, ray_session, monkeypatch):
+    from chemgap.models.ensemble import Ensemble
+
     spec = parse_spec(tiny_spec())
     store = RunStore.create(tmp_path / "run", spec)
     events: list[str] = []
+    predicted: list[list[str]] = []  # the splits of each batch the driver predicts
+    honest = Ensemble.predict
+
+    def counting(self, structures, **kw):
+        predicted.append([a.info.get("split") for a in structures])
+        return honest(self, structures, **kw)
+
+    monkeypatch.setattr(Ensemble, "predict", counting)
     reason = run_campaign(
         store, report=lambda e, p: events.append(e), num_cpus=2, executor=RayExecutor()
     )
@@ -128,6 +138,11 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session):
     keys = [k for _, k, _ in rows(store.root / "data.db")]
     assert len(keys) == len(set(keys))
     _check_test_set_kept_apart(store.root, history, info)
+    # the holdout is predicted once per iteration (broken variant: calibrate, trust levels and
+    # evaluate each predicting it again), and so is the test set
+    holdout_batches = [b for b in predicted if b and set(b) == {"holdout"}]
+    test_batches = [b for b in predicted if b and set(b) == {"test"}]
+    assert len(holdout_batches) == 2 and len(test_batches) == 2 + 2  # + each diagnosis
 
 
 def _check_test_set_kept_apart(root: Path, history: list[dict], info: dict) -> None:
