@@ -33,6 +33,7 @@ from ase import Atoms
 
 from chemgap.agent.store import RunStatus, RunStore, atomic_write_text
 from chemgap.agent.testset import TEST_SPLIT
+from chemgap.common.files import atomic_write
 from chemgap.common.metrics import score
 from chemgap.common.tasks import Executor
 
@@ -52,19 +53,12 @@ def _noop(event: str, payload: dict[str, Any]) -> None:
 
 
 def _write_extxyz(path: Path, structures: list[Atoms]) -> None:
-    """Write extxyz to a temp file, flush it to disk, then rename: a crash (or a power cut)
-    leaves the old file or the new one, never a torn one.
+    """Write extxyz atomically (:func:`chemgap.common.files.atomic_write`): a crash or a power
+    cut leaves the old file or the new one, never a torn one.
     """
-    import os
-
     from ase.io import write
 
-    tmp = path.with_suffix(".tmp.extxyz")
-    with open(tmp, "w") as fh:
-        write(fh, structures, format="extxyz")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    atomic_write(path, lambda handle: write(handle, structures, format="extxyz"))
 
 
 def _read_extxyz(path: Path) -> list[Atoms]:

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from enum import StrEnum
@@ -38,6 +37,7 @@ from chemgap.agent.diagnostics import REGIONS_FILE
 from chemgap.agent.errors import RunDirError
 from chemgap.agent.summary import campaign_summary, learning_curve, time_budget
 from chemgap.campaigns.spec import CampaignSpec, dump_spec, parse_spec
+from chemgap.common.files import atomic_write_text
 from chemgap.common.keys import ENERGY_KEY, FORCES_KEY, STRESS_KEY
 
 log = logging.getLogger(__name__)
@@ -90,29 +90,6 @@ def _version() -> str:
         return version("chemgap")
     except PackageNotFoundError:  # running from a source tree
         return "0+unknown"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a crash leaves either the old or the new file, never half.
-
-    Temp file in the same directory, fsync, ``os.replace``, fsync of the directory.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def structure_key(atoms: Atoms, decimals: int = 4) -> str:

@@ -37,11 +37,8 @@ out-of-distribution data especially.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -52,6 +49,7 @@ from ase import Atoms
 from ase.data import atomic_numbers as ASE_Z
 from ase.data import chemical_symbols
 
+from chemgap.common.files import atomic_write
 from chemgap.common.keys import reference_energies, reference_forces
 
 if TYPE_CHECKING:
@@ -229,23 +227,8 @@ class Residuals:
         """Write to ``path`` as ``.npz`` (exactly that name), atomically: temp file in the same
         directory, fsync, rename, fsync of the directory.
         """
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **{name: getattr(self, name) for name in _RESIDUAL_FIELDS})
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fields = {name: getattr(self, name) for name in _RESIDUAL_FIELDS}
+        atomic_write(Path(path), lambda handle: np.savez(handle, **fields), binary=True)
 
     @classmethod
     def load(cls, path: Path) -> Residuals:

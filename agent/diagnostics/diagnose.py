@@ -575,7 +575,7 @@ def write_regions(result: DiagnosisResult, out_dir: str | Path) -> Path:
 
     Stale exemplars of resolved regions go with the old folder.
     """
-    from chemgap.agent.store import atomic_write_text
+    from chemgap.common.files import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
