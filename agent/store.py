@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from ase import Atoms
@@ -58,6 +58,12 @@ class RunStatus(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+# the campaign's steps as state.json may name them (agent/campaign.py's state machine)
+Step = Literal[
+    "init", "initial_labels", "train", "calibrate", "explore", "select", "label", "evaluate"
+]
+
+
 class RunState(BaseModel):
     """``state.json``: where the campaign's state machine stands."""
 
@@ -68,7 +74,7 @@ class RunState(BaseModel):
     campaign: str
     status: RunStatus = RunStatus.RUNNING
     iteration: int = Field(0, ge=0, description="current iteration (0: initial labelling)")
-    step: str = Field("init", description="the step in progress, or the last one finished")
+    step: Step = Field("init", description="the last step finished ('init': none yet)")
     stop_reason: str | None = None
     created: float = Field(default_factory=time.time, description="Unix time, s")
     updated: float = Field(default_factory=time.time, description="Unix time, s")
@@ -348,8 +354,9 @@ def label_counts(db_path: Path) -> dict[str, int]:
         rows = con.execute(
             "SELECT value, COUNT(*) FROM text_key_values WHERE key = 'status' GROUP BY value"
         ).fetchall()
-    except sqlite3.DatabaseError:
-        rows = []
+    except sqlite3.DatabaseError as exc:
+        # an unreadable store is not "0 calls used": the budget check reads this
+        raise RunDirError(f"{db_path} cannot be read as a chemgap database ({exc})") from None
     finally:
         con.close()
     for value, n in rows:
@@ -364,7 +371,8 @@ def run_status(root: str | Path) -> dict[str, Any]:
     """What ``chemgap status`` reports, read without changing anything in the directory.
 
     Keys: ``campaign``, ``state`` (running | done | failed | interrupted), ``iteration``,
-    ``step``, ``labels`` (``{"ok": n, "failed": n}``), ``regions`` (count), ``stop_reason``,
+    ``step``, ``labels`` (``{"ok": n, "failed": n}``), ``regions`` (count; None with
+    ``regions_unreadable`` saying why when regions.json cannot be read), ``stop_reason``,
     ``path``, ``updated``, ``history``, ``learning_curve`` (per iteration: oracle calls,
     holdout and test-set errors in and out of distribution), ``test_errors`` (the last
     iteration's test-set errors per part, kind and element) and ``time`` (wall time per step and
@@ -375,12 +383,15 @@ def run_status(root: str | Path) -> dict[str, Any]:
     status = state.status
     if status == RunStatus.RUNNING and not is_locked(root):
         status = RunStatus.INTERRUPTED  # killed without a chance to say so: resumable
-    regions = 0
+    regions: int | None = 0
+    unreadable = None
     regions_path = root / REGIONS_FILE
     if regions_path.exists():
-        with contextlib.suppress(json.JSONDecodeError, OSError):
+        try:
             payload = json.loads(regions_path.read_text())
-            regions = len(payload.get("regions", payload) if isinstance(payload, dict) else payload)
+            regions = len(payload["regions"])
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            regions, unreadable = None, f"{regions_path} is unreadable ({type(exc).__name__})"
     return {
         "campaign": state.campaign,
         "state": str(status),
@@ -388,6 +399,7 @@ def run_status(root: str | Path) -> dict[str, Any]:
         "step": state.step,
         "labels": label_counts(root / DB_FILE),
         "regions": regions,
+        "regions_unreadable": unreadable,
         "stop_reason": state.stop_reason,
         "path": str(root.resolve()),
         "updated": state.updated,

@@ -197,6 +197,9 @@ def test_status_refusals_exit_2(tmp_path, prepare, needle):
         ("[1, 2]", "corrupt"),
         ('{"format_version": 1, "campaign": "x"}', "corrupt (chemgap_version"),
         ('{"format_version": 99, "chemgap_version": "9.0", "campaign": "x"}', "run format 99"),
+        # field-level corruption: a step the state machine does not have, a negative iteration
+        ('{"format_version": 1, "chemgap_version": "x", "campaign": "x", "step": "bogus"}', "step"),
+        ('{"format_version": 1, "chemgap_version": "x", "campaign": "x", "iteration": -1}', "iter"),
     ],
 )
 def test_corrupt_or_incompatible_state_is_refused_untouched(tmp_path, spec, content, needle):
@@ -279,3 +282,42 @@ def test_resume_checks_the_oracle_backend_first(tmp_path, spec):
     assert result.exit_code == 2, result.output
     assert "oracle" in result.output and "no_such_module_here" in result.output
     assert snapshot(store.root) == before
+
+
+def test_resume_refuses_a_state_with_a_bogus_step_and_changes_nothing(tmp_path, spec):
+    """Broken variant: ``"step": "bogus"`` used to crash inside the loop and then write
+    status=failed into the run it had been told was corrupt.
+    """
+    from click.testing import CliRunner
+
+    from chemgap.agent.cli import main
+
+    store = RunStore.create(tmp_path / "run", spec)
+    state = json.loads((store.root / "state.json").read_text())
+    state["step"] = "bogus"
+    (store.root / "state.json").write_text(json.dumps(state))
+    before = snapshot(store.root)
+    for command in (["resume", str(store.root)], ["status", str(store.root)]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and "step" in result.output, result.output
+    assert snapshot(store.root) == before
+
+
+def test_a_damaged_store_is_an_error_not_zero_calls(tmp_path, spec):
+    """Broken variant: label_counts returned zeros on a damaged database, so the oracle-call
+    budget read "0 calls used".
+    """
+    store = RunStore.create(tmp_path / "run", spec)
+    store.add(labelled_cu(0), status="ok", split="train")
+    assert run_status(store.root)["labels"] == {"ok": 1, "failed": 0}
+    (store.root / "data.db").write_bytes(b"this is not an sqlite database" * 100)
+    with pytest.raises(RunDirError, match=r"data\.db cannot be read"):
+        run_status(store.root)
+
+
+def test_an_unreadable_regions_file_is_said_to_be_unreadable(tmp_path, spec):
+    """Broken variant: an unreadable regions.json showed as "0 regions" in status."""
+    store = RunStore.create(tmp_path / "run", spec)
+    (store.root / "regions.json").write_text("{not json")
+    info = run_status(store.root)
+    assert info["regions"] is None and "unreadable" in info["regions_unreadable"]

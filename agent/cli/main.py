@@ -112,7 +112,7 @@ def status(run: Path, as_json: bool) -> None:
     )
     table.add_row("iteration", f"{info['iteration']} (step: {info['step']})")
     table.add_row("labels", f"{info['labels']['ok']} ok, {info['labels']['failed']} failed")
-    table.add_row("failure regions", str(info["regions"]))
+    table.add_row("failure regions", info["regions_unreadable"] or str(info["regions"]))
     for row in info["learning_curve"]:
         parts = [
             f"{part} {1000 * row[f'test_force_mae_{part.lower()}']:.0f}"
