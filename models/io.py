@@ -18,13 +18,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from chemgap.common.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,14 @@ def versions() -> dict[str, str]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+    """Write JSON atomically (:func:`chemgap.common.files.atomic_write`: temp file, fsync,
+    rename, fsync of the directory).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
-    os.replace(tmp, path)
+    atomic_write(
+        path, lambda fh: json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
+    )
 
 
 def _json_default(obj: Any) -> Any:
