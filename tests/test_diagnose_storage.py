@@ -1,4 +1,6 @@
-"""``write_regions``: atomic against a crash, and never over files chemgap did not write."""
+"""``write_regions``: atomic against a crash, and never over files chemgap did not write; what
+a diagnosis stores with its result (bond-perception counts).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +8,12 @@ import hashlib
 import json
 import os
 from dataclasses import replace
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from ase import Atoms
+from ase.build import molecule
 from click.testing import CliRunner
 from test_diagnose import NoisyModel, cu_test_set
 
@@ -15,6 +21,13 @@ from chemgap.agent.diagnostics import diagnose as diagnose_mod
 from chemgap.agent.diagnostics.diagnose import diagnose, load_regions, write_regions
 from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import DiagnosticsConfig
+from chemgap.common.keys import (
+    ENERGY_KEY,
+    FORCES_KEY,
+    STATUS_KEY,
+    reference_energies,
+    reference_forces,
+)
 
 CFG = DiagnosticsConfig(bootstrap=100, environment_classes=4, n_clusters=4)
 
@@ -148,3 +161,91 @@ def test_diagnose_dash_o_dot_keeps_a_users_regions_folder(tmp_path, monkeypatch)
     assert "regions: holds files chemgap did not write (notes.txt)" in res.output
     assert (tmp_path / "regions" / "notes.txt").read_text() == "my notes"
     assert not (tmp_path / "regions.json").exists() and loaded == []
+
+
+class MoleculeModel:
+    """A stand-in ensemble for H/C/O molecules: the labels plus seeded force noise."""
+
+    elements = ["H", "C", "O"]  # noqa: RUF012
+    n_members = 2
+    calibration = None
+    path = None
+
+    def predict(self, structures, *, compute_stress=False, calibrated=True):
+        rng = np.random.default_rng(3)
+        n_atoms = np.array([len(a) for a in structures])
+        f_ref = reference_forces(structures)
+        return SimpleNamespace(
+            energy_mean=reference_energies(structures) + rng.normal(0.0, 0.01, len(n_atoms)),
+            forces_mean=f_ref + rng.normal(0.0, 0.1, f_ref.shape),
+            force_std_atom_cal=rng.uniform(0.01, 0.1, len(f_ref)),
+            calibrated=False,
+            numbers=np.concatenate([a.numbers for a in structures]),
+        )
+
+
+def _labelled_molecules() -> list[Atoms]:
+    """Three ethanols RDKit perceives; two methyl radicals and a stretched ethanol it cannot."""
+    ethanols = []
+    for i in range(3):
+        a = molecule("CH3CH2OH")
+        a.rattle(0.02, seed=i)
+        ethanols.append(a)
+    stretched = molecule("CH3CH2OH")
+    stretched.positions *= 1.5  # bonds 1.5x too long: no bond orders fit
+    out = [*ethanols, molecule("CH3"), molecule("CH3"), stretched]
+    for a in out:
+        a.center(vacuum=4.0)
+        a.info[ENERGY_KEY] = 0.0
+        a.arrays[FORCES_KEY] = np.zeros((len(a), 3))
+        a.info[STATUS_KEY] = "ok"
+    return out
+
+
+PERCEPTION = {"tried": 6, "perceived": 3, "failed": 3, "failed_formulas": ["CH3", "C2H6O"]}
+
+
+def test_failed_bond_perception_is_counted_stored_and_printed(tmp_path, monkeypatch):
+    """3 of 6 molecules without perceived bonds: the diagnosis counts them, regions.json keeps
+    the counts, ``chemgap diagnose`` and ``chemgap inspect`` print one line about them.
+
+    Broken variant caught: failures only logged (the old ``_molecular``), so nothing in the
+    result, the file or the output says that half the molecules have no group features.
+    """
+    import ase.io
+
+    from chemgap.agent.cli.diagnose import diagnose as diagnose_cmd
+    from chemgap.agent.cli.diagnose import inspect as inspect_cmd
+    from chemgap.agent.cli.diagnose import perception_line
+    from chemgap.agent.diagnostics.features import perceive_molecule
+    from chemgap.models.ensemble import Ensemble
+
+    mols = _labelled_molecules()
+    assert [perceive_molecule(a) is not None for a in mols] == [True] * 3 + [False] * 3
+    res = diagnose(mols, MoleculeModel(), CFG, seed=0)
+    assert res.perception == PERCEPTION
+    path = write_regions(res, tmp_path / "api")
+    assert json.loads(path.read_text())["perception"] == PERCEPTION
+
+    monkeypatch.setattr(Ensemble, "load", staticmethod(lambda *a, **k: MoleculeModel()))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "ensemble.json").write_text("{}")
+    ase.io.write(tmp_path / "mols.extxyz", mols, format="extxyz")
+    out = CliRunner().invoke(
+        diagnose_cmd,
+        ["--models", str(tmp_path / "model"), "--data", str(tmp_path / "mols.extxyz"),
+         "-o", str(tmp_path / "cli"), "--set", "bootstrap=100"],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    line = (
+        "bond perception failed for 3 of 6 molecules: they have no functional-group features "
+        "(e.g. CH3, C2H6O)"
+    )
+    assert line in out.output
+    assert json.loads((tmp_path / "cli" / "regions.json").read_text())["perception"] == PERCEPTION
+    shown = CliRunner().invoke(inspect_cmd, [str(tmp_path / "cli")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and line in shown.output
+    # every molecule perceived, or no molecules at all: no line
+    assert perception_line({**PERCEPTION, "failed": 0, "failed_formulas": []}) is None
+    assert perception_line({}) is None and perception_line(None) is None

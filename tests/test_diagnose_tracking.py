@@ -7,6 +7,7 @@ history and ``resolved`` must follow the regions from one diagnosis to the next.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -14,9 +15,16 @@ import numpy as np
 import pytest
 from test_diagnose import cu_test_set
 
+from chemgap.agent.diagnostics import diagnose as diagnose_mod
 from chemgap.agent.diagnostics.diagnose import diagnose, load_previous, write_regions
 from chemgap.agent.diagnostics.features import compute_features
-from chemgap.agent.diagnostics.regions import region_id, region_masks
+from chemgap.agent.diagnostics.regions import (
+    Condition,
+    Region,
+    UnknownFeature,
+    region_id,
+    region_masks,
+)
 from chemgap.campaigns.spec import DiagnosticsConfig
 from chemgap.common.keys import reference_energies, reference_forces
 
@@ -179,3 +187,49 @@ def test_a_fixed_failure_is_resolved_with_how_its_atoms_do_now(planted, tmp_path
     write_regions(fixed, tmp_path)
     prev = load_previous(tmp_path)
     assert prev is not None and prev.regions == [] and prev.iteration == 2
+
+
+def _ghost(like: Region, feature: str, value: object) -> Region:
+    """A region of an earlier diagnosis with the one-condition rule ``feature = value``."""
+    cond = Condition(feature=feature, op="=", value=value)
+    d = {**like.to_dict(), "id": region_id(cond.text), "rule": cond.text}
+    return Region.from_dict({**d, "conditions": [cond.to_dict()]})
+
+
+def test_a_resolved_region_whose_feature_is_absent_now_is_noted(planted, tmp_path):
+    """A previous region on ``group = nitrile`` (molecules) against this Cu test set, which has
+    no group columns: resolved with n_atoms_now 0, ratio_now null and a note naming the
+    feature, stored and printed; a rule on a present column that matches no atom now
+    (``element = Xx``) gets no note. A region of the current diagnosis naming an absent column
+    is an error (its exemplars cannot be picked).
+
+    Broken variants caught: the old swallowing (an all-False mask: the nitrile region would
+    look like a rule that matches no atom, with no note), and tracking that lets the error of
+    a resolved region's absent feature escape (the diagnosis would crash).
+    """
+    p = planted
+    assert "group:nitrile" not in p.feats.atom
+    nitrile = _ghost(p.first.regions[0], "group:nitrile", True)
+    gone = _ghost(p.first.regions[0], "element", "Xx")
+    scale = np.where(p.hot, 0.3, 0.05)
+    res = diagnose(
+        p.test, PlantedModel(scale, 1), CFG, seed=0, iteration=2, previous=[nitrile, gone]
+    )
+    assert res.resolved == [nitrile.id, gone.id]
+    absent, empty = res.resolved_regions
+    note = "feature 'group:nitrile' absent from this data"
+    assert absent["n_atoms_now"] == 0 and np.isnan(absent["ratio_now"]) and absent["note"] == note
+    assert empty["n_atoms_now"] == 0 and np.isnan(empty["ratio_now"]) and "note" not in empty
+    write_regions(res, tmp_path)
+    stored = json.loads((tmp_path / "regions.json").read_text())["resolved_regions"][0]
+    assert stored["ratio_now"] is None and stored["note"] == note
+    from click.testing import CliRunner
+
+    from chemgap.agent.cli.diagnose import inspect as inspect_cmd
+
+    shown = CliRunner().invoke(inspect_cmd, [str(tmp_path)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0 and note in shown.output
+    pred = PlantedModel(scale, 1).predict(p.test)
+    err = np.linalg.norm(pred.forces_mean - reference_forces(p.test), axis=1)
+    with pytest.raises(UnknownFeature, match="group:nitrile"):
+        diagnose_mod._exemplars([nitrile], p.feats, p.test, pred, err, 1)

@@ -14,6 +14,7 @@ from chemgap.agent.diagnostics.features import (
     compute_features,
     coordination_numbers,
     molecular_features,
+    perceive_molecule,
     register_feature_family,
 )
 from chemgap.agent.seeds import smiles_conformers
@@ -79,6 +80,35 @@ def test_failed_perception_gives_no_groups_and_no_crash():
     assert (feats.atom["hybridisation"][radical_atoms] == "").all()
     assert feats.atom["group:hydroxyl"][~radical_atoms].sum() == 2  # O and its H
     assert "hydroxyl" in feats.groups_present
+
+
+def test_failed_perception_is_counted_per_feature_table():
+    """A methyl radical and a stretched ethanol (RDKit finds no bond orders for either) next
+    to an ethanol it perceives and a periodic Cu cell (not a molecule, not tried).
+
+    Broken variant caught: failures only logged, not counted (``perception`` empty or with
+    ``failed`` 0), so a diagnosis cannot say which molecules lack group features.
+    """
+    radical = molecule("CH3")
+    stretched = molecule("CH3CH2OH")
+    stretched.positions *= 1.5
+    ethanol = molecule("CH3CH2OH")
+    assert perceive_molecule(radical) is None and perceive_molecule(stretched) is None
+    assert perceive_molecule(ethanol) is not None
+    structures = [radical, ethanol, bulk("Cu"), stretched, radical.copy()]
+    feats = compute_features(structures, families=["element", "molecular"], soap=False)
+    assert feats.perception == {
+        "tried": 4,
+        "perceived": 1,
+        "failed": 3,
+        "failed_formulas": ["CH3", "C2H6O"],
+    }
+    none = compute_features(
+        [radical, radical.copy()], families=["element", "molecular"], soap=False
+    )
+    assert none.perception["failed"] == 2 and none.perception["perceived"] == 0
+    assert "hybridisation" not in none.atom  # nothing perceived: no molecular columns
+    assert compute_features([bulk("Cu")], families=["element"], soap=False).perception == {}
 
 
 def test_structure_features_provenance_and_soap():

@@ -11,9 +11,11 @@ from chemgap.agent.diagnostics.features import FeatureKind, Features, compute_fe
 from chemgap.agent.diagnostics.regions import (
     Condition,
     Region,
+    UnknownFeature,
     find_regions,
     numeric_cuts,
     region_id,
+    region_masks,
     rule_text,
 )
 from chemgap.agent.diagnostics.stats import ClusterBootstrap, benjamini_hochberg, slice_p_value
@@ -293,6 +295,40 @@ def test_search_summary_bounds_what_an_empty_search_could_have_found():
     s = found.summary
     m = s["n_rules_tested"]
     assert m > 10 and s["structures_needed"] is None
-    assert s["min_q_achievable"] == pytest.approx(min_p_value(*s["best_sizes"]))
+    assert s["n_two_sided"] > 0  # both sides of the cuts of x: one two-sided hypothesis each
+    factor = 2.0 if s["best_two_sided"] else 1.0
+    assert s["min_q_achievable"] == pytest.approx(factor * min_p_value(*s["best_sizes"]))
     assert s["min_q_lone"] == pytest.approx(min(1.0, m * s["min_q_achievable"]))
     assert s["min_q_seen"]["q_value"] >= s["min_q_achievable"]
+
+
+def test_a_rule_naming_an_absent_feature_raises_rather_than_matching_no_atom():
+    """``group = nitrile`` on a table without that column is an error naming the feature and
+    the columns there are; ``element = Xx`` (a column that exists) is an empty region.
+
+    Broken variant caught: the old ``region_masks``, which turned the missing column into an
+    all-False mask (a region of zero atoms) instead of an error.
+    """
+    feats, _, _ = _hot_features(3, 4, 1)
+    nitrile = Condition(feature="group:nitrile", op="=", value=True)
+    with pytest.raises(UnknownFeature, match=r"'group:nitrile'.*\(columns: element, hot\)"):
+        nitrile.mask(feats)
+    assert not Condition(feature="element", op="=", value="Xx").mask(feats).any()
+    region = Region(
+        id=region_id(nitrile.text),
+        rule=nitrile.text,
+        conditions=[nitrile.to_dict()],
+        method="slice",
+        n_atoms=4,
+        n_structures=1,
+        coverage=0.3,
+        mean_error=1.0,
+        ci=(0.9, 1.1),
+        baseline=0.5,
+        ratio=2.0,
+        ratio_ci=(1.8, 2.2),
+        p_value=0.01,
+    )
+    with pytest.raises(UnknownFeature) as err:
+        region_masks([region], feats)
+    assert isinstance(err.value, KeyError) and err.value.feature == "group:nitrile"

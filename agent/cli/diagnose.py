@@ -214,9 +214,30 @@ def _print_diagnosis(done: Any, alpha: float) -> None:
     else:
         for line in explain_empty(res.diagnosed):
             console.print(line, markup=False)
+    _print_perception(res.perception)
     _print_resolved(res.resolved_regions)
     print_splits([s.to_dict() for s in res.splits])
     console.print(f"wrote {done.regions_path}", markup=False)
+
+
+def perception_line(perception: dict[str, Any] | None) -> str | None:
+    """One line when RDKit could not perceive the bonds of some molecules; None otherwise."""
+    p = perception or {}
+    failed = int(p.get("failed") or 0)
+    if not failed:
+        return None
+    formulas = p.get("failed_formulas") or []
+    shown = f" (e.g. {', '.join(formulas)})" if formulas else ""
+    return (
+        f"bond perception failed for {failed} of {p.get('tried')} molecules: they have no "
+        f"functional-group features{shown}"
+    )
+
+
+def _print_perception(perception: dict[str, Any] | None) -> None:
+    line = perception_line(perception)
+    if line:
+        console.print(line, markup=False)
 
 
 def _print_resolved(resolved: list[dict[str, Any]]) -> None:
@@ -225,10 +246,11 @@ def _print_resolved(resolved: list[dict[str, Any]]) -> None:
         return
     console.print("resolved since the last diagnosis:")
     for d in resolved:
-        now = d.get("ratio_now")
+        note = f"{d['note']}; " if d.get("note") else ""
         console.print(
             f"  {d['id']} {d['rule']}: ratio {_f(d.get('ratio_before'), '.2f')} → "
-            f"{_f(now, '.2f')} (last seen in iteration {_f(d.get('last_seen'), 'd')})",
+            f"{_f(d.get('ratio_now'), '.2f')} ({note}last seen in iteration "
+            f"{_f(d.get('last_seen'), 'd')})",
             markup=False,
         )
 
@@ -396,6 +418,7 @@ def _overview(regions: list[Any], payload: dict[str, Any]) -> None:
         console.print(title)
         for line in explain_empty(payload.get("diagnosed")):
             console.print(line, markup=False)
+    _print_perception(payload.get("perception"))
     resolved = payload.get("resolved_regions")
     if resolved:
         _print_resolved(resolved)
@@ -425,6 +448,8 @@ def _detail(r: Any) -> None:
         f"{_f(r.ratio, '.2f')} (95% CI {_f(r.ratio_ci[0], '.2f')}–{_f(r.ratio_ci[1], '.2f')})",
     )
     table.add_row("p / q (BH)", f"{_f(r.p_value, '.2g')} / {_f(r.q_value, '.2g')}")
+    if getattr(r, "complement", None):
+        table.add_row("other side", f"{r.complement} (tested with it: p is two-sided)")
     if r.held_out:
         table.add_row(
             "scored on",

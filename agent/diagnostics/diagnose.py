@@ -53,6 +53,7 @@ from chemgap.agent.diagnostics.features import (
 )
 from chemgap.agent.diagnostics.regions import (
     Region,
+    UnknownFeature,
     region_id,
     region_masks,
     search_regions,
@@ -108,14 +109,20 @@ class DiagnosisResult:
         n_tested: candidate rules tested (the Benjamini-Hochberg family size).
         diagnosed: what the region search could have found
             (:func:`~chemgap.agent.diagnostics.regions.search_summary`: n_structures, n_atoms,
-            n_rules_tested, alpha, min_ratio, min_region_atoms, min_q_achievable, min_q_lone,
-            best_sizes, structures_needed, n_below_min_ratio, max_ratio_seen, min_q_seen).
+            n_rules_tested, n_two_sided, alpha, min_ratio, min_region_atoms, min_q_achievable,
+            min_q_lone, best_sizes, best_two_sided, structures_needed, n_below_min_ratio,
+            max_ratio_seen, min_q_seen).
         source: what was diagnosed, in words (``test set of RUN``, a file's name).
         resolved: ids of ``previous`` regions not found any more.
         resolved_regions: per resolved region: id, rule, first_seen, last_seen, ratio_before
             (its ratio when last found) and, its rule applied to this diagnosis' data,
             n_atoms_now and ratio_now (mean error of those atoms over the baseline; NaN when
-            the rule selects no atom now).
+            the rule selects no atom now). When the rule names a feature this data does not
+            have (group flags exist only where a group was perceived; environment classes
+            differ), n_atoms_now is 0, ratio_now NaN and ``note`` says which feature is absent.
+        perception: RDKit bond perception of the molecules
+            (:attr:`~chemgap.agent.diagnostics.features.Features.perception`: tried,
+            perceived, failed, failed_formulas); empty when no molecular features were made.
         environment: the environment classes (SOAP centroids) the region ids of environment
             regions refer to; the next diagnosis matches its classes to them.
         exemplars: region id -> annotated exemplar structures.
@@ -136,6 +143,7 @@ class DiagnosisResult:
     source: str | None = None
     resolved: list[str] = field(default_factory=list)
     resolved_regions: list[dict[str, Any]] = field(default_factory=list)
+    perception: dict[str, Any] = field(default_factory=dict)
     environment: EnvironmentClasses | None = None
     exemplars: dict[str, list[Atoms]] = field(default_factory=dict)
     features: Features | None = None
@@ -158,6 +166,7 @@ class DiagnosisResult:
                 "diagnosed": self.diagnosed,
                 "resolved": self.resolved,
                 "resolved_regions": self.resolved_regions,
+                "perception": self.perception,
                 "regions": [r.to_dict() for r in self.regions],
                 "splits": [s.to_dict() for s in self.splits],
                 "environment": None if self.environment is None else self.environment.to_dict(),
@@ -294,6 +303,7 @@ def diagnose(
         source=source,
         resolved=[d["id"] for d in resolved],
         resolved_regions=resolved,
+        perception=dict(features.perception),
         environment=features.environment,
         exemplars=exemplars,
         features=features,
@@ -324,7 +334,8 @@ def _track(
 
     A region continues a previous one with its id, or with the id of one of its ``also`` rules
     (a finding merged under a simpler rule). A previous region that no region continues is
-    resolved; its rule is applied to this data to say how its atoms do now.
+    resolved; its rule is applied to this data to say how its atoms do now
+    (:func:`_resolved_entry`).
     """
     if iteration is None and previous is None:
         return []
@@ -347,23 +358,40 @@ def _track(
             },
         ]
     gone = [r for rid, r in before.items() if rid not in continued]
-    masks = region_masks(gone, features)
-    base = float(atom_error.mean())
-    out = []
-    for r in gone:
-        m = masks[r.id]
-        out.append(
-            {
-                "id": r.id,
-                "rule": r.rule,
-                "first_seen": r.first_seen,
-                "last_seen": r.last_seen,
-                "ratio_before": r.ratio,
-                "n_atoms_now": int(m.sum()),
-                "ratio_now": float(atom_error[m].mean() / base) if m.any() else float("nan"),
-            }
-        )
-    return out
+    return [_resolved_entry(r, features, atom_error) for r in gone]
+
+
+def _resolved_entry(r: Region, features: Features, atom_error: np.ndarray) -> dict[str, Any]:
+    """A resolved region, with its rule applied to this diagnosis' data.
+
+    The rule of an earlier diagnosis may name a feature this data lacks (a group flag exists
+    only where that group was perceived; environment classes differ); that is recorded
+    (``n_atoms_now`` 0, ``ratio_now`` NaN, ``note``), not mistaken for a rule matching no atom.
+
+    Args:
+        r: the previous diagnosis' region.
+        features: this diagnosis' feature table.
+        atom_error: (n_atoms,) force error norms of this diagnosis, eV/Å.
+
+    Returns:
+        ``{"id", "rule", "first_seen", "last_seen", "ratio_before", "n_atoms_now",
+        "ratio_now"}``, plus ``"note"`` when a feature of the rule is absent.
+    """
+    entry: dict[str, Any] = {
+        "id": r.id,
+        "rule": r.rule,
+        "first_seen": r.first_seen,
+        "last_seen": r.last_seen,
+        "ratio_before": r.ratio,
+    }
+    try:
+        m = region_masks([r], features)[r.id]
+    except UnknownFeature as exc:
+        log.info("resolved region %s (%s): %s", r.id, r.rule, exc)
+        note = f"feature {exc.feature!r} absent from this data"
+        return {**entry, "n_atoms_now": 0, "ratio_now": float("nan"), "note": note}
+    ratio = float(atom_error[m].mean() / atom_error.mean()) if m.any() else float("nan")
+    return {**entry, "n_atoms_now": int(m.sum()), "ratio_now": ratio}
 
 
 def _baseline(
@@ -422,7 +450,12 @@ def _exemplars(
     atom_error: np.ndarray,
     k: int,
 ) -> dict[str, list[Atoms]]:
-    """Per region, the ``k`` structures whose region atoms have the highest mean error."""
+    """Per region, the ``k`` structures whose region atoms have the highest mean error.
+
+    Raises:
+        UnknownFeature: a region's rule names a column ``features`` lacks (the regions are this
+            table's own findings, so that is a bug, never an empty region).
+    """
     out: dict[str, list[Atoms]] = {}
     if k <= 0:
         return out
@@ -902,9 +935,11 @@ def explain_empty(diagnosed: dict[str, Any] | None) -> list[str]:
     if "n_rules_tested" not in d:
         return ["No failure region (this diagnosis predates the explanation; diagnose again)."]
     m, alpha = d["n_rules_tested"], d["alpha"]
+    two = d.get("n_two_sided") or 0
+    sides = f"; {two} two-sided, both sides of a cut as one" if two else ""
     tested = (
         f"{d['n_structures']} structures ({d['n_atoms']} atoms) tested, {m} rules tried "
-        f"(each of ≥ {d['min_region_atoms']} atoms), Benjamini-Hochberg FDR {alpha:g}."
+        f"(each of ≥ {d['min_region_atoms']} atoms{sides}), Benjamini-Hochberg FDR {alpha:g}."
     )
     if not m:
         return [
@@ -918,13 +953,15 @@ def explain_empty(diagnosed: dict[str, Any] | None) -> list[str]:
 def _reachability(d: dict[str, Any]) -> list[str]:
     """Whether any rule could have reached q ≤ alpha here, and the smallest reportable ratio.
 
-    Three cases, from ``min_q_achievable`` (p at complete separation of the best-placed rule;
-    q ≥ p) and ``min_q_lone`` (m p; BH gives q ≤ m p whatever the other rules do): reachable by
-    that rule on its own, reachable only together with other strong rules, or not at all.
+    Three cases, from ``min_q_achievable`` (p at complete separation of the best-placed rule,
+    doubled when that rule was tested two-sided; q ≥ p) and ``min_q_lone`` (m p; BH gives
+    q ≤ m p whatever the other rules do): reachable by that rule on its own, reachable only
+    together with other strong rules, or not at all.
     """
     alpha, p_min, lone, m = d["alpha"], d["min_q_achievable"], d["min_q_lone"], d["n_rules_tested"]
     n_in, n_out = d["best_sizes"]
-    best = f"the best-placed rule ({n_in} structures against {n_out})"
+    sided = ", two-sided: both sides of its cut were tried" if d.get("best_two_sided") else ""
+    best = f"the best-placed rule ({n_in} structures against {n_out}{sided})"
     ratio = (
         "The test ranks structures rather than measuring ratios, so the smallest reportable "
         f"error ratio is the threshold itself: {d['min_ratio']:g} (diagnostics.min_ratio)."

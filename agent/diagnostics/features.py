@@ -24,7 +24,9 @@ Families:
   with RDKit (``rdDetermineBonds``, after Kim & Kim 2015's xyz2mol), then per atom: membership in
   each functional group of :data:`FUNCTIONAL_GROUPS` (SMARTS; hydrogens bonded to a matched atom
   are members too), hybridisation, ring and aromatic flags. A molecule whose bonds cannot be
-  perceived gets no group features (logged), never an exception.
+  perceived (radicals, distorted geometries) gets no group features, never an exception; the
+  family counts them (:attr:`Features.perception`: molecules tried, perceived, failed and the
+  first failing formulas), so a diagnosis can say how many molecules have no group features.
 - ``structure``: composition, atom count, periodicity, density (g/cm³, fully periodic cells),
   volumetric strain (linear, against the median volume per atom of cells of the same formula),
   and provenance from ``atoms.info``: sampling temperature, source, seed kind, walker, iteration,
@@ -47,6 +49,7 @@ from ase import Atoms
 log = logging.getLogger(__name__)
 
 DEFECT_DISTANCE_CAP_A = 10.0
+PERCEPTION_FORMULAS_KEPT = 5  # failing formulas listed in Features.perception
 ORGANIC_ELEMENTS = frozenset({"H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Br", "I"})
 
 
@@ -146,12 +149,15 @@ class FeatureBlock:
         structure: name -> (n_struct,) column, same conventions.
         kinds: name -> :class:`FeatureKind` of every column above.
         environment: the environment family's classes (None from other families).
+        perception: the molecular family's bond-perception counts (see
+            :attr:`Features.perception`; None from other families).
     """
 
     atom: dict[str, np.ndarray] = field(default_factory=dict)
     structure: dict[str, np.ndarray] = field(default_factory=dict)
     kinds: dict[str, FeatureKind] = field(default_factory=dict)
     environment: EnvironmentClasses | None = None
+    perception: dict[str, Any] | None = None
 
 
 @dataclass(kw_only=True)
@@ -168,6 +174,11 @@ class Features:
         soap_structure: (n_struct, d) SOAP averaged over each structure's atoms, or None.
         groups_present: functional groups matched in at least one atom.
         environment: the classes of the ``environment`` column (None without that family).
+        perception: RDKit bond perception by the molecular family: ``tried`` (non-periodic
+            organic structures of more than one atom), ``perceived``, ``failed`` (these have no
+            functional-group, hybridisation, ring or aromatic features) and ``failed_formulas``
+            (the first :data:`PERCEPTION_FORMULAS_KEPT` distinct formulas that failed); empty
+            without that family.
     """
 
     atom: dict[str, np.ndarray]
@@ -178,6 +189,7 @@ class Features:
     soap_structure: np.ndarray | None = None
     groups_present: list[str] = field(default_factory=list)
     environment: EnvironmentClasses | None = None
+    perception: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_atoms(self) -> int:
@@ -449,32 +461,55 @@ def _pattern(smarts: str):
 
 
 def _molecular(ctx: FeatureContext) -> FeatureBlock:
+    """Group flags, hybridisation, ring and aromatic flags of the molecules; perception counts.
+
+    Molecules are the non-periodic structures of more than one atom made of
+    :data:`ORGANIC_ELEMENTS` only; the others get no molecular features and are not counted.
+    """
     n_total = len(ctx.system_idx)
     cols: dict[str, np.ndarray] = {f"group:{g}": np.zeros(n_total, bool) for g in FUNCTIONAL_GROUPS}
     cols["hybridisation"] = np.full(n_total, "", dtype=object)
     cols["in_ring"] = np.zeros(n_total, bool)
     cols["aromatic"] = np.zeros(n_total, bool)
-    offset, perceived, failed = 0, 0, 0
+    offset, perceived, failed = 0, 0, []
     for atoms in ctx.structures:
         n = len(atoms)
         organic = set(atoms.get_chemical_symbols()) <= ORGANIC_ELEMENTS
         if organic and not _is_periodic(atoms) and n > 1:
             feats = molecular_features(atoms, int(atoms.info.get("charge", 0) or 0))
             if feats is None:
-                failed += 1
+                failed.append(atoms.get_chemical_formula())
             else:
                 perceived += 1
                 for name, col in feats.items():
                     cols[name][offset : offset + n] = col
         offset += n
-    if failed:
-        log.info("bond perception failed for %d of %d molecules", failed, failed + perceived)
+    perception = _perception_counts(perceived, failed)
     if not perceived:
-        return FeatureBlock()
+        return FeatureBlock(perception=perception)
     kinds = {name: FeatureKind.FLAG for name in cols}
     kinds["hybridisation"] = FeatureKind.CATEGORICAL
     cols = {k: v for k, v in cols.items() if kinds[k] != FeatureKind.FLAG or v.any()}
-    return FeatureBlock(atom=cols, kinds={k: kinds[k] for k in cols})
+    return FeatureBlock(atom=cols, kinds={k: kinds[k] for k in cols}, perception=perception)
+
+
+def _perception_counts(perceived: int, failed: list[str]) -> dict[str, Any]:
+    """The :attr:`Features.perception` dict; logs a warning when any molecule failed."""
+    formulas = list(dict.fromkeys(failed))[:PERCEPTION_FORMULAS_KEPT]
+    if failed:
+        log.warning(
+            "bond perception failed for %d of %d molecules (%s): they have no functional-group "
+            "features",
+            len(failed),
+            len(failed) + perceived,
+            ", ".join(formulas),
+        )
+    return {
+        "tried": perceived + len(failed),
+        "perceived": perceived,
+        "failed": len(failed),
+        "failed_formulas": formulas,
+    }
 
 
 def _structure(ctx: FeatureContext) -> FeatureBlock:
@@ -630,6 +665,7 @@ def compute_features(
     )
     groups = sorted(k.removeprefix("group:") for k in atom if k.startswith("group:"))
     classes = [b for b in blocks if b.environment is not None]
+    perception = [b.perception for b in blocks if b.perception is not None]
     return Features(
         atom=atom,
         structure=struct,
@@ -639,4 +675,5 @@ def compute_features(
         soap_structure=soap_struct,
         groups_present=groups,
         environment=classes[-1].environment if classes else None,
+        perception=dict(perception[-1]) if perception else {},
     )

@@ -29,9 +29,26 @@ Statistics (per candidate, then across candidates):
   percentile intervals (structures resampled with replacement, ``bootstrap`` resamples, seeded;
   Field & Welsh, J. R. Stat. Soc. B 69, 369, 2007). A structure that has atoms on both sides
   contributes to both samples; that positive pairing makes the unpaired test conservative;
-- p-values of all candidates are adjusted together for the number tried with the
+- **both sides of one cut are one hypothesis**: ``x ≤ c`` and ``x > c``, ``element = Cu`` and
+  ``element = Au`` of a two-valued column, the two classes of a two-class clustering select
+  complementary atom sets, and their one-sided tests are mirror images (U of one side is
+  n_in n_out minus U of the other), so their p-values are negatively dependent, which the
+  Benjamini-Hochberg guarantee does not cover. Among the candidates scored on the same
+  structures, every pair whose atom sets (in that scope) are exact complements is therefore
+  tested once, two-sided: the side with the smaller one-sided p is kept with
+  p = min(1, 2 min(p_a, p_b)) (the two-sided Mann-Whitney p-value) and the other side is dropped
+  (it is not a failure region: its errors are the lower ones). Complements are found from the
+  atom masks alone (:func:`fold_complements`), so numeric cuts, two-valued categoricals and
+  two-class clusterings are all covered, and a cut of a column with NaN (NaN satisfies neither
+  side) is not folded;
+- p-values of all remaining candidates are adjusted together for the number tried with the
   Benjamini-Hochberg step-up procedure (Benjamini & Hochberg, J. R. Stat. Soc. B 57, 289, 1995)
-  at false-discovery rate ``alpha``;
+  at false-discovery rate ``alpha``. What remains are, per feature, nested or overlapping atom
+  sets (``x ≤ 3`` inside ``x ≤ 5``) whose statistics move together: positive dependence, under
+  which the procedure keeps its guarantee (Benjamini & Yekutieli, Ann. Stat. 29, 1165, 2001;
+  for the two-sided p-values and the rank tests here that is the working assumption, not a
+  theorem). That the whole finder, tree and clusters included, reports a region of pure noise
+  no more often than ``alpha`` is checked by simulation (``tests/test_region_statistics.py``);
 - a region is reported when its q-value is ≤ alpha, its error ratio to the baseline is
   ≥ ``min_ratio`` and it holds ≥ ``min_region_atoms`` atoms. Overlapping findings (Jaccard index of
   their atom sets ≥ 0.8) are merged into one region, keeping the simplest rule;
@@ -80,6 +97,26 @@ class RegionMethod(StrEnum):
 
 
 # --------------------------------------------------------------------------- rules
+class UnknownFeature(KeyError):
+    """A rule names a feature column the feature table does not have.
+
+    Attributes:
+        feature: the missing column.
+        available: the columns the table has.
+    """
+
+    def __init__(self, feature: str, available: Sequence[str]) -> None:
+        super().__init__(feature)
+        self.feature = feature
+        self.available = sorted(available)
+
+    def __str__(self) -> str:
+        return (
+            f"feature {self.feature!r} is not a column of this feature table "
+            f"(columns: {', '.join(self.available) or 'none'})"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Condition:
     """One test on one feature column: ``feature op value``.
@@ -93,7 +130,14 @@ class Condition:
     value: Any
 
     def mask(self, features: Features) -> np.ndarray:
-        """(n_atoms,) bool: the atoms of ``features`` that satisfy this condition."""
+        """(n_atoms,) bool: the atoms of ``features`` that satisfy this condition.
+
+        Raises:
+            UnknownFeature: ``features`` has no column ``feature`` (a rule of another feature
+                table is not a region of zero atoms here).
+        """
+        if self.feature not in features.atom:
+            raise UnknownFeature(self.feature, list(features.atom))
         col = features.atom[self.feature]
         kind = features.kinds.get(self.feature, FeatureKind.NUMERIC)
         if kind == FeatureKind.FLAG:
@@ -183,6 +227,10 @@ class Region:
             n_structures, coverage and elements always describe the whole set.
         scored_structures: structures the statistics come from.
         p_value / q_value: structure-level test, and BH-adjusted; significant: q ≤ alpha.
+        complement: the rule of the other side of the same cut (the candidate whose atoms, on
+            the structures scored, were exactly the others), when one was proposed; p_value is
+            then the two-sided p = min(1, 2 min(p_this, p_other)) and the other side was not
+            tested on its own (:func:`fold_complements`). None: p_value is one-sided.
         uncertainty_mean: mean calibrated force std inside, eV/Å; uncertainty_ratio: / overall.
         error_to_uncertainty: (mean error / mean uncertainty) inside over the same outside-agnostic
             ratio for all atoms; silent: error_to_uncertainty ≥ silent_factor.
@@ -211,6 +259,7 @@ class Region:
     ratio: float
     ratio_ci: tuple[float, float]
     p_value: float
+    complement: str | None = None
     held_out: bool = False
     scored_structures: int = 0
     q_value: float = 1.0
@@ -551,7 +600,8 @@ class RegionSearch:
 
     Attributes:
         regions: the significant regions, merged, most severe first (at most ``max_regions``).
-        n_tested: candidate rules tested (the Benjamini-Hochberg family size).
+        n_tested: hypotheses tested (the Benjamini-Hochberg family size; both sides of a cut
+            count once, :func:`fold_complements`).
         summary: :func:`search_summary` of every tested rule (why a result is empty).
     """
 
@@ -572,8 +622,8 @@ def find_regions(
     """Find, test, correct, merge and rank failure regions (:func:`search_regions`).
 
     Returns:
-        (regions, n_tested): the significant regions, most severe first, and how many candidate
-        rules were tested (the BH family size).
+        (regions, n_tested): the significant regions, most severe first, and how many
+        hypotheses were tested (the BH family size; both sides of a cut count once).
     """
     found = search_regions(features, errors, uncertainty, cfg, methods=methods, rng=rng)
     return found.regions, found.n_tested
@@ -589,6 +639,11 @@ def search_regions(
     rng: np.random.Generator | None = None,
 ) -> RegionSearch:
     """Find, test, correct, merge and rank failure regions; summarise what could be found.
+
+    Every finder's candidates are scored (one-sided structure-level test, cluster-bootstrap
+    CIs), both sides of a cut are folded into one two-sided hypothesis
+    (:func:`fold_complements`), the p-values left are Benjamini-Hochberg adjusted together
+    (:func:`_judge`), and the significant ones are merged and ranked.
 
     Args:
         features: the feature table, one row per atom.
@@ -625,16 +680,28 @@ def search_regions(
     sizes: list[tuple[int, int]] = []
     if candidates:
         scorer = _Scorer(inp=inp, n_boot=cfg.bootstrap, rng=rng)
-        for cand in candidates:
-            region, size = scorer.region(cand)
-            regions.append(region)
-            sizes.append(size)
+        scored = [scorer.region(cand) for cand in candidates]
+        tested = fold_complements([r for r, _ in scored], [scorer.sides(c) for c in candidates])
+        candidates = [candidates[i] for i in tested]
+        regions = [scored[i][0] for i in tested]
+        sizes = [scored[i][1] for i in tested]
         _judge(regions, cfg)
     summary = search_summary(
-        regions, sizes, n_structures=features.n_struct, n_atoms=n_atoms, cfg=cfg
+        regions,
+        sizes,
+        n_structures=features.n_struct,
+        n_atoms=n_atoms,
+        cfg=cfg,
+        two_sided=[r.complement is not None for r in regions],
     )
     keep = [i for i, r in enumerate(regions) if r.significant]
-    log.info("%d candidate rules tested, %d significant before merging", len(regions), len(keep))
+    log.info(
+        "%d hypotheses tested (%d of them two-sided, both sides of a cut), %d significant "
+        "before merging",
+        len(regions),
+        sum(r.complement is not None for r in regions),
+        len(keep),
+    )
     merged = _merge([regions[i] for i in keep], [candidates[i].mask for i in keep])
     merged.sort(key=lambda r: -r.severity)
     return RegionSearch(regions=merged[: cfg.max_regions], n_tested=len(regions), summary=summary)
@@ -647,6 +714,7 @@ def search_summary(
     n_structures: int,
     n_atoms: int,
     cfg: DiagnosticsConfig,
+    two_sided: Sequence[bool] | None = None,
 ) -> dict[str, Any]:
     """What a search could have found at its size, and the strongest rules it did see.
 
@@ -657,6 +725,9 @@ def search_summary(
       inside (``n_in`` structures) against outside (``n_out``); its p-value cannot fall below
       ``min_p_value(n_in, n_out)``, the p-value at complete separation (every structure's mean
       inside above every one outside; :func:`chemgap.agent.diagnostics.stats.min_p_value`);
+      a rule tested two-sided because its complement was proposed too (:func:`fold_complements`)
+      has p = 2 x the one-sided p of its side, so its floor is min(1, 2 ``min_p_value``) (the
+      smallest one-sided p is symmetric in the two sample sizes);
     - a Benjamini-Hochberg q-value is never below its own p-value (q_(i) = min over j ≥ i of
       m p_(j) / j, and p_(j) ≥ p_(i), m / j ≥ 1), so no rule's q can fall below the smallest
       complete-separation p over the rules tried: ``min_q_achievable``. That bound is reached
@@ -666,7 +737,9 @@ def search_summary(
     - when ``min_q_achievable`` > alpha no rule could have been reported whatever the errors;
       ``structures_needed`` is then the fewest structures with which any test can reach
       p ≤ alpha at all (:func:`chemgap.agent.diagnostics.stats.structures_needed`), a necessary
-      (not sufficient) size;
+      (not sufficient) size: for p ≤ alpha / 2 one-sided when every rule tried was two-sided
+      (more structures keep the same kinds of features, so the same cuts), for p ≤ alpha
+      when any was one-sided;
     - the test ranks structures, so it has no smallest detectable ratio of its own: any rule
       whose error ratio is ≥ ``min_ratio`` could have been reported when its structures
       separate well enough; ``min_ratio`` is therefore the smallest reportable ratio whenever
@@ -683,25 +756,33 @@ def search_summary(
         n_structures: structures diagnosed.
         n_atoms: atoms diagnosed.
         cfg: the thresholds (``alpha``, ``min_ratio``, ``min_region_atoms``).
+        two_sided: per rule, whether its p-value is two-sided (both sides of a cut folded into
+            one hypothesis); None: all one-sided.
 
     Returns:
-        A JSON-ready dict: n_structures, n_atoms, n_rules_tested, alpha, min_ratio,
-        min_region_atoms, min_q_achievable, min_q_lone, best_sizes ([n_in, n_out] of the rule
-        that could reach the smallest p), structures_needed (None when q ≤ alpha was
+        A JSON-ready dict: n_structures, n_atoms, n_rules_tested, n_two_sided (rules tested
+        two-sided), alpha, min_ratio, min_region_atoms, min_q_achievable, min_q_lone,
+        best_sizes ([n_in, n_out] of the rule that could reach the smallest p), best_two_sided
+        (whether that rule's p is two-sided), structures_needed (None when q ≤ alpha was
         achievable), n_below_min_ratio, max_ratio_seen and min_q_seen (``{"rule", "ratio",
         "q_value", "held_out"}`` or None). With no rule tested the achievable figures are None.
     """
     m = len(tested)
+    two = [bool(t) for t in two_sided] if two_sided is not None else [False] * m
+    if len(two) != m:
+        raise ValueError("search_summary: two_sided must have one entry per tested rule")
     out: dict[str, Any] = {
         "n_structures": int(n_structures),
         "n_atoms": int(n_atoms),
         "n_rules_tested": m,
+        "n_two_sided": sum(two),
         "alpha": float(cfg.alpha),
         "min_ratio": float(cfg.min_ratio),
         "min_region_atoms": int(cfg.min_region_atoms),
         "min_q_achievable": None,
         "min_q_lone": None,
         "best_sizes": None,
+        "best_two_sided": None,
         "structures_needed": None,
         "n_below_min_ratio": sum(
             bool(r.q_value <= cfg.alpha and not r.ratio >= cfg.min_ratio) for r in tested
@@ -711,13 +792,17 @@ def search_summary(
     }
     if not m:
         return out
-    p_min = [min_p_value(int(a), int(b)) for a, b in sizes]
+    p_min = [
+        min(1.0, (2.0 if t else 1.0) * min_p_value(int(a), int(b)))
+        for (a, b), t in zip(sizes, two, strict=True)
+    ]
     best = int(np.argmin(p_min))
     out["min_q_achievable"] = p_min[best]
     out["min_q_lone"] = min(1.0, m * p_min[best])
     out["best_sizes"] = [int(sizes[best][0]), int(sizes[best][1])]
+    out["best_two_sided"] = two[best]
     if p_min[best] > cfg.alpha:
-        out["structures_needed"] = structures_needed(cfg.alpha)
+        out["structures_needed"] = structures_needed(cfg.alpha / 2 if all(two) else cfg.alpha)
     finite = [r for r in tested if np.isfinite(r.ratio)]
     if finite:
         top = max(finite, key=lambda r: (r.ratio, -r.q_value))
@@ -856,15 +941,31 @@ class _Scorer:
     def __post_init__(self) -> None:
         self.scopes[b""] = _Scope.of(self.inp, None, self.n_boot, self.rng)
 
+    @staticmethod
+    def scope_key(cand: Candidate) -> bytes:
+        """The key of the scope a candidate is scored on (``b""``: all structures)."""
+        if cand.test_structures is None:
+            return b""
+        return np.packbits(cand.test_structures).tobytes() + b"held-out"
+
     def scope(self, cand: Candidate) -> _Scope:
         """The scope a candidate is scored on."""
-        if cand.test_structures is None:
-            return self.scopes[b""]
-        key = np.packbits(cand.test_structures).tobytes() + b"held-out"
+        key = self.scope_key(cand)
         if key not in self.scopes:
             rows = cand.test_structures[self.inp.features.system_idx]
             self.scopes[key] = _Scope.of(self.inp, rows, self.n_boot, self.rng)
         return self.scopes[key]
+
+    def sides(self, cand: Candidate) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+        """Keys of the candidate's atoms on the structures it is scored on, and of the others.
+
+        Each key is (scope key, packed in-scope mask); two candidates of one scope are exact
+        complements when the first key of one is the second key of the other.
+        """
+        key = self.scope_key(cand)
+        rows = self.scope(cand).rows
+        m = cand.mask if rows is None else cand.mask[rows]
+        return (key, np.packbits(m).tobytes()), (key, np.packbits(~m).tobytes())
 
     def region(self, cand: Candidate) -> tuple[Region, tuple[int, int]]:
         """The candidate as a :class:`Region` (before BH correction) and its test's sizes.
@@ -897,8 +998,61 @@ class _Scorer:
         return region, sizes
 
 
+def fold_complements(
+    regions: list[Region], sides: Sequence[tuple[tuple[bytes, bytes], tuple[bytes, bytes]]]
+) -> list[int]:
+    """Test both sides of a cut as one two-sided hypothesis; the indices of the rules kept.
+
+    ``x ≤ c`` / ``x > c``, ``element = Cu`` / ``element = Au`` (a two-valued column) and the two
+    classes of a two-class clustering select complementary atom sets. Their one-sided
+    structure-level Mann-Whitney tests are mirror images (U of one side = n_in n_out - U of
+    the other), so the two p-values are negatively dependent: Benjamini-Hochberg's guarantee
+    (independent or positively dependent p-values) does not cover the pair. For every pair of
+    candidate groups whose in-scope atom sets are exact complements (same scope; detected from
+    the packed masks, whatever finder proposed them), the side with the smaller one-sided p is
+    kept with the two-sided p = min(1, 2 min(p_a, p_b)) and ``complement`` set to the other
+    side's rule; the other side is dropped (its errors are the lower ones: not a failure
+    region). Ties keep the side proposed first. The hypotheses left (one per cut, nested
+    across cuts of one feature) are positively dependent, so BH then applies (:func:`_judge`).
+
+    Args:
+        regions: the scored candidates (one-sided ``p_value``); changed in place.
+        sides: per candidate, :meth:`_Scorer.sides` (its key, its complement's key).
+
+    Returns:
+        Indices into ``regions`` of the hypotheses to test, in their original order.
+    """
+    groups: dict[tuple[bytes, bytes], list[int]] = {}
+    for i, (key, _) in enumerate(sides):
+        groups.setdefault(key, []).append(i)
+    done: set[tuple[bytes, bytes]] = set()
+    dropped: set[int] = set()
+    for key, other in sides:
+        if key in done or other not in groups:
+            continue
+        done.update((key, other))
+        a, b = groups[key], groups[other]
+        p_a = min(regions[i].p_value for i in a)
+        p_b = min(regions[i].p_value for i in b)
+        keep, drop = (a, b) if p_a <= p_b else (b, a)
+        for i in keep:
+            regions[i].p_value = min(1.0, 2.0 * min(p_a, p_b))
+            regions[i].complement = regions[drop[0]].rule
+        dropped.update(drop)
+    if dropped:
+        log.info("%d rules were the other side of a tested cut (tested two-sided)", len(dropped))
+    return [i for i in range(len(regions)) if i not in dropped]
+
+
 def _judge(regions: list[Region], cfg: DiagnosticsConfig) -> None:
-    """BH-adjust the p-values of all candidates together; set significant, silent, severity."""
+    """BH-adjust the p-values of all hypotheses together; set significant, silent, severity.
+
+    ``regions`` are the hypotheses left by :func:`fold_complements`: one-sided structure-level
+    Mann-Whitney p-values, and two-sided ones (p = min(1, 2 min(p_a, p_b))) where both sides of
+    a cut were proposed. The Benjamini-Hochberg step-up procedure over all of them controls
+    the false-discovery rate at ``alpha`` for positively dependent tests, which the nested
+    rules across cut points are once the negatively dependent complementary pairs are folded.
+    """
     q = benjamini_hochberg(np.array([r.p_value for r in regions]))
     for r, qv in zip(regions, q, strict=True):
         r.q_value = float(qv)
@@ -937,12 +1091,11 @@ def _merge(regions: list[Region], masks: list[np.ndarray]) -> list[Region]:
 
 
 def region_masks(regions: list[Region], features: Features) -> dict[str, np.ndarray]:
-    """(n_atoms,) bool mask of every region's rule on ``features``."""
-    out = {}
-    for r in regions:
-        conds = [Condition(**c) for c in r.conditions]
-        try:
-            out[r.id] = rule_mask(conds, features)
-        except KeyError:
-            out[r.id] = np.zeros(features.n_atoms, dtype=bool)
-    return out
+    """(n_atoms,) bool mask of every region's rule on ``features``.
+
+    Raises:
+        UnknownFeature: a rule names a column ``features`` lacks (a rule is never silently an
+            empty region; :func:`chemgap.agent.diagnostics.diagnose.diagnose` handles the one
+            legitimate case, a resolved region of an earlier table, itself).
+    """
+    return {r.id: rule_mask([Condition(**c) for c in r.conditions], features) for r in regions}

@@ -17,7 +17,10 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
 
     q_(i) = min_{j ≥ i} (m / j) p_(j), capped at 1 (Benjamini & Hochberg 1995); rejecting every
     q ≤ alpha controls the false-discovery rate at alpha for independent or positively
-    dependent tests.
+    dependent tests (Benjamini & Yekutieli, Ann. Stat. 29, 1165, 2001). Negatively dependent
+    p-values are not covered: the one-sided tests of the two sides of one cut are such a pair,
+    so the region finder folds them into one two-sided test first
+    (:func:`chemgap.agent.diagnostics.regions.fold_complements`).
     """
     p = np.asarray(p_values, dtype=float)
     m = len(p)
@@ -48,6 +51,8 @@ def slice_p_value(
 
     Mann-Whitney U (alternative 'greater') of the per-structure mean error of the atoms in the
     mask against the per-structure mean error of the atoms outside it. 1.0 when a side is empty.
+    The test of ``~mask`` swaps the two samples, so min(1, 2 min(p(mask), p(~mask))) is the
+    two-sided p-value of the same comparison.
     """
     from scipy.stats import mannwhitneyu
 
