@@ -13,8 +13,9 @@ Per-walker stops: a frame above the upper trust level is recorded as a candidate
 restarts from its last accurate frame; an unphysical geometry, NaN or exploding energy is an
 ``md_failure`` (kept with its last frames: a model that blows up is itself a finding) followed by
 the same restart; every walker stops at the step cap. The last accurate frame is stored with its
-ensemble forces, so a restart costs no evaluation, and the graph is kept when the restored frame
-lies within the skin of where it was built.
+ensemble forces and energy, so a restart costs no evaluation, the energy-drift reference becomes
+that frame's energy, and the graph is kept when the restored frame lies within the skin of where
+it was built.
 
 :func:`explore_groups` splits the walkers into tasks on an executor
 (:mod:`chemgap.common.tasks`) when that pays; :func:`explore_and_select` adds the trust levels
@@ -62,7 +63,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# a walker whose energy per atom leaves its start by more than this, eV/atom, has exploded
+# a walker whose energy per atom leaves that of the frame it (re)started from by more than
+# this, eV/atom, has exploded
 MAX_ENERGY_CHANGE_PER_ATOM = 5.0
 MAX_FORCE = 100.0  # eV/Å; beyond it the dynamics is meaningless
 LAST_FRAMES = 5  # frames kept with an md_failure
@@ -225,7 +227,8 @@ class StepCheck:
         max_std: largest calibrated per-atom force std, eV/Å.
         nonfinite: energy or forces not finite; too_close: a distance below
             ``min_distance_factor`` x the covalent-radius sum; exploding: a force above
-            ``MAX_FORCE`` or the energy per atom off its start by ``MAX_ENERGY_CHANGE_PER_ATOM``.
+            ``MAX_FORCE`` or the energy per atom off that of the walker's (re)start frame by
+            ``MAX_ENERGY_CHANGE_PER_ATOM``.
         bad: any of the three (derived).
     """
 
@@ -285,9 +288,11 @@ class _Exploration:
         """
         energy, forces, _ = self.ff.evaluate(self.state)
         self.state.energy0 = energy / self.n_atoms
-        # the last accurate frame of each walker with its forces: a restart needs no evaluation
+        # the last accurate frame of each walker with its forces and (W,) energy per atom, eV:
+        # a restart needs no evaluation and takes that frame's energy as its new reference
         self.safe_positions = self.state.positions.clone()
         self.safe_forces = forces.clone()
+        self.safe_energy = self.state.energy0.copy()
         return forces
 
     def check(self, energy: np.ndarray, forces: torch.Tensor, std: np.ndarray) -> StepCheck:
@@ -334,10 +339,15 @@ class _Exploration:
         """Walker ``i`` back to its last accurate frame, its stored forces written into
         ``forces`` in place, fresh velocities; the graph is rebuilt by the usual skin test if
         the frame is far from where it was built.
+
+        The walker's reference energy for the explosion test (``state.energy0``, eV/atom)
+        becomes that frame's energy: the drift is measured from where the walker starts again,
+        not from where it first started or from the frame it was stopped at.
         """
         s = self.state.walker_slice(i)
         self.state.positions[s] = self.safe_positions[s]
         forces[s] = self.safe_forces[s]
+        self.state.energy0[i] = self.safe_energy[i]
         v = maxwell_boltzmann(self.state.masses[s].numpy(), self.temps[i], self.rng)
         self.state.velocities[s] = torch.from_numpy(v)
 
@@ -400,6 +410,7 @@ class _Exploration:
         keep = torch.from_numpy(accurate[state.system_idx])[:, None]
         torch.where(keep, state.positions, self.safe_positions, out=self.safe_positions)
         torch.where(keep, forces, self.safe_forces, out=self.safe_forces)
+        self.safe_energy = np.where(accurate, energy / self.n_atoms, self.safe_energy)
 
 
 def explore(

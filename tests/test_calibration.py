@@ -158,6 +158,86 @@ def test_coverage_on_held_out_data_from_the_same_distribution_is_nominal():
     assert q["miscalibration_area_forces"] < 0.02
 
 
+def only_element(res: Residuals, z: int) -> Residuals:
+    """The force residuals of element ``z``'s atoms (every structure must hold some); the
+    energies are kept as they are.
+    """
+    mask = res.numbers == z
+    n_atoms = np.bincount(res.system_idx[mask], minlength=res.n_structures)
+    assert (n_atoms > 0).all()
+    return Residuals(
+        energy_error=res.energy_error,
+        energy_std=res.energy_std,
+        n_atoms=n_atoms,
+        force_error=res.force_error[mask],
+        force_std=res.force_std[mask],
+        numbers=res.numbers[mask],
+        system_idx=res.system_idx[mask],
+    )
+
+
+def split_structures(res: Residuals, first: np.ndarray) -> tuple[Residuals, Residuals]:
+    """``res`` cut into the structures where ``first`` (n_struct,) is True and the others."""
+    parts = []
+    for keep in (first, ~first):
+        atoms = keep[res.system_idx]
+        parts.append(
+            Residuals(
+                energy_error=res.energy_error[keep],
+                energy_std=res.energy_std[keep],
+                n_atoms=res.n_atoms[keep],
+                force_error=res.force_error[atoms],
+                force_std=res.force_std[atoms],
+                numbers=res.numbers[atoms],
+                system_idx=np.unique(res.system_idx[atoms], return_inverse=True)[1],
+            )
+        )
+    return parts[0], parts[1]
+
+
+def test_per_element_calibration_covers_each_element_on_held_out_data():
+    """Two elements whose errors are 0.5x and 3x their ensemble std: a per-element fit on one
+    half of the structures gives each element mean z² ≈ 1 and nominal 68 / 95 % coverage on the
+    *other* half; one pooled force scale (s² ≈ (0.25 + 9) / 2) looks fine pooled but is
+    underconfident for Cu (mean z² ≈ 0.05, every error inside its 68 % interval) and
+    overconfident for O (mean z² ≈ 1.9, 95 % coverage ≈ 0.84).
+
+    Broken variant caught: one pooled force scale (``per_element=False``, or per-element scales
+    that are fitted but not applied): verified, the per-element assertions fail on it.
+    """
+    factors = {CU: 0.5, OX: 3.0}
+    res = synthetic(20, n_struct=2000, numbers=(CU, CU, OX, OX), force_factor=factors)
+    first = np.random.default_rng(21).permutation(res.n_structures) < res.n_structures // 2
+    fit_half, held_out = split_structures(res, first)
+    assert fit_half.n_structures == held_out.n_structures == 1000
+
+    per_el = fit_calibration(fit_half)
+    pooled = fit_calibration(fit_half, per_element=False)
+    assert per_el.force_scale_per_element == pytest.approx(
+        {"Cu": 0.5, "O": 3.0}, rel=0.03
+    )  # 6000 components each: relative SE of a scale ~0.9 %
+    assert pooled.force_scale == pytest.approx(math.sqrt((0.25 + 9.0) / 2), rel=0.03)
+
+    n = 3 * 2 * held_out.n_structures  # force components per element on the held-out half
+    for z in (CU, OX):
+        q = calibration_quality(only_element(held_out, z), per_el)
+        assert q["n_atoms"] == 2 * held_out.n_structures
+        assert q["mean_z2_forces"] == pytest.approx(1.0, abs=0.08), z  # SE ~0.026
+        assert abs(q["coverage_68_forces"] - 0.6827) < 5 * binomial_se(0.68, n), z
+        assert abs(q["coverage_95_forces"] - 0.95) < 5 * binomial_se(0.95, n), z
+        assert q["miscalibration_area_forces"] < 0.02, z
+    # pooled: the held-out mean z² over both elements is still about one ...
+    both = calibration_quality(held_out, pooled)
+    assert both["mean_z2_forces"] == pytest.approx(1.0, abs=0.06)
+    # ... but neither element is covered as stated
+    cu = calibration_quality(only_element(held_out, CU), pooled)
+    ox = calibration_quality(only_element(held_out, OX), pooled)
+    assert cu["mean_z2_forces"] < 0.1 and cu["coverage_68_forces"] > 0.99  # nominal 0.68
+    assert ox["mean_z2_forces"] > 1.7 and ox["coverage_95_forces"] < 0.88  # nominal 0.95
+    assert ox["coverage_68_forces"] < 0.58  # P(|N(0, 1)| <= 2.15 / 3) = 0.53
+    assert ox["miscalibration_area_forces"] > 0.07 and cu["miscalibration_area_forces"] > 0.2
+
+
 def test_a_shifted_set_shows_the_overconfidence_the_fitting_data_hides():
     """Fit on in-distribution residuals, score on a shifted set whose errors are 3x larger
     relative to σ (an ensemble overconfident out of distribution).

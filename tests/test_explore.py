@@ -196,6 +196,49 @@ def test_explore_cli_writes_selected_candidates(ensemble, tmp_path):
     assert bad.exit_code == 2 and "--lower/--upper: upper (0.1) must exceed lower" in bad.output
 
 
+def test_explore_cli_holdout_warns_when_the_ensemble_is_uncalibrated(ensemble, tmp_path):
+    """``--holdout`` with an ensemble that has no stored calibration: the trust levels come from
+    the raw std, and the command says so in one line on stderr, with how to calibrate; with a
+    calibrated copy of the same ensemble it says nothing.
+
+    Broken variant caught: the silent fallback to the raw ensemble std (the code before the
+    warning; verified to fail on it), and a warning printed whatever the calibration.
+    """
+    import shutil
+
+    from ase.io import write
+    from click.testing import CliRunner
+
+    from chemgap.agent.cli import main
+    from chemgap.models.ensemble import Ensemble
+
+    assert ensemble.calibration is None
+    seeds, holdout = tmp_path / "seeds.xyz", tmp_path / "holdout.xyz"
+    write(seeds, [cu_cell(650)])
+    held_out = [labelled(cu_cell(660 + i)) for i in range(4)]
+    write(holdout, held_out)
+
+    def run(model_dir):
+        args = ["explore", str(model_dir), str(seeds), "-o", str(tmp_path / "out.xyz")]
+        args += ["--holdout", str(holdout), "--steps", "3", "--budget", "1"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        return result
+
+    raw = run(ensemble.path)
+    lines = [line for line in raw.stderr.splitlines() if "warning:" in line]
+    assert len(lines) == 1, raw.stderr
+    assert "no stored calibration" in lines[0] and "uncalibrated force std" in lines[0]
+    assert "chemgap train --calibrate" in lines[0] and "campaign" in lines[0]
+
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(ensemble.path, calibrated)
+    Ensemble.load(calibrated).calibrate(held_out)  # saved into calibrated/ensemble.json
+    assert Ensemble.load(calibrated).calibration is not None
+    quiet = run(calibrated)
+    assert "warning" not in quiet.output and "calibrat" not in quiet.stderr
+
+
 def test_restart_resumes_from_the_stored_frame_and_forces(ensemble):
     """At 0 K a BAOAB step from rest is x0 + dt²(1 + c1)/(4m) F(x0), c1 = exp(-γ dt).
     With an upper trust level of 0 every step is 'beyond' and restarts, so every candidate must
@@ -375,3 +418,81 @@ def test_explore_and_select_keeps_failure_frames(ensemble):
     out = explore_and_select(ensemble, [squeezed], cfg, budget=4)
     assert len(out.failure_frames) == len(out.result.failures) == 3
     assert all(a.info["md_failure"] is True for a in out.failure_frames)
+
+
+# --------------------------------------------------------------------------- NVE bookkeeping
+class ScriptedForceField:
+    """Stands in for BatchedForceField: zero forces, and per evaluation a scripted energy per
+    atom (eV/atom) and per-atom force std (eV/Å) for each walker.
+    """
+
+    script: list[list[tuple[float, float]]] = []  # noqa: RUF012  per evaluation, per walker
+
+    def __init__(self, ensemble, skin_A: float = 0.5):
+        self.calls = 0
+        self.rebuilds = 0
+
+    def evaluate(self, state):
+        row = self.script[self.calls]
+        self.calls += 1
+        n = np.bincount(state.system_idx, minlength=state.n_walkers)
+        energy = np.array([e for e, _ in row]) * n
+        std = np.concatenate([np.full(k, s) for k, (_, s) in zip(n, row, strict=True)])
+        return energy, torch.zeros(len(state.positions), 3, dtype=torch.float64), std
+
+    def min_distance_ratio(self, state):
+        return np.full(state.n_walkers, np.inf)
+
+
+def test_restart_resets_the_energy_reference_to_the_restart_frame(monkeypatch):
+    """After a restart the explosion test measures the energy per atom from the frame the walker
+    restarts from (its last accurate frame), not from its first start or the rejected frame.
+
+    Walker 0's scripted energies, eV/atom (the limit is MAX_ENERGY_CHANGE_PER_ATOM = 5):
+    start 0; step 0: 4.0, accurate (the restart frame); step 1: -3.0 with a force std above
+    the upper level, so a restart to step 0's frame; step 2: 5.5 (1.5 off the restart frame):
+    accurate; step 3: 12.0 (8 off): md_failure, restart to step 2's frame (5.5); step 4: 10.0
+    (4.5 off): accurate; step 5: 11.0 (5.5 off): md_failure, a real drift still caught.
+    Walker 1 never restarts: its reference stays its start energy 0 while it goes to 3.0 and
+    then to -2.5 (5.5 off its last accurate frame, 2.5 off its start: accurate).
+
+    Broken variants caught: (a) the old code, energy0 never reset on restart: spurious
+    md_failures at steps 2 and 4 (verified to fail on it); (b) energy0 reset to the energy of
+    the rejected frame (-3.0 at step 1, 12.0 at step 3): a spurious md_failure at step 2 and the
+    real one at step 5 missed (verified with a patched restart); (c) a restart of walker 0 that
+    resets walker 1's reference as well: a spurious md_failure of walker 1 at step 3 (verified
+    with a patched restart).
+    """
+    from chemgap.agent import explore as explore_module
+
+    monkeypatch.setattr(explore_module, "BatchedForceField", ScriptedForceField)
+    quiet, loud = 0.0, 1.0  # force std, eV/Å; the levels below are 0.5 / 0.8
+    walker0 = [0.0, 4.0, -3.0, 5.5, 12.0, 10.0, 11.0]
+    stds = [quiet, quiet, loud, quiet, quiet, quiet, quiet]
+    walker1 = [0.0, 3.0, 3.0, 3.0, -2.5, -2.5, -2.5]
+    monkeypatch.setattr(
+        ScriptedForceField,
+        "script",
+        [[(e, s), (e1, quiet)] for e, s, e1 in zip(walker0, stds, walker1, strict=True)],
+    )
+    levels = TrustLevels(lower={}, upper={}, default_lower=0.5, default_upper=0.8)
+    cfg = ExplorationConfig(steps=6, temperatures_K=[300.0])
+    result = explore(
+        object(),  # the scripted force field never looks at the ensemble
+        [cu_cell(1000), cu_cell(1001)],
+        cfg,
+        temperatures_K=[0.0, 0.0],
+        groups=["restarting", "steady"],
+        levels=levels,
+    )
+    assert [(f.walker, f.step, f.reason) for f in result.failures] == [
+        (0, 4, "exploding energy or forces"),
+        (0, 6, "exploding energy or forces"),
+    ]
+    assert [(c.info["walker"], c.info["step"], c.info["trust"]) for c in result.candidates] == [
+        (0, 2, "beyond")
+    ]
+    assert result.counts == {
+        "restarting": {"accurate": 3, "candidate": 1, "failed": 2},
+        "steady": {"accurate": 6, "candidate": 0, "failed": 0},
+    }

@@ -43,10 +43,11 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     write_cu(root / "train.xyz", 12, 0)
     write_cu(root / "test.xyz", 4, 1)
+    write_cu(root / "valid.xyz", 3, 2)
     result = CliRunner().invoke(
         train,
         [str(root / "train.xyz"), "-o", str(root / "model"), "--members", "2", "--no-ray",
-         "--calibrate", str(root / "test.xyz"), *SMALL],
+         "--calibrate", str(root / "test.xyz"), "--valid", str(root / "valid.xyz"), *SMALL],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return root, result
@@ -57,7 +58,10 @@ def test_train_writes_model_dir(trained):
     assert (root / "model" / "ensemble.json").exists()
     assert (root / "model" / "member_01.model").exists()
     assert "saved 2 member(s)" in result.output
-    assert "calibration:" in result.output
+    # the calibration is scored on --valid, not on the structures it was fitted on (broken
+    # variant: quality figures of the fitting data, where the spread is right by construction)
+    assert "fitted on 4 --calibrate structures" in result.output
+    assert "on --valid (3 structures)" in result.output
 
 
 def test_predict_writes_extxyz_with_uncertainty(trained):
@@ -73,6 +77,64 @@ def test_predict_writes_extxyz_with_uncertainty(trained):
     assert frames[0].info["pred_max_force_std"] > 0
     assert frames[0].arrays["pred_force_std"].shape == (8,)
     assert frames[0].arrays["pred_forces"].shape == (8, 3)
+
+
+def test_predict_writes_exactly_what_the_ensemble_predicts(trained, tmp_path):
+    """Every written number equals ``Ensemble.predict`` on the same structures: per structure
+    the energy, its std, the max force std and their calibrated versions, the stress and its
+    std; per atom the mean forces, the force std and the calibrated force std. Structures of
+    three sizes, two of each, so a mix-up of order shows in the values even between equal sizes.
+    Per-atom columns are written with 8 decimals (tolerance 1e-8 eV/Å); info values exactly.
+
+    Broken variants caught (verified with a patched ``Prediction.annotate``): one member's
+    forces written instead of the mean; the per-structure values in reverse order; the raw std
+    written in the ``*_cal`` fields.
+    """
+    from chemgap.models.ensemble import Ensemble
+
+    root, _ = trained
+    rng = np.random.default_rng(5)
+    structures = []
+    for reps in ((1, 1, 1), (2, 1, 1), (2, 2, 1)) * 2:
+        a = bulk("Cu", cubic=True).repeat(reps)
+        a.rattle(0.05, seed=int(rng.integers(2**31)))
+        structures.append(a)
+    src, out = tmp_path / "in.xyz", tmp_path / "pred.xyz"
+    ase.io.write(src, structures, format="extxyz")
+    result = CliRunner().invoke(
+        predict, [str(root / "model"), str(src), "-o", str(out), "--stress"]
+    )
+    assert result.exit_code == 0, result.output
+
+    ens = Ensemble.load(root / "model")
+    assert ens.calibration is not None and ens.calibration.force_scale != 1.0
+    pred = ens.predict(ase.io.read(src, index=":"), compute_stress=True)
+    assert pred.calibrated
+    frames = ase.io.read(out, index=":")
+    assert len(frames) == len(structures)
+    per_structure = {
+        "pred_energy": pred.energy_mean,
+        "pred_energy_std": pred.energy_std,
+        "pred_energy_std_cal": pred.energy_std_cal,
+        "pred_max_force_std": pred.max_force_std,
+        "pred_max_force_std_cal": pred.max_force_std_cal,
+        "pred_stress": pred.stress_mean,
+        "pred_stress_std": pred.stress_std,
+    }
+    per_atom = {
+        "pred_forces": pred.forces_mean,
+        "pred_force_std": pred.force_std_atom,
+        "pred_force_std_cal": pred.force_std_atom_cal,
+    }
+    for i, (frame, atoms) in enumerate(zip(frames, structures, strict=True)):
+        np.testing.assert_allclose(frame.positions, atoms.positions, atol=1e-8)
+        for key, want in per_structure.items():
+            np.testing.assert_allclose(frame.info[key], want[i], rtol=1e-12, atol=0, err_msg=key)
+        sl = pred.per_structure(i)
+        for key, want in per_atom.items():
+            np.testing.assert_allclose(frame.arrays[key], want[sl], rtol=0, atol=1e-8, err_msg=key)
+    # the calibrated fields carry the stored scale: not the raw std
+    assert np.abs(pred.force_std_atom_cal - pred.force_std_atom).max() > 1e-4
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from chemgap.agent.cli.common import console, handles_errors, read_structures
+from chemgap.agent.cli.common import console, err_console, handles_errors, read_structures
 from chemgap.agent.cli.options import build_sections, ray_options, seed_option, with_runtime
 from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import (
@@ -27,6 +27,13 @@ FLAGS = {
     "exploration.trust": "--lower/--upper",
 }
 """The exploration field each of ``explore``'s flags sets (named in problem lines)."""
+
+UNCALIBRATED_WARNING = (
+    "[yellow]warning:[/] the ensemble has no stored calibration, so the --holdout trust levels "
+    "come from its uncalibrated force std; calibrate it with 'chemgap train --calibrate "
+    "HELD_OUT', or use a campaign's models ('chemgap run' calibrates every iteration's)"
+)
+"""What ``explore --holdout`` prints when the ensemble's std is not calibrated."""
 
 _EXPLORATION = ExplorationConfig.model_fields
 _TRUST = TrustConfig.model_fields
@@ -187,6 +194,8 @@ def explore(
     cfg = cfg.model_copy(update={"walkers": n})
     ref = read_structures(holdout, "--holdout") if holdout else None
     ensemble = Ensemble.load(model_dir)
+    if ref is not None and ensemble.calibration is None:
+        err_console.print(UNCALIBRATED_WARNING, soft_wrap=True)
     enabled = tasks > 1 or address is not None
     with (
         with_runtime(enabled, address, num_cpus=num_cpus, dashboard=dashboard) as executor,

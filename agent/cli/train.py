@@ -96,17 +96,32 @@ def _report_members(ens: Any) -> None:
         )
 
 
-def _calibrate(ens: Any, held_out: list) -> None:
+def _calibrate(ens: Any, held_out: list, valid: list | None) -> None:
+    """Fit the calibration on ``held_out``; score it on ``valid`` when given (never on itself)."""
+    from chemgap.models.calibration import Residuals, calibration_quality
+
     try:
         cal = ens.calibrate(held_out)
     except ValueError as exc:
         raise BadInput(f"--calibrate: {exc}") from None
-    raw, new = cal.metrics["raw"], cal.metrics["calibrated"]
     console.print(
-        f"calibration: force std x{cal.force_scale:.3g}, energy std x{cal.energy_scale:.3g}; "
-        f"Spearman ρ (atoms) {raw['spearman_atom']:.3f}; miscalibration area "
-        f"{raw['miscalibration_area_forces']:.3f} -> {new['miscalibration_area_forces']:.3f}; "
-        f"95% coverage {raw['coverage_95_forces']:.2f} -> {new['coverage_95_forces']:.2f}"
+        f"calibration: fitted on {len(held_out)} --calibrate structures: force std "
+        f"x{cal.force_scale:.3g}, energy std x{cal.energy_scale:.3g}"
+        + (f" ({cal.uncalibrated})" if cal.uncalibrated else "")
+    )
+    if not valid:
+        console.print(
+            "  (give --valid to see how it does on data it was not fitted on; on its fitting "
+            "data the calibrated spread is right by construction)"
+        )
+        return
+    res = Residuals.from_prediction(ens.predict(valid, calibrated=False), valid)
+    raw, new = calibration_quality(res, None), calibration_quality(res, cal)
+    console.print(
+        f"  on --valid ({len(valid)} structures): Spearman ρ (atoms) {raw['spearman_atom']:.3f}; "
+        f"miscalibration area {raw['miscalibration_area_forces']:.3f} -> "
+        f"{new['miscalibration_area_forces']:.3f}; 95% coverage "
+        f"{raw['coverage_95_forces']:.2f} -> {new['coverage_95_forces']:.2f}"
     )
 
 
@@ -230,7 +245,7 @@ def train(
             raise BadInput(str(exc)) from None
     _report_members(ens)
     if held_out is not None:
-        _calibrate(ens, held_out)
+        _calibrate(ens, held_out, valid)
     console.print(f"saved {ens.n_members} member(s) to {out_dir}")
 
 
