@@ -2,7 +2,7 @@
 label → evaluate, each step's output persisted in the run directory before the next starts.
 
 ```
-iteration 0:  seeds -> initial labels (a holdout fraction kept out of training)
+iteration 0:  seeds -> initial labels, the test set
 iteration i:  train      iterations/NNN/models/           (K members as Ray tasks)
               calibrate  iterations/NNN/calibration.json  (std scales, trust levels)
               explore    iterations/NNN/exploration.json, candidates.extxyz, md_failures.extxyz
@@ -10,6 +10,16 @@ iteration i:  train      iterations/NNN/models/           (K members as Ray task
               label      data.db, one row per result as it arrives
               evaluate   state.json history: validation MAE, accurate fraction; stop or go on
 ```
+
+Every label outside the test set has one role (its ``split``), so no number is scored on the
+data it was fitted on:
+
+- ``train``: the members' training data;
+- ``holdout`` (``system.holdout_fraction``): early stopping and the validation errors of the
+  learning curve;
+- ``calibration`` (``system.calibration_fraction``): the fit of the uncertainty calibration and
+  of the calibrated trust levels; the calibration is *scored* on the holdout and the test set;
+- ``test``: the fixed yardstick (:mod:`chemgap.agent.testset`), never fitted on.
 
 ``state.json`` names the last *finished* step; :func:`run_campaign` on an existing run continues
 with the next one. The label step skips every selected structure ``data.db`` already holds, so a
@@ -33,6 +43,7 @@ from ase import Atoms
 
 from chemgap.agent.store import RunStatus, RunStore, atomic_write_text
 from chemgap.agent.testset import TEST_SPLIT
+from chemgap.campaigns.spec import held_out_counts
 from chemgap.common.files import atomic_write
 from chemgap.common.metrics import score
 from chemgap.common.tasks import Executor
@@ -44,6 +55,7 @@ INIT_STEP = "init"  # before the initial labels are done
 INITIAL_DONE = "initial_labels"
 TEST_RESIDUALS = "test_residuals.npz"  # the iteration's ensemble on the test set (raw spread)
 SELECTED_RESIDUALS = "selected_residuals.npz"  # ... on the structures it chose, once labelled
+HOLDOUT, CALIBRATION = "holdout", "calibration"  # the splits of the held-out roles
 
 Reporter = Callable[[str, dict[str, Any]], None]
 
@@ -163,16 +175,20 @@ class Campaign:
         rng = self._rng(0, 1)
         n = min(self.spec.system.initial_labels, len(pool))
         chosen = [pool[i] for i in sorted(rng.choice(len(pool), size=n, replace=False))]
-        n_hold = max(1, round(self.spec.system.holdout_fraction * n))
-        hold = set(rng.choice(n, size=n_hold, replace=False).tolist())
-        for i, atoms in enumerate(chosen):
-            atoms.info["split"] = "holdout" if i in hold else "train"
+        n_hold, n_cal = held_out_counts(self.spec.system, n)
+        roles = np.array(["train"] * n, dtype=object)
+        roles[rng.choice(n, size=n_hold + n_cal, replace=False)] = [HOLDOUT] * n_hold + [
+            CALIBRATION
+        ] * n_cal
+        for atoms, role in zip(chosen, roles, strict=True):
+            atoms.info["split"] = str(role)
         self._begin(0, "label", n=len(chosen))
         self._label(chosen, iteration=0)
         self._label_test_set()
-        if not self.labelled("train") or not self.labelled("holdout"):
+        if not all(self.labelled(split) for split in ("train", HOLDOUT, CALIBRATION)):
             raise RuntimeError(
-                "the oracle labelled too few initial structures to train and calibrate on "
+                "the oracle labelled too few initial structures to train, validate and "
+                "calibrate on "
                 f"({self.store.label_counts()}); see 'ase db {self.store.root / 'data.db'}'"
             )
         self._finish_step(0, INITIAL_DONE)
@@ -201,7 +217,7 @@ class Campaign:
         from chemgap.models.ensemble import train_ensemble
 
         train = self.labelled("train")
-        valid = self.labelled("holdout")
+        valid = self.labelled(HOLDOUT)
 
         def progress(event: Any) -> None:
             self.report("train", {"iteration": it, "event": event})
@@ -226,9 +242,10 @@ class Campaign:
         return Ensemble.load(self._idir(it) / "models")
 
     def step_calibrate(self, it: int) -> None:
-        """Calibrate the ensemble on the holdout (its one prediction this iteration); check the
-        calibration on the test set's ID and OOD parts, and against one that also uses the
-        loop's own labels; store scales, checks, trust levels and the holdout errors.
+        """Fit the uncertainty calibration and the trust levels on the calibration split; score
+        them on the holdout and the test set's ID and OOD parts (data the fit never saw), and
+        against a calibration that also uses the loop's own labels; store scales, checks, trust
+        levels, the holdout errors and which data each number comes from.
         """
         from chemgap.agent.evaluation import calibration_checks, compare_calibrations
         from chemgap.agent.trust import trust_levels
@@ -236,21 +253,29 @@ class Campaign:
 
         self._begin(it, "calibrate")
         ensemble = self._ensemble(it)
-        holdout = self.labelled("holdout")
+        fit_set, holdout = self.labelled(CALIBRATION), self.labelled(HOLDOUT)
+        if not fit_set:
+            raise RuntimeError(
+                f"iteration {it}: no labelled structure has split '{CALIBRATION}' to fit the "
+                "calibration on (a run started by an older chemgap? start a new run)"
+            )
+        raw_fit = ensemble.predict(fit_set, calibrated=False)
+        res = Residuals.from_prediction(raw_fit, fit_set)
         raw = ensemble.predict(holdout, calibrated=False)
-        res = Residuals.from_prediction(raw, holdout)
+        res_hold = Residuals.from_prediction(raw, holdout)
         cal = fit_calibration(res)
         cal.metrics = {
-            "raw": calibration_quality(res, None),
-            "calibrated": calibration_quality(res, cal),
+            "raw": calibration_quality(res_hold, None),
+            "calibrated": calibration_quality(res_hold, cal),
+            "scored_on": f"{HOLDOUT} ({len(holdout)} structures, not fitted on)",
         }
         ensemble.calibration = cal
         ensemble.save_metadata()
         levels = trust_levels(
             self.spec.exploration.trust,
-            force_std_atom_cal=raw.force_std_atom * cal.force_scales_for(raw.numbers),
-            numbers=raw.numbers,
-            system_idx=raw.system_idx,
+            force_std_atom_cal=raw_fit.force_std_atom * cal.force_scales_for(raw_fit.numbers),
+            numbers=raw_fit.numbers,
+            system_idx=raw_fit.system_idx,
         )
         idir = self._idir(it)
         test = self.test_set()
@@ -258,12 +283,24 @@ class Campaign:
         if test:
             test_res = Residuals.from_prediction(ensemble.predict(test, calibrated=False), test)
             test_res.save(idir / TEST_RESIDUALS)
-        checks = calibration_checks(cal, fitted_on=res, test=test_res, test_structures=test)
+        checks = calibration_checks(
+            cal, fitted_on=res, held_out=res_hold, test=test_res, test_structures=test
+        )
         payload = {
             "calibration": cal.to_dict(),
             "trust": levels.to_dict(),
             "holdout_errors": score(raw, holdout).to_dict(),
             "checks": checks,
+            "roles": {
+                "early_stopping": f"{HOLDOUT} ({len(holdout)} structures)",
+                "holdout_errors": f"{HOLDOUT} ({len(holdout)} structures)",
+                "calibration_fit": f"{CALIBRATION} ({len(fit_set)} structures)",
+                "trust_levels": f"{CALIBRATION} ({len(fit_set)} structures)",
+                "calibration.metrics": f"{HOLDOUT} ({len(holdout)} structures)",
+                "checks.fitted_on": f"{CALIBRATION} (the fitting data: describes the fit only)",
+                "checks.held_out": f"{HOLDOUT} ({len(holdout)} structures)",
+                "checks.test_id, checks.test_ood": f"{TEST_SPLIT} ({len(test)} structures)",
+            },
             "loop": None,
         }
         earlier = [self._idir(j) / SELECTED_RESIDUALS for j in range(1, it)]
@@ -272,7 +309,7 @@ class Campaign:
             both = Residuals.concat([res, *parts])
             cal_loop = fit_calibration(both)
             loop_checks = calibration_checks(
-                cal_loop, fitted_on=both, test=test_res, test_structures=test
+                cal_loop, fitted_on=both, held_out=res_hold, test=test_res, test_structures=test
             )
             payload["loop"] = {
                 "calibration": cal_loop.to_dict(),
@@ -377,9 +414,8 @@ class Campaign:
                 rng=self._rng(it, 3),
             )
             chosen = [candidates[i] for i in sel.indices][:n_batch]
-            hold = self._rng(it, 4).random(len(chosen)) < self.spec.system.holdout_fraction
-            for atoms, h in zip(chosen, hold, strict=True):
-                atoms.info["split"] = "holdout" if h else "train"
+            for atoms, role in zip(chosen, self._roles(it, len(chosen)), strict=True):
+                atoms.info["split"] = role
             info.update(
                 selected=len(chosen),
                 duplicates=len(sel.duplicates),
@@ -388,6 +424,18 @@ class Campaign:
         _write_extxyz(idir / "selection.extxyz", chosen)
         atomic_write_text(idir / "selection.json", json.dumps(info, indent=2))
         self._finish_step(it, "select")
+
+    def _roles(self, it: int, n: int) -> list[str]:
+        """The split of each of ``n`` structures selected in iteration ``it``, drawn at random:
+        holdout and calibration with their fractions, train otherwise.
+        """
+        system = self.spec.system
+        u = self._rng(it, 4).random(n)
+        cal_edge = system.holdout_fraction + system.calibration_fraction
+        return [
+            HOLDOUT if x < system.holdout_fraction else CALIBRATION if x < cal_edge else "train"
+            for x in u
+        ]
 
     def _label(self, structures: list[Atoms], *, iteration: int) -> None:
         from chemgap.oracle import check_backend, label_batch
@@ -459,6 +507,7 @@ class Campaign:
             "energy_mae_per_atom": holdout["energy_mae_per_atom"],
             "force_mae": holdout["force_mae"],
             "spearman_atom": metrics.get("spearman_atom"),
+            "trust_pooled": self._levels(it).describe(),
             "accurate": expl["overall"]["accurate"],
             "candidate": expl["overall"]["candidate"],
             "failed": expl["overall"]["failed"],
@@ -532,7 +581,7 @@ class Campaign:
         unseen = self.test_set() or [
             a
             for a in self.labelled()
-            if a.info.get("split") == "holdout" or a.info.get("iteration") == it
+            if a.info.get("split") == HOLDOUT or a.info.get("iteration") == it
         ]
         # the previous iteration's own file: the run-level one may already be this iteration's
         # if a run was killed between writing it and recording the step

@@ -9,10 +9,12 @@ files an iteration wrote.
   its in-distribution (ID) and out-of-distribution (OOD) parts, per kind and per element;
 - :func:`calibration_checks`: a calibration's quality (Spearman ρ of spread and error,
   miscalibration area, mean squared z-score, 68 %/95 % coverage; Tan et al. 2023, Pernot 2024)
-  on the data it was fitted on *and* on the test set's ID and OOD parts, where ensembles are
-  known to be overconfident;
+  on the data it was fitted on (which describes the fit only), on held-out data it was not
+  fitted on, and on the test set's ID and OOD parts, where ensembles are known to be
+  overconfident;
 - :func:`compare_calibrations`: whether a calibration fitted on the loop's own labels (as
-  predicted by the ensemble that chose them) transfers to OOD data better than the holdout one.
+  predicted by the ensemble that chose them) transfers to OOD data better than the one fitted
+  on the calibration split alone.
 """
 
 from __future__ import annotations
@@ -98,20 +100,32 @@ def calibration_checks(
     cal: Calibration,
     *,
     fitted_on: Residuals,
+    held_out: Residuals | None = None,
     test: Residuals | None,
     test_structures: Sequence[Atoms],
 ) -> dict[str, Any]:
-    """Quality of ``cal`` on the data it was fitted on and on the test set's ID and OOD parts.
+    """Quality of ``cal`` on the data it was fitted on, on held-out data and on the test set.
+
+    Args:
+        cal: the calibration to check.
+        fitted_on: residuals of the data ``cal`` was fitted on.
+        held_out: residuals of in-distribution data it was not fitted on (the campaign's
+            holdout), or None.
+        test: residuals of the test set, or None.
+        test_structures: the test structures (for the ID/OOD parts).
 
     Returns:
-        ``{"fitted_on": q, "test_id": q | None, "test_ood": q | None}``, each ``q`` the dict of
-        :func:`chemgap.models.calibration.calibration_quality` (raw spread scaled by ``cal``).
-        Only the test numbers say how the calibration transfers: on its fitting data the mean
-        squared z-score is 1 by construction.
+        ``{"fitted_on": q, "held_out": q | None, "test_id": q | None, "test_ood": q | None}``,
+        each ``q`` the dict of :func:`chemgap.models.calibration.calibration_quality` (raw
+        spread scaled by ``cal``). Only the held-out and test numbers say how the calibration
+        transfers: on its fitting data the mean squared z-score is 1 by construction.
     """
     from chemgap.models.calibration import calibration_quality
 
-    out: dict[str, Any] = {"fitted_on": calibration_quality(fitted_on, cal)}
+    out: dict[str, Any] = {
+        "fitted_on": calibration_quality(fitted_on, cal),
+        "held_out": calibration_quality(held_out, cal) if held_out is not None else None,
+    }
     for name, mask in _parts(test_structures).items():
         part = subset_residuals(test, mask) if test is not None else None
         out[f"test_{name}"] = calibration_quality(part, cal) if part is not None else None
@@ -126,17 +140,17 @@ def _z2_gap(quality: dict[str, Any] | None) -> float:
     return abs(float(np.log(z2))) if z2 > 0 else float("nan")
 
 
-def compare_calibrations(holdout: dict[str, Any], loop: dict[str, Any]) -> dict[str, Any]:
+def compare_calibrations(split: dict[str, Any], loop: dict[str, Any]) -> dict[str, Any]:
     """Which calibration's force spread is closer to calibrated on the OOD test part.
 
     Args:
-        holdout: :func:`calibration_checks` of the calibration fitted on the holdout.
-        loop: the same for the one fitted on holdout + the loop's own labels.
+        split: :func:`calibration_checks` of the calibration fitted on the calibration split.
+        loop: the same for the one fitted on that split + the loop's own labels.
 
     Returns:
-        ``{"holdout_gap", "loop_gap", "loop_transfers_better"}``: gaps are |log mean z²| on the
+        ``{"split_gap", "loop_gap", "loop_transfers_better"}``: gaps are |log mean z²| on the
         OOD test part (0 is calibrated); ``loop_transfers_better`` None when either is unknown.
     """
-    a, b = _z2_gap(holdout.get("test_ood")), _z2_gap(loop.get("test_ood"))
+    a, b = _z2_gap(split.get("test_ood")), _z2_gap(loop.get("test_ood"))
     better = None if np.isnan(a) or np.isnan(b) else bool(b < a)
-    return {"holdout_gap": a, "loop_gap": b, "loop_transfers_better": better}
+    return {"split_gap": a, "loop_gap": b, "loop_transfers_better": better}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -27,11 +28,19 @@ import time
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from ase import Atoms
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from chemgap.agent.diagnostics import REGIONS_FILE
 from chemgap.agent.errors import RunDirError
@@ -64,6 +73,44 @@ Step = Literal[
 ]
 
 
+class HistoryRow(BaseModel):
+    """One row of ``state.json``'s history: what the evaluate step of an iteration recorded.
+
+    The fields the state machine reads back (the stop check, ``status``, the summary) are typed
+    here; the row's other figures (test-set errors per part and kind, region counts) are kept
+    as written.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    iteration: int = Field(ge=1)
+    labels_ok: int = Field(ge=0)
+    labels_failed: int = Field(ge=0)
+    oracle_calls: int = Field(ge=0, description="outside the test set")
+    oracle_calls_test: int = Field(0, ge=0)
+    energy_mae_per_atom: float = Field(ge=0, description="holdout, eV/atom")
+    force_mae: float = Field(ge=0, description="holdout, eV/Å")
+    accurate: float = Field(ge=0, le=1, description="fraction of explored frames")
+    candidate: float = Field(ge=0, le=1, description="fraction of explored frames")
+    failed: float = Field(ge=0, le=1, description="fraction of explored frames")
+    elapsed_s: float = Field(ge=0, description="campaign wall time at the row, s")
+    regions: int | None = Field(None, ge=0)
+    silent_regions: int | None = Field(None, ge=0)
+    diagnosis_error: str | None = None
+
+
+def _typed_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A history row checked against :class:`HistoryRow` (as a dict, extra figures kept)."""
+    try:
+        return HistoryRow.model_validate(row).model_dump()
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise PydanticCustomError(
+            "history_row", "{field}: {msg}", {"field": field, "msg": first["msg"]}
+        ) from None
+
+
 class RunState(BaseModel):
     """``state.json``: where the campaign's state machine stands."""
 
@@ -80,13 +127,27 @@ class RunState(BaseModel):
     updated: float = Field(default_factory=time.time, description="Unix time, s")
     host: str = Field(default_factory=socket.gethostname)
     pid: int = Field(default_factory=os.getpid)
-    history: list[dict[str, Any]] = Field(default_factory=list, description="per-iteration metrics")
+    history: list[Annotated[dict[str, Any], AfterValidator(_typed_row)]] = Field(
+        default_factory=list, description="per-iteration metrics (:class:`HistoryRow`)"
+    )
     elapsed_s: float = Field(
         0.0, ge=0, description="campaign wall time so far, summed over resumes"
     )
     timings: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="iteration -> step -> wall seconds"
     )
+
+    @model_validator(mode="after")
+    def _history_within(self) -> RunState:
+        its = [row["iteration"] for row in self.history]
+        if any(b <= a for a, b in itertools.pairwise(its)):
+            raise ValueError(f"history: iterations must be strictly increasing, got {its}")
+        if self.history and self.history[-1]["iteration"] > self.iteration:
+            raise ValueError(
+                f"history: has iteration {self.history[-1]['iteration']} beyond the state's "
+                f"iteration {self.iteration}"
+            )
+        return self
 
 
 def _version() -> str:

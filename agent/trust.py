@@ -8,7 +8,7 @@ calibrated per element from held-out in-distribution data (:func:`trust_levels`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,9 @@ from ase.data import chemical_symbols
 
 from chemgap.campaigns.spec import TrustConfig, TrustMode
 
-__all__ = ["TrustLevels", "trust_levels"]
+__all__ = ["MIN_STRUCTURES", "TrustLevels", "trust_levels"]
+
+MIN_STRUCTURES = 3  # held-out structures an element needs for a level of its own
 
 
 @dataclass(kw_only=True)
@@ -26,12 +28,17 @@ class TrustLevels:
     Attributes:
         lower, upper: per chemical symbol, eV/Å.
         default_lower, default_upper: for elements without their own level, eV/Å.
+        n_structures: held-out structures the calibrated levels come from (0: fixed levels).
+        pooled: elements of those structures that use the pooled default level because fewer
+            than :data:`MIN_STRUCTURES` structures hold them (calibrated mode only).
     """
 
     lower: dict[str, float]
     upper: dict[str, float]
     default_lower: float
     default_upper: float
+    n_structures: int = 0
+    pooled: list[str] = field(default_factory=list)
 
     def per_atom(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n_atoms,) lower and upper levels, eV/Å, for atoms with ``numbers`` (n_atoms,)."""
@@ -47,7 +54,19 @@ class TrustLevels:
             "upper": self.upper,
             "default_lower": self.default_lower,
             "default_upper": self.default_upper,
+            "n_structures": self.n_structures,
+            "pooled": list(self.pooled),
         }
+
+    def describe(self) -> str | None:
+        """One line when some element uses the pooled level (None when none does)."""
+        if not self.pooled:
+            return None
+        return (
+            f"trust level of {', '.join(self.pooled)}: pooled over all "
+            f"{self.n_structures} calibration structures (an element needs "
+            f"{MIN_STRUCTURES} of its own)"
+        )
 
 
 def trust_levels(
@@ -62,7 +81,8 @@ def trust_levels(
     In calibrated mode, for each element: ``lower`` = the ``cfg.quantile`` of the per-structure
     maximum calibrated force std of that element's atoms on held-out in-distribution data (so
     that fraction of in-distribution frames counts as accurate), ``upper = cfg.upper_ratio x
-    lower``. Elements with fewer than 3 held-out structures use the pooled level. Fixed mode, or
+    lower``. Elements with fewer than :data:`MIN_STRUCTURES` held-out structures use the pooled
+    level (listed in ``pooled``). Fixed mode, or
     no data, gives ``cfg.lower``/``cfg.upper`` for every element.
 
     Args:
@@ -78,16 +98,23 @@ def trust_levels(
     pooled = np.zeros(n_struct)
     np.maximum.at(pooled, system_idx, std)
     default = float(np.quantile(pooled, cfg.quantile))
-    lower, upper = {}, {}
+    lower, upper, pooled_elements = {}, {}, []
     for z in np.unique(numbers):
         mask = numbers == z
         per = np.full(n_struct, -np.inf)
         np.maximum.at(per, system_idx[mask], std[mask])
         per = per[np.isfinite(per)]
-        if len(per) >= 3:
-            sym = chemical_symbols[int(z)]
+        sym = chemical_symbols[int(z)]
+        if len(per) >= MIN_STRUCTURES:
             lower[sym] = float(np.quantile(per, cfg.quantile))
             upper[sym] = cfg.upper_ratio * lower[sym]
+        else:
+            pooled_elements.append(sym)
     return TrustLevels(
-        lower=lower, upper=upper, default_lower=default, default_upper=cfg.upper_ratio * default
+        lower=lower,
+        upper=upper,
+        default_lower=default,
+        default_upper=cfg.upper_ratio * default,
+        n_structures=n_struct,
+        pooled=pooled_elements,
     )

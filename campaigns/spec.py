@@ -214,7 +214,17 @@ class SystemConfig(_Section):
     seeds: list[Seed] = Field(min_length=1, description="seed structure generators")
     initial_labels: int = Field(16, ge=2, description="seed structures labelled before iter 1")
     holdout_fraction: float = Field(
-        0.2, gt=0, lt=1, description="labelled seeds kept out of training for calibration"
+        0.2,
+        gt=0,
+        lt=1,
+        description="labels kept out of training for early stopping and validation errors",
+    )
+    calibration_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="labels kept out of training to fit the uncertainty calibration and trust "
+        "levels on (never the early-stopping set)",
     )
 
 
@@ -583,13 +593,23 @@ def _initial_set_problems(spec: CampaignSpec) -> list[str]:
         ]
     pool = initial_pool_size(system)
     n = system.initial_labels if pool is None else min(system.initial_labels, pool)
-    n_hold = max(1, round(system.holdout_fraction * n))
-    if n - n_hold < 1:
+    n_hold, n_cal = held_out_counts(system, n)
+    if n - n_hold - n_cal < 1:
         return [
-            f"system.holdout_fraction: holds out {n_hold} of the {n} initial structures, "
-            f"leaving none to train on (got {system.holdout_fraction!r}); lower it or label more"
+            f"system.holdout_fraction: holds out {n_hold} (and calibration_fraction {n_cal}) of "
+            f"the {n} initial structures, leaving none to train on (got "
+            f"{system.holdout_fraction!r} and {system.calibration_fraction!r}); lower them or "
+            "label more"
         ]
     return []
+
+
+def held_out_counts(system: SystemConfig, n: int) -> tuple[int, int]:
+    """Structures of ``n`` initial labels kept for validation and for calibration (≥ 1 each)."""
+    return (
+        max(1, round(system.holdout_fraction * n)),
+        max(1, round(system.calibration_fraction * n)),
+    )
 
 
 def _test_set_problems(spec: CampaignSpec, base_dir: Path) -> list[str]:

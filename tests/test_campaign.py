@@ -52,8 +52,9 @@ def tiny_spec(oracle: dict | None = None, **budget) -> dict:
                     "initial": False,
                 },
             ],
-            "initial_labels": 6,
-            "holdout_fraction": 0.34,
+            "initial_labels": 8,
+            "holdout_fraction": 0.25,
+            "calibration_fraction": 0.25,
         },
         "oracle": oracle or {"name": "emt"},
         "model": {
@@ -116,7 +117,7 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session, monkeypatch):
     info = json.loads(result.output)
     assert info["state"] == "done" and info["iteration"] == 2
     assert info["labels"]["failed"] == 0
-    assert info["labels"]["ok"] == 6 + 4 + 4 + 4  # initial set, test set, a batch per iteration
+    assert info["labels"]["ok"] == 8 + 4 + 4 + 4  # initial set, test set, a batch per iteration
     history = RunStore.open(store.root).state.history
     assert [h["iteration"] for h in history] == [1, 2]
     assert all(h["force_mae"] > 0 for h in history)
@@ -138,11 +139,13 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session, monkeypatch):
     keys = [k for _, k, _ in rows(store.root / "data.db")]
     assert len(keys) == len(set(keys))
     _check_test_set_kept_apart(store.root, history, info)
-    # the holdout is predicted once per iteration (broken variant: calibrate, trust levels and
-    # evaluate each predicting it again), and so is the test set
+    # the holdout and the calibration split are predicted once per iteration (broken variant:
+    # calibrate, trust levels and evaluate each predicting them again), and so is the test set
     holdout_batches = [b for b in predicted if b and set(b) == {"holdout"}]
+    calibration_batches = [b for b in predicted if b and set(b) == {"calibration"}]
     test_batches = [b for b in predicted if b and set(b) == {"test"}]
-    assert len(holdout_batches) == 2 and len(test_batches) == 2 + 2  # + each diagnosis
+    assert len(holdout_batches) == len(calibration_batches) == 2
+    assert len(test_batches) == 2 + 2  # + each diagnosis
 
 
 def _check_test_set_kept_apart(root: Path, history: list[dict], info: dict) -> None:
@@ -163,6 +166,7 @@ def _check_test_set_kept_apart(root: Path, history: list[dict], info: dict) -> N
     test_keys = {a.info["key"] for a in test}
     trained = store.structures(split="train")
     held = store.structures(split="holdout")
+    fitted = store.structures(split="calibration")
     for it, row in zip((1, 2), history, strict=True):
         # the members trained on exactly the train rows labelled before this iteration
         earlier = [a for a in trained if a.info["iteration"] < it]
@@ -173,11 +177,16 @@ def _check_test_set_kept_apart(root: Path, history: list[dict], info: dict) -> N
             member = json.loads((root / f"iterations/00{it}/models/member_0{k}.json").read_text())
             assert member["data_hash"] == data_hash(earlier)
         assert not test_keys & {a.info["key"] for a in earlier + held_before}
-        # selection never picked a test structure, and calibration was fitted on the holdout
+        # selection never picked a test structure; the calibration was fitted on the calibration
+        # split and scored on the holdout (broken variant: fitted and scored on one set)
         sel = (root / f"iterations/00{it}/selection.extxyz").read_text()
         assert "split=test" not in sel
         cal = json.loads((root / f"iterations/00{it}/calibration.json").read_text())
-        assert cal["calibration"]["n_structures"] == len(held_before)
+        fitted_before = [a for a in fitted if a.info["iteration"] < it]
+        assert cal["calibration"]["n_structures"] == len(fitted_before) >= 2
+        assert not {a.info["key"] for a in fitted_before} & {a.info["key"] for a in held_before}
+        assert cal["calibration"]["metrics"]["scored_on"].startswith(f"holdout ({len(held_before)}")
+        assert cal["roles"]["calibration_fit"] == f"calibration ({len(fitted_before)} structures)"
         assert cal["checks"]["test_id"] and cal["checks"]["test_ood"]
         assert row["test_force_mae_id"] > 0 and row["test_force_mae_ood"] > 0
         assert row["oracle_calls_test"] == 4
@@ -190,11 +199,19 @@ def _check_test_set_kept_apart(root: Path, history: list[dict], info: dict) -> N
 
 @pytest.mark.slow
 def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray_session):
+    """A run killed (-9) while labelling resumes: no label lost, no row twice, no oracle *call*
+    twice except for the labels in flight at the kill (counted by the oracle itself in a journal
+    kept outside data.db).
+
+    Broken variants caught: a resume that relabels the selected batch from scratch (calls for
+    structures already in data.db), or that writes a label twice (duplicate rows).
+    """
+    journal = tmp_path / "oracle_calls.txt"
     oracle = {
         "name": "ase",
         "params": {
             "calculator": "test_oracle_helpers:ProgrammableCalculator",
-            "kwargs": {"behaviour": "slow", "delay": 0.6},
+            "kwargs": {"behaviour": "slow", "delay": 0.6, "marker": str(journal)},
             "python_path": [TESTS],
         },
     }
@@ -219,14 +236,14 @@ def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray
     db = run_dir / "data.db"
     deadline = time.monotonic() + 300
     try:
-        # wait until iteration 1 is labelling: the initial 6 labels and at least one more
+        # wait until iteration 1 is labelling: the initial 8 labels, the 4 test ones and one more
         while time.monotonic() < deadline and proc.poll() is None:
             state = (
                 json.loads((run_dir / "state.json").read_text())
                 if (run_dir / "state.json").exists()
                 else {}
             )
-            if state.get("step") == "select" and len(rows(db)) >= 11:
+            if state.get("step") == "select" and len(rows(db)) >= 13:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -236,7 +253,11 @@ def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     before = rows(db)
-    assert 11 <= len(before) < 14, before  # killed mid-batch: some labels of 4 are missing
+    assert 13 <= len(before) < 16, before  # killed mid-batch: some labels of 4 are missing
+    called_before = _calls(journal)
+    done_before = {k for _, k, _ in before}
+    in_flight = set(called_before) - done_before  # called, result not yet written
+    assert done_before <= set(called_before) and len(in_flight) <= 4
     status = CliRunner().invoke(main, ["status", "--json", str(run_dir)])
     assert json.loads(status.output)["state"] == "interrupted"
 
@@ -246,8 +267,64 @@ def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray
     assert set(before) <= set(after)  # nothing written before the kill was lost
     keys = [k for _, k, _ in after]
     assert len(keys) == len(set(keys))  # and nothing was labelled twice
-    assert len(after) == 6 + 4 + 4  # initial set, test set, one batch
+    assert len(after) == 8 + 4 + 4  # initial set, test set, one batch
+    calls = _calls(journal)
+    called_after = calls[len(called_before) :]
+    assert not done_before & set(called_after)  # no label already stored was asked for again
+    assert len(calls) <= len(after) + len(in_flight)  # the only repeats: the calls in flight
+    assert sorted(set(calls)) == sorted(keys)
     assert (
         json.loads(CliRunner().invoke(main, ["status", "--json", str(run_dir)]).output)["state"]
         == "done"
     )
+
+
+def _calls(journal: Path) -> list[str]:
+    """Structure keys of the oracle calls in the journal, in call order."""
+    if not journal.exists():
+        return []
+    return [line.split()[1] for line in journal.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_calibrated_trust_campaign_stores_the_levels_its_calibration_gives(tmp_path):
+    """The default trust mode (calibrated), one iteration in-process: the diagnosis runs (no
+    ``diagnosis_error``), and the trust levels in calibration.json are the ones recomputed from
+    the stored calibration on the calibration split, with the pooled level said when used.
+
+    Broken variants caught: levels computed from the uncalibrated spread, or from the holdout
+    (the early-stopping set) instead of the calibration split; a diagnosis that fails silently.
+    """
+    import numpy as np
+
+    from chemgap.agent.trust import trust_levels
+    from chemgap.models.ensemble import Ensemble
+
+    data = tiny_spec(max_iterations=1)
+    data["exploration"]["trust"] = {"mode": "calibrated"}
+    spec = parse_spec(data)
+    store = RunStore.create(tmp_path / "run", spec)
+    assert run_campaign(store) == "iteration cap (1)"
+    (row,) = RunStore.open(store.root).state.history
+    assert row.get("diagnosis_error") is None and row["regions"] is not None
+
+    ensemble = Ensemble.load(store.root / "iterations/001/models")
+    assert ensemble.calibration is not None
+    fit_set = [
+        a for a in store.structures(split="calibration", status="ok") if a.info["iteration"] == 0
+    ]
+    raw = ensemble.predict(fit_set, calibrated=False)
+    scales = ensemble.calibration.force_scales_for(raw.numbers)
+    expected = trust_levels(
+        spec.exploration.trust,
+        force_std_atom_cal=raw.force_std_atom * scales,
+        numbers=raw.numbers,
+        system_idx=raw.system_idx,
+    )
+    stored = json.loads((store.root / "iterations/001/calibration.json").read_text())["trust"]
+    assert stored["n_structures"] == len(fit_set) == 2
+    assert stored["pooled"] == expected.pooled == ["Cu"]  # 2 structures: fewer than 3
+    assert np.isclose(stored["default_lower"], expected.default_lower, rtol=1e-6)
+    assert np.isclose(stored["default_upper"], 3.0 * stored["default_lower"], rtol=1e-9)
+    assert stored["default_lower"] != spec.exploration.trust.lower  # not the fixed level
+    assert row["trust_pooled"] and "pooled" in row["trust_pooled"]

@@ -28,7 +28,8 @@ class ProgrammableCalculator(Calculator):
     ``raise`` (RuntimeError), ``scf`` (an SCF non-convergence), ``sleep`` (60 s), ``slow`` (EMT
     after ``delay`` seconds: a stand-in for an expensive oracle), ``segfault``
     (SIGSEGV to its own process) or ``nan`` (a NaN energy). With ``marker``, every call appends a
-    line to that file, so a test can count calls across processes.
+    line ``n_atoms structure_key`` to that file as it starts, so a test can count calls across
+    processes, and a kill, and tell which structures they were for.
     """
 
     implemented_properties = ("energy", "free_energy", "forces", "stress")
@@ -45,8 +46,10 @@ class ProgrammableCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         if self.marker:
+            from chemgap.agent.store import structure_key
+
             with open(self.marker, "a") as fh:
-                fh.write(f"{len(self.atoms)}\n")
+                fh.write(f"{len(self.atoms)} {structure_key(self.atoms)}\n")
         behaviour = self.atoms.info.get("behaviour", self.behaviour)
         match behaviour:
             case "raise":

@@ -190,6 +190,26 @@ def test_status_refusals_exit_2(tmp_path, prepare, needle):
     assert snapshot(tmp_path) == before
 
 
+ROW = {
+    "iteration": 1,
+    "labels_ok": 12,
+    "labels_failed": 0,
+    "oracle_calls": 12,
+    "energy_mae_per_atom": 0.01,
+    "force_mae": 0.05,
+    "accurate": 0.5,
+    "candidate": 0.4,
+    "failed": 0.1,
+    "elapsed_s": 30.0,
+}
+
+
+def _state(**fields) -> str:
+    """A state.json text: a valid one at iteration 1, with ``fields`` changed."""
+    base = {"format_version": 1, "chemgap_version": "x", "campaign": "x", "iteration": 1}
+    return json.dumps({**base, **fields})
+
+
 @pytest.mark.parametrize(
     ("content", "needle"),
     [
@@ -200,13 +220,30 @@ def test_status_refusals_exit_2(tmp_path, prepare, needle):
         # field-level corruption: a step the state machine does not have, a negative iteration
         ('{"format_version": 1, "chemgap_version": "x", "campaign": "x", "step": "bogus"}', "step"),
         ('{"format_version": 1, "chemgap_version": "x", "campaign": "x", "iteration": -1}', "iter"),
+        # history rows are typed: a row the stop check would crash on, or one from the future
+        (_state(history=[{**ROW, "force_mae": "low"}]), "history.0: force_mae"),
+        (
+            _state(history=[{k: v for k, v in ROW.items() if k != "accurate"}]),
+            "history.0: accurate",
+        ),
+        (_state(history=[{**ROW, "accurate": 1.5}]), "history.0: accurate"),
+        (_state(history=[ROW, ROW]), "strictly increasing"),
+        (_state(iteration=0, history=[ROW]), "beyond the state's iteration"),
     ],
 )
 def test_corrupt_or_incompatible_state_is_refused_untouched(tmp_path, spec, content, needle):
+    """Broken variant (history rows): ``history`` as untyped dicts, so a row without
+    ``accurate`` or with a string MAE passes ``status`` and crashes ``resume`` in the stop check.
+    """
     store = RunStore.create(tmp_path / "run", spec)
     (store.root / "state.json").write_text(content)
     before = snapshot(store.root)
-    for args in (["status", str(store.root)], ["status", "--json", str(store.root)]):
+    for args in (
+        ["status", str(store.root)],
+        ["status", "--json", str(store.root)],
+        ["resume", str(store.root)],
+        ["diagnose", str(store.root)],
+    ):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, result.output
         assert needle in result.output and "Traceback" not in result.output

@@ -92,6 +92,8 @@ def _iteration_table(row: dict[str, Any]) -> Table:
     for name in cols:
         table.add_column(name, justify="right")
     table.add_row(*cols.values())
+    if row.get("trust_pooled"):
+        table.caption = f"{table.caption}\n{row['trust_pooled']}"
     return table
 
 
