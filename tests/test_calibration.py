@@ -178,21 +178,9 @@ def only_element(res: Residuals, z: int) -> Residuals:
 
 def split_structures(res: Residuals, first: np.ndarray) -> tuple[Residuals, Residuals]:
     """``res`` cut into the structures where ``first`` (n_struct,) is True and the others."""
-    parts = []
-    for keep in (first, ~first):
-        atoms = keep[res.system_idx]
-        parts.append(
-            Residuals(
-                energy_error=res.energy_error[keep],
-                energy_std=res.energy_std[keep],
-                n_atoms=res.n_atoms[keep],
-                force_error=res.force_error[atoms],
-                force_std=res.force_std[atoms],
-                numbers=res.numbers[atoms],
-                system_idx=np.unique(res.system_idx[atoms], return_inverse=True)[1],
-            )
-        )
-    return parts[0], parts[1]
+    from chemgap.agent.evaluation import subset_residuals
+
+    return subset_residuals(res, first), subset_residuals(res, ~first)
 
 
 def test_per_element_calibration_covers_each_element_on_held_out_data():
