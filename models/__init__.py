@@ -4,7 +4,10 @@ Public API (imported lazily; torch and mace load on first use):
 ``Ensemble``, ``train_ensemble``, ``train_member``, ``Prediction``, ``MemberOutputs``,
 ``evaluate_members``, ``make_batch``, ``Batch``, ``fit_calibration``, ``Calibration``,
 ``EnsembleModel`` (the model contract),
-``transfer_model``, ``parse_element_map``, ``ModelConfig``, ``EnsembleConfig``, ``EnsembleMode``.
+``transfer_model``, ``parse_element_map``, ``ModelConfig``, ``EnsembleConfig``, ``EnsembleMode``,
+``LongRange``, ``LongRangeMACE`` (members with long-range terms), ``ChemgapCalculator`` (an ASE
+calculator for any chemgap member or committee), ``load_committee``, ``coulomb_energy``,
+``d3_energy``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ _WHERE = {
     "EnsembleConfig": "config",
     "EnsembleMode": "config",
     "Dtype": "config",
+    "LongRange": "config",
+    "LongRangeMACE": "longrange",
+    "ChemgapCalculator": "calculator",
+    "load_committee": "calculator",
+    "coulomb_energy": "electrostatics",
+    "d3_energy": "dispersion",
 }
 
 __all__ = sorted(_WHERE)

@@ -80,7 +80,9 @@ def compute_stats(structures: Sequence[Atoms], z_table: Sequence[int], r_max: fl
 
 
 def build_model(cfg: ModelConfig, stats: DataStats, *, seed: int | None = None) -> torch.nn.Module:
-    """A fresh ``ScaleShiftMACE`` with ``cfg``'s architecture and ``stats``'s constants.
+    """A fresh ``ScaleShiftMACE`` with ``cfg``'s architecture and ``stats``'s constants; with
+    ``cfg.long_range`` other than ``none``, a :class:`chemgap.models.longrange.LongRangeMACE`
+    (the same MACE part plus the long-range terms).
 
     Weights are drawn from torch's RNG seeded with ``seed`` (when given), in ``cfg.dtype``.
 
@@ -96,34 +98,44 @@ def build_model(cfg: ModelConfig, stats: DataStats, *, seed: int | None = None) 
 
     e3nn.set_optimization_defaults(jit_script_fx=False)
 
-    if cfg.long_range != "none":
-        raise ValueError(f"model.long_range: {cfg.long_range!r} is not implemented; allowed: none")
     if seed is not None:
         torch.manual_seed(seed)
     ch, L = cfg.num_channels, cfg.max_L
     parity = ["e", "o"]
     hidden = o3.Irreps("+".join(f"{ch}x{ell}{parity[ell % 2]}" for ell in range(L + 1)))
+    kwargs = dict(
+        r_max=float(cfg.r_max),
+        num_bessel=cfg.num_bessel,
+        num_polynomial_cutoff=cfg.num_polynomial_cutoff,
+        max_ell=cfg.max_ell,
+        interaction_cls=interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=interaction_classes["RealAgnosticResidualInteractionBlock"],
+        num_interactions=cfg.num_interactions,
+        num_elements=len(stats.z_table),
+        hidden_irreps=hidden,
+        MLP_irreps=o3.Irreps(f"{cfg.mlp_channels}x0e"),
+        atomic_energies=np.asarray(stats.atomic_energies, dtype=float),
+        avg_num_neighbors=float(stats.avg_num_neighbors),
+        atomic_numbers=list(stats.z_table),
+        correlation=cfg.correlation,
+        gate=torch.nn.functional.silu,
+        radial_MLP=list(cfg.radial_mlp),
+        atomic_inter_scale=float(stats.scale),
+        atomic_inter_shift=float(stats.shift),
+    )
     with default_dtype(cfg.dtype):
-        model = ScaleShiftMACE(
-            r_max=float(cfg.r_max),
-            num_bessel=cfg.num_bessel,
-            num_polynomial_cutoff=cfg.num_polynomial_cutoff,
-            max_ell=cfg.max_ell,
-            interaction_cls=interaction_classes["RealAgnosticResidualInteractionBlock"],
-            interaction_cls_first=interaction_classes["RealAgnosticResidualInteractionBlock"],
-            num_interactions=cfg.num_interactions,
-            num_elements=len(stats.z_table),
-            hidden_irreps=hidden,
-            MLP_irreps=o3.Irreps(f"{cfg.mlp_channels}x0e"),
-            atomic_energies=np.asarray(stats.atomic_energies, dtype=float),
-            avg_num_neighbors=float(stats.avg_num_neighbors),
-            atomic_numbers=list(stats.z_table),
-            correlation=cfg.correlation,
-            gate=torch.nn.functional.silu,
-            radial_MLP=list(cfg.radial_mlp),
-            atomic_inter_scale=float(stats.scale),
-            atomic_inter_shift=float(stats.shift),
-        )
+        if cfg.terms:  # weights drawn after MACE's: the same seed gives the same MACE part
+            from .longrange import LongRangeMACE
+
+            model = LongRangeMACE(
+                long_range=str(cfg.long_range),
+                charge_width=cfg.charge_width_A,
+                d3_functional=cfg.d3_functional,
+                charge_hidden=cfg.mlp_channels,
+                **kwargs,
+            )
+        else:
+            model = ScaleShiftMACE(**kwargs)
     return model.to(dtype=torch.float64 if cfg.dtype == "float64" else torch.float32)
 
 

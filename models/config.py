@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import tomllib
 from enum import StrEnum
+from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Dtype(StrEnum):
@@ -23,9 +27,18 @@ class EnsembleMode(StrEnum):
 
 
 class LongRange(StrEnum):
-    """Long-range terms of the model (only ``none`` is built so far)."""
+    """Long-range terms added to a MACE member's energy (:mod:`chemgap.models.longrange`).
+
+    ``coulomb``: learned per-atom charges, Gaussian-smeared, with Ewald/P3M electrostatics for
+    periodic cells and a direct sum for molecules (torch-pme); ``d3``: D3(BJ) dispersion of
+    ``d3_functional`` (tad-dftd3), a fixed term the MACE part learns around; ``coulomb+d3``:
+    both.
+    """
 
     NONE = "none"
+    COULOMB = "coulomb"
+    D3 = "d3"
+    COULOMB_D3 = "coulomb+d3"
 
 
 class ModelConfig(BaseModel):
@@ -42,11 +55,36 @@ class ModelConfig(BaseModel):
     num_polynomial_cutoff: int = Field(5, ge=1, description="polynomial envelope order")
     max_ell: int = Field(3, ge=0, description="spherical-harmonic order of edge features")
     dtype: Dtype = Field(Dtype.FLOAT32, description="float32 (fast on CPU) or float64")
-    long_range: LongRange = Field(LongRange.NONE, description="long-range term added to MACE")
+    long_range: LongRange = Field(
+        LongRange.NONE, description="long-range terms added to MACE: none, coulomb, d3, coulomb+d3"
+    )
+    charge_width_A: float = Field(
+        1.0, gt=0, description="Gaussian width of the learned charges (coulomb), Å"
+    )
+    d3_functional: str = Field(
+        "PBE", min_length=1, description="functional whose D3(BJ) damping parameters d3 uses"
+    )
     mlp_channels: int = Field(16, ge=1, description="hidden width of the last (non-linear) readout")
     radial_mlp: list[int] = Field(
         default_factory=lambda: [64, 64, 64], description="hidden widths of the radial MLP"
     )
+
+    @field_validator("d3_functional")
+    @classmethod
+    def _known_functional(cls, value: str) -> str:
+        names = d3_functional_names()
+        if names and value.lower().replace("-", "") not in names:
+            raise ValueError(
+                f"{value!r} has no D3(BJ) parameters in s-dftd3's data base "
+                "(e.g. PBE, PBE0, B3LYP, revPBE, r2SCAN, TPSS)"
+            )
+        return value
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The long-range terms, e.g. ``("coulomb", "d3")``; empty for ``none``."""
+        value = str(self.long_range)
+        return () if value == LongRange.NONE else tuple(value.split("+"))
 
 
 class EnsembleConfig(BaseModel):
@@ -71,3 +109,24 @@ class EnsembleConfig(BaseModel):
     min_lr_factor: float = Field(
         0.01, gt=0, le=1, description="floor of the learning-rate schedule, as a fraction of lr"
     )
+
+
+@functools.lru_cache(maxsize=1)
+def d3_functional_names() -> frozenset[str]:
+    """Normalised names (lower case, no hyphens) of functionals with D3(BJ) parameters, read
+    from tad-dftd3's copy of s-dftd3's data base without importing torch; empty when tad-dftd3
+    is not installed (then :func:`chemgap.models.dispersion.d3_parameters` checks at build).
+    """
+    spec = importlib.util.find_spec("tad_dftd3")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    root = Path(next(iter(spec.submodule_search_locations))) / "param"
+    try:
+        with open(root / "parameters.toml", "rb") as fh:
+            table = tomllib.load(fh)["parameter"]
+        with open(root / "aliases.toml", "rb") as fh:
+            aliases = tomllib.load(fh)["alias"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return frozenset()
+    names = {name for name, entry in table.items() if "bj" in entry.get("d3", {})}
+    return frozenset(names | {alias for alias, name in aliases.items() if name in names})

@@ -2,8 +2,10 @@
 
 The loop, the explorer, calibration, selection and the diagnostics see a model only through
 :class:`EnsembleModel` (torch-sim's ``ModelInterface`` plays the same role there). Today's kind is
-:class:`chemgap.models.ensemble.Ensemble` (K ``ScaleShiftMACE`` members); a second kind (members
-with long-range terms, say) satisfies the same protocol and passes the same contract checks,
+:class:`chemgap.models.ensemble.Ensemble`: K ``ScaleShiftMACE`` members, or K
+:class:`~chemgap.models.longrange.LongRangeMACE` members (learned-charge electrostatics and/or
+D3 dispersion, ``model.long_range``), whose predictions also carry per-atom ``charges``. Every
+kind satisfies the same protocol and passes the same contract checks,
 :func:`chemgap.models.testing.check_model_contract`.
 
 Units everywhere: eV, Å, eV/Å.

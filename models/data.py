@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+CHARGE_KEY = "charge"
+"""``atoms.info`` key of a structure's total charge, e (absent: neutral); graphs carry it as
+``total_charge``, which members with learned charges are constrained to."""
+
 
 @contextlib.contextmanager
 def default_dtype(dtype: str | torch.dtype) -> Iterator[None]:
@@ -84,7 +88,7 @@ def data_hash(structures: Sequence[Atoms]) -> str:
 def _key_spec(use_stress: bool):
     from mace.data import KeySpecification
 
-    info = {"energy": ENERGY_KEY}
+    info = {"energy": ENERGY_KEY, "total_charge": CHARGE_KEY}
     if use_stress:
         info["stress"] = STRESS_KEY
     return KeySpecification(info_keys=info, arrays_keys={"forces": FORCES_KEY})
@@ -102,6 +106,7 @@ def to_graphs(
 
     With ``labels`` the REF_* targets are attached (stress only on periodic cells that carry
     one; structures without it get stress weight 0). Without, the graphs carry positions only.
+    Either way a graph's ``total_charge`` is ``atoms.info["charge"]`` (0 when absent).
     """
     from mace.data import AtomicData, config_from_atoms
     from mace.tools import AtomicNumberTable

@@ -4,10 +4,13 @@ A model directory holds, per member ``k``:
 
 - ``member_KK.model``: ``torch.save`` of the whole ``ScaleShiftMACE`` (what
   ``mace.calculators.MACECalculator(model_paths=...)`` and MACE's tools, LAMMPS export included,
-  load);
+  load); a member with long-range terms is a
+  :class:`~chemgap.models.longrange.LongRangeMACE` (its pickle names chemgap), which
+  :class:`~chemgap.models.calculator.ChemgapCalculator` loads;
 - ``member_KK.pt``: its ``state_dict`` alone, loaded with ``torch.load(weights_only=True)`` into
   a model rebuilt from the metadata (the safe path; the pickled ``.model`` is the fallback);
-- ``member_KK.json``: the spec's model/ensemble sections, data constants, data hash, metrics and
+- ``member_KK.json``: the spec's model/ensemble sections (``model.long_range``,
+  ``charge_width_A`` and ``d3_functional`` among them), data constants, data hash, metrics and
   versions;
 
 and ``ensemble.json`` (configs, element list, data hash, member files, calibration).

@@ -30,12 +30,15 @@ class MemberOutputs:
         forces: (K, n_atoms, 3) eV/Å.
         stress: (K, n_struct, 3, 3) eV/Å³ (ASE sign) or None when not asked for.
         node_feats: list of K (n_atoms, d) invariant node features, or None when not asked for.
+        charges: (K, n_atoms) e, the members' learned charges, or None for members without a
+            ``coulomb`` term (:mod:`chemgap.models.longrange`).
     """
 
     energy: torch.Tensor
     forces: torch.Tensor
     stress: torch.Tensor | None = None
     node_feats: list[torch.Tensor] | None = None
+    charges: torch.Tensor | None = None
 
 
 def scalar_feature_index(model: torch.nn.Module) -> torch.Tensor:
@@ -107,10 +110,12 @@ def evaluate_members(
     torch thread, members run concurrently on that many Python threads of one torch thread
     each: much of a small graph's time is per-operation overhead that one member cannot spread
     over the cores, and torch releases the GIL inside its kernels and the backward pass (see
-    :func:`member_pool`). Outputs are detached.
+    :func:`member_pool`). Outputs are detached. Members with learned charges
+    (:class:`chemgap.models.longrange.LongRangeMACE`) also return them; a plain MACE member's
+    output has none, and nothing is done for them.
     """
 
-    def run(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    def run(model: torch.nn.Module) -> tuple[torch.Tensor | None, ...]:
         data = dict(batch.data)
         data["positions"] = batch.data["positions"].detach().clone()
         out = model(data, training=False, compute_force=True, compute_stress=compute_stress)
@@ -119,7 +124,9 @@ def evaluate_members(
         if node_features:
             idx = scalar_feature_index(model).to(out["node_feats"].device)
             feats = out["node_feats"].detach()[:, idx]
-        return out["energy"].detach(), out["forces"].detach(), stress, feats
+        charges = out.get("charges")
+        charges = charges.detach() if charges is not None else None
+        return out["energy"].detach(), out["forces"].detach(), stress, feats, charges
 
     n_threads = _member_threads(models, batch)
     with sparse_contractions(models):
@@ -127,12 +134,13 @@ def evaluate_members(
             results = list(member_pool(n_threads).map(run, models))
         else:
             results = [run(m) for m in models]
-    energies, forces, stresses, feats = zip(*results, strict=True)
+    energies, forces, stresses, feats, charges = zip(*results, strict=True)
     return MemberOutputs(
         energy=torch.stack(energies),
         forces=torch.stack(forces),
         stress=torch.stack(stresses) if compute_stress else None,
         node_feats=list(feats) if node_features else None,
+        charges=torch.stack(charges) if all(q is not None for q in charges) else None,
     )
 
 
@@ -155,6 +163,8 @@ class Prediction:
         calibrated: whether the ``*_cal`` fields hold a stored calibration (else they equal raw).
         energy_std_cal: (n_struct,) eV; forces_std_cal: (n_atoms_total, 3) eV/Å;
         force_std_atom_cal: (n_atoms_total,) eV/Å; max_force_std_cal: (n_struct,) eV/Å.
+        charges_mean / charges_std: (n_atoms_total,) e, mean and std over members of the learned
+            per-atom charges (members with a ``coulomb`` term), or None.
     """
 
     energy_mean: np.ndarray
@@ -174,6 +184,8 @@ class Prediction:
     forces_std_cal: np.ndarray
     force_std_atom_cal: np.ndarray
     max_force_std_cal: np.ndarray
+    charges_mean: np.ndarray | None = None
+    charges_std: np.ndarray | None = None
 
     @property
     def struct_idx(self) -> np.ndarray:
@@ -196,7 +208,8 @@ class Prediction:
         Per structure (``info``): ``pred_energy``, ``pred_energy_std`` (eV),
         ``pred_max_force_std`` (eV/Å, DP-GEN max_devi_f) and their ``*_cal`` calibrated
         versions, plus ``pred_stress`` / ``pred_stress_std`` (Voigt, eV/Å³) when predicted; per
-        atom (``arrays``): ``pred_forces`` (eV/Å), ``pred_force_std`` and ``pred_force_std_cal``.
+        atom (``arrays``): ``pred_forces`` (eV/Å), ``pred_force_std`` and ``pred_force_std_cal``,
+        plus ``pred_charges`` / ``pred_charges_std`` (e) from members with learned charges.
         """
         if len(structures) != self.n_struct:
             raise ValueError(
@@ -217,6 +230,9 @@ class Prediction:
             if self.stress_mean is not None:
                 a.info["pred_stress"] = self.stress_mean[i]
                 a.info["pred_stress_std"] = self.stress_std[i]
+            if self.charges_mean is not None:
+                a.arrays["pred_charges"] = self.charges_mean[sl]
+                a.arrays["pred_charges_std"] = self.charges_std[sl]
             out.append(a)
         return out
 
@@ -252,6 +268,10 @@ def summarise(
         s = outputs.stress.double().cpu().numpy()
         voigt = np.stack([[full_3x3_to_voigt_6_stress(x) for x in member] for member in s])
         stress_mean, stress_std = voigt.mean(axis=0), voigt.std(axis=0)
+    charges_mean = charges_std = None
+    if outputs.charges is not None:
+        q = outputs.charges.double().cpu().numpy()
+        charges_mean, charges_std = q.mean(axis=0), q.std(axis=0)
     scale = np.ones(len(f_atom)) if force_scale_per_atom is None else force_scale_per_atom
     f_std_cal = f_std * scale[:, None]
     f_atom_cal = f_atom * scale
@@ -273,4 +293,6 @@ def summarise(
         forces_std_cal=f_std_cal,
         force_std_atom_cal=f_atom_cal,
         max_force_std_cal=segment_max(f_atom_cal, batch.system_idx, n),
+        charges_mean=charges_mean,
+        charges_std=charges_std,
     )
