@@ -4,9 +4,10 @@
 
 - the learning curve: per iteration, oracle calls (training labels and the test set's apart),
   the holdout force MAE and the test set's force and energy MAE, in and out of distribution;
-- the failure regions of the last diagnosis (rule, error ratio with its CI, q, silent flag,
-  first and last iteration seen) and the regions resolved on the way, with the iteration each
-  stopped being found;
+- the failure regions of the last diagnosis (readable rule and machine rule, error ratio with
+  its CI, q, silent flag, first and last iteration seen, how many regions were folded under
+  it) and the regions resolved on the way, with the iteration each stopped being found;
+- the last diagnosis' sampling check (provenance; never a failure region), apart;
 - the test-set error per kind, first iteration against last;
 - where the wall time went: per step, and the orchestration overhead (everything outside
   training, exploration, labelling and diagnosis).
@@ -79,6 +80,8 @@ def _region_row(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": r.get("id"),
         "rule": r.get("rule"),
+        "machine_rule": r.get("machine_rule") or r.get("rule"),
+        "folded": len(r.get("folded") or []),
         "ratio": r.get("ratio"),
         "ratio_ci": r.get("ratio_ci"),
         "q_value": r.get("q_value"),
@@ -141,7 +144,8 @@ def campaign_summary(root: Path, state: RunState, iterations: Path) -> dict[str,
         iterations: its ``iterations/`` folder.
 
     Returns:
-        ``{"learning_curve", "regions", "resolved", "test_by_kind", "time"}``.
+        ``{"learning_curve", "regions", "resolved", "provenance", "test_by_kind", "time"}``
+        (``provenance``: the last diagnosis' sampling check, empty before it existed).
     """
     payload = _read_regions(root / REGIONS_FILE) or {}
     _, resolved = _regions_history(iterations)
@@ -149,6 +153,7 @@ def campaign_summary(root: Path, state: RunState, iterations: Path) -> dict[str,
         "learning_curve": learning_curve(state),
         "regions": [_region_row(r) for r in payload.get("regions", [])],
         "resolved": resolved,
+        "provenance": list(payload.get("provenance") or []),
         "test_by_kind": _kind_errors(state),
         "time": time_budget(state),
     }

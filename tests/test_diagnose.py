@@ -162,8 +162,8 @@ def cu_result(cu):
 
 
 def _about_coordination(region) -> bool:
-    text = " ".join([region.rule, *region.also])
-    return "coordination" in text or "defect_distance" in text
+    text = " ".join([region.rule, region.machine_rule, *region.also])
+    return "coordination" in text or "defect" in text
 
 
 def test_planted_failure_cu_undercoordination(cu, cu_result):

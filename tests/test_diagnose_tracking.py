@@ -106,7 +106,7 @@ def test_environment_classes_do_not_depend_on_the_errors(planted):
     assert r.history[0]["ratio"] == pytest.approx(one[rid].ratio)
     assert r.history[1]["ratio"] == pytest.approx(r.ratio)
     # a region of iteration 1 that iteration 2 does not find is resolved at 2, and only those
-    continued = {i for reg in second.regions for i in [reg.id, *map(region_id, reg.also)]}
+    continued = {i for reg in second.regions for i in [reg.id, *reg.also_ids]}
     gone = [i for i in one if i not in continued]
     assert second.resolved == gone
     for d in second.resolved_regions:
@@ -179,7 +179,7 @@ def test_a_fixed_failure_is_resolved_with_how_its_atoms_do_now(planted, tmp_path
     )
     assert fixed.regions == []
     assert fixed.resolved == [r.id for r in p.first.regions] and fixed.resolved
-    env = next(d for d in fixed.resolved_regions if d["rule"] == _env_rule(p.target))
+    env = next(d for d in fixed.resolved_regions if d["machine_rule"] == _env_rule(p.target))
     assert env["first_seen"] == env["last_seen"] == 1
     assert env["n_atoms_now"] == int(p.hot.sum())
     assert env["ratio_before"] > 2.0 and 0.8 < env["ratio_now"] < 1.2

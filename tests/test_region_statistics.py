@@ -131,7 +131,7 @@ def test_both_sides_of_a_cut_are_one_two_sided_hypothesis(judged):
         rng=rng,
     )
     (tested,) = judged
-    by_rule = {r.rule: r for r in tested}
+    by_rule = {r.machine_rule: r for r in tested}  # the machine form names the columns
     strain_cuts = numeric_cuts("strain", feats.atom["strain"])
     assert len(strain_cuts) >= 10  # deciles: both sides of every cut proposed
     one_sided = len(strain_cuts) + 1  # strain cuts and the flag

@@ -153,8 +153,8 @@ def test_planted_effect_on_coordination_is_found_by_slices_tree_and_clusters():
     regions, _ = find_regions(feats, err, silent_unc, cfg, rng=rng)
     assert regions
     top = regions[0]
-    text = " ".join([top.rule, *top.also])
-    assert "coordination" in text or "defect_distance" in text
+    text = " ".join([top.rule, top.machine_rule, *top.also])
+    assert "coordination" in text or "defect" in text
     assert top.significant and top.q_value < 1e-3
     # 43% of the atoms are surface atoms: expected ratio 0.3 / (0.43 x 0.3 + 0.57 x 0.1) = 1.61
     assert 1.4 < top.ratio < 1.85 and 1.25 < top.ratio_ci[0] < top.ratio < top.ratio_ci[1]

@@ -82,3 +82,40 @@ def test_summary_without_regions_says_where_to_look(monkeypatch, tmp_path):
     empty = {**SUMMARY, "regions": [], "resolved": [], "test_by_kind": []}
     text = "\n".join(_render(monkeypatch, lambda c: run_cli.print_summary(empty, tmp_path)))
     assert "no failure region found" in text and "chemgap inspect" in text
+
+
+def test_summary_shows_readable_rules_folded_counts_and_the_sampling_check(monkeypatch, tmp_path):
+    """Readable rules (an environment class by its chemistry), how many regions were folded
+    under one, and the flagged provenance apart from the regions table, within 80 columns.
+
+    Broken variants caught: the old environment hint appended to a named class (``(mostly
+    ...)`` after its description), and the sampling check left out of the summary.
+    """
+    readable = {
+        **SUMMARY["regions"][0],
+        "rule": "environment = Au, 12-fold, 8–11 Au + 1–4 Cu neighbours (env7)",
+        "machine_rule": "environment = env7",
+        "folded": 2,
+    }
+    walker = (
+        "error differs between walker values (Kruskal-Wallis over 4 values, 36 structures, "
+        "q = 0.001); walker = 14: 1.97× the mean error over 8 structures. Possibly a sampling "
+        "artefact, not a failure region: check how these structures were made."
+    )
+    summary = {
+        **SUMMARY,
+        "regions": [readable, SUMMARY["regions"][1]],
+        "provenance": [
+            {"feature": "walker", "flagged": True, "message": walker},
+            {"feature": "iteration", "flagged": False},
+        ],
+    }
+    lines = _render(monkeypatch, lambda c: run_cli.print_summary(summary, tmp_path))
+    text = "\n".join(lines)
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    flat = " ".join(text.split())
+    assert "Au + 1–4 Cu neighbours (env7) (+2" in flat and "folded)" in flat
+    assert "mostly" not in flat
+    head = next(i for i, line in enumerate(lines) if line.startswith("sampling check"))
+    assert "walker = 14" in " ".join(lines[head:]).replace("\n", " ")
+    assert not any("walker" in line for line in lines[:head])

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from chemgap.agent.cli.common import console, handles_errors
@@ -38,8 +39,10 @@ def _ratio_ci(r: Any) -> str:
 def regions_table(regions: list[Any], title: str) -> Table:
     """Failure regions as a table, one row each, in the order given; fits 80 columns.
 
-    Long rules fold inside their column; a silent region is marked in its rule cell; the
-    iterations a region was seen in show only inside a campaign.
+    Rules are the readable ones (environment classes by their chemistry; ``chemgap inspect
+    --region`` shows the machine form too). Long rules fold inside their column; a silent
+    region is marked in its rule cell, and one with regions folded under it says how many;
+    the iterations a region was seen in show only inside a campaign.
     """
     table = Table(
         title=title,
@@ -63,7 +66,10 @@ def regions_table(regions: list[Any], title: str) -> Table:
     if show_seen:
         table.add_column("seen", justify="right", no_wrap=True)
     for r in regions:
-        rule = r.rule + (" [dim](held-out)[/]" if getattr(r, "held_out", False) else "")
+        rule = escape(r.rule) + (" [dim](held-out)[/]" if getattr(r, "held_out", False) else "")
+        folded = len(getattr(r, "folded", None) or [])
+        if folded:
+            rule += f" [dim](+{folded} folded)[/]"
         if r.silent:
             rule += " [bold red]SILENT[/]"
         row = [r.id, rule, str(r.n_atoms), _f(r.mean_error, ".3f"), _ratio_ci(r)]
@@ -214,6 +220,7 @@ def _print_diagnosis(done: Any, alpha: float) -> None:
     else:
         for line in explain_empty(res.diagnosed):
             console.print(line, markup=False)
+    _print_provenance(res.provenance)
     _print_perception(res.perception)
     _print_resolved(res.resolved_regions)
     print_splits([s.to_dict() for s in res.splits])
@@ -237,6 +244,27 @@ def perception_line(perception: dict[str, Any] | None) -> str | None:
 def _print_perception(perception: dict[str, Any] | None) -> None:
     line = perception_line(perception)
     if line:
+        console.print(line, markup=False)
+
+
+def provenance_lines(checks: list[dict[str, Any]] | None) -> list[str]:
+    """The sampling check, apart from the regions: one line per flagged provenance column.
+
+    Nothing when no provenance column could be tested (files written before the check).
+    """
+    checks = checks or []
+    if not checks:
+        return []
+    flagged = [c for c in checks if c.get("flagged")]
+    names = ", ".join(str(c["feature"]) for c in checks)
+    if not flagged:
+        return [f"sampling check: the error follows none of {names} (provenance, not regions)"]
+    head = "sampling check (provenance, never a failure region):"
+    return [head, *(f"  ! {c['feature']}: {c.get('message', '')}" for c in flagged)]
+
+
+def _print_provenance(checks: list[dict[str, Any]] | None) -> None:
+    for line in provenance_lines(checks):
         console.print(line, markup=False)
 
 
@@ -418,6 +446,7 @@ def _overview(regions: list[Any], payload: dict[str, Any]) -> None:
         console.print(title)
         for line in explain_empty(payload.get("diagnosed")):
             console.print(line, markup=False)
+    _print_provenance(payload.get("provenance"))
     _print_perception(payload.get("perception"))
     resolved = payload.get("resolved_regions")
     if resolved:
@@ -430,9 +459,21 @@ def _overview(regions: list[Any], payload: dict[str, Any]) -> None:
 
 def _detail(r: Any) -> None:
     table = Table(title=f"region {r.id}", show_header=False)
-    table.add_row("rule", r.rule)
+    table.add_row("rule", escape(r.rule))
+    machine = getattr(r, "machine_rule", None) or r.rule
+    table.add_row(
+        "machine rule", escape(machine) + " [dim](selects the atoms; the id hashes it)[/]"
+    )
     if r.also:
-        table.add_row("same atoms as", "; ".join(r.also[:6]))
+        table.add_row("same atoms as", escape("; ".join(r.also[:6])))
+    for f in getattr(r, "folded", None) or []:
+        table.add_row(
+            "folded",
+            escape(
+                f"{f.get('id')} {f.get('rule')}: Jaccard {_f(f.get('jaccard'), '.2f')}, "
+                f"ratio {_f(f.get('ratio'), '.2f')}, q {_f(f.get('q_value'), '.0e')}"
+            ),
+        )
     table.add_row("found by", ", ".join(r.methods))
     table.add_row(
         "covers", f"{r.n_atoms} atoms ({100 * r.coverage:.1f}%) in {r.n_structures} structures"
@@ -449,7 +490,7 @@ def _detail(r: Any) -> None:
     )
     table.add_row("p / q (BH)", f"{_f(r.p_value, '.2g')} / {_f(r.q_value, '.2g')}")
     if getattr(r, "complement", None):
-        table.add_row("other side", f"{r.complement} (tested with it: p is two-sided)")
+        table.add_row("other side", f"{escape(r.complement)} (tested with it: p is two-sided)")
     if r.held_out:
         table.add_row(
             "scored on",
@@ -462,7 +503,7 @@ def _detail(r: Any) -> None:
         + (" — [bold red]SILENT[/]: active learning will not go there" if r.silent else ""),
     )
     if r.enriched:
-        table.add_row("enriched", "; ".join(r.enriched))
+        table.add_row("enriched", escape("; ".join(r.enriched)))
     table.add_row("severity", _f(r.severity, ".3g"))
     if r.first_seen is not None:
         table.add_row("seen", f"iteration {r.first_seen} to {r.last_seen}")

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import click
 from rich import box
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from chemgap.agent.cli.common import console, handles_errors
+from chemgap.agent.cli.diagnose import provenance_lines
 from chemgap.agent.cli.options import Overrides, address_option, load_campaign, overrides_option
 from chemgap.agent.errors import BadInput
 
@@ -105,7 +108,11 @@ def _ratio(r: dict[str, Any]) -> str:
     return f"{r['ratio']:.2f}{ci}"
 
 
+_BARE_CLASS = re.compile(r"environment = env\d+")  # a rule of a regions.json of before names
+
+
 def _regions_found(regions: list[dict[str, Any]]) -> Table:
+    """The last diagnosis' regions, readable rules, within 80 columns."""
     table = Table(
         title="failure regions (last diagnosis, on the test set)",
         title_justify="left",
@@ -121,9 +128,11 @@ def _regions_found(regions: list[dict[str, Any]]) -> Table:
     table.add_column("silent")
     table.add_column("seen", justify="right")
     for r in regions:
-        rule = str(r["rule"])
-        if r.get("enriched") and rule.startswith("environment ="):  # say what the class is
-            rule += f" [dim](mostly {r['enriched'][0]})[/]"
+        rule = escape(str(r["rule"]))
+        if r.get("enriched") and _BARE_CLASS.fullmatch(str(r["rule"])):  # a file of old: say
+            rule += f" [dim](mostly {escape(r['enriched'][0])})[/]"  # what the class holds
+        if r.get("folded"):
+            rule += f" [dim](+{r['folded']} folded)[/]"
         table.add_row(
             rule,
             _ratio(r),
@@ -161,7 +170,11 @@ def print_summary(summary: dict[str, Any], root: Path) -> None:
             f"no failure region found in the last diagnosis (why: chemgap inspect {root})"
         )
     for r in resolved:
-        console.print(f"resolved at iteration {r['resolved_at']}: {r.get('rule') or r['id']}")
+        console.print(
+            f"resolved at iteration {r['resolved_at']}: {r.get('rule') or r['id']}", markup=False
+        )
+    for line in provenance_lines(summary.get("provenance")):
+        console.print(line, markup=False)
     if summary["test_by_kind"]:
         console.print(_test_by_kind(summary["test_by_kind"]))
     t = summary["time"]

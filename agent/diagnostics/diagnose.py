@@ -13,7 +13,9 @@ the campaign's fixed test set, so that a region's figures form a history across 
    region keeps its id;
 3. the given ensemble scored on both sides of every configured split
    (:func:`chemgap.agent.diagnostics.splits.evaluate_splits`);
-4. failure regions (:func:`~chemgap.agent.diagnostics.regions.search_regions`) with their
+4. the sampling check (:func:`~chemgap.agent.diagnostics.provenance.check_provenance`): does
+   the error follow the walker, iteration, seed index or temperature? a warning, never a region;
+5. failure regions (:func:`~chemgap.agent.diagnostics.regions.search_regions`) with their
    exemplar structures, the iterations they were first and last seen and their history (from
    ``previous``), the previous regions not found any more (``resolved``), and what the search
    could have found (``diagnosed``: why a result is empty, :func:`explain_empty`).
@@ -51,10 +53,10 @@ from chemgap.agent.diagnostics.features import (
     compute_features,
     match_environment_classes,
 )
+from chemgap.agent.diagnostics.provenance import check_provenance
 from chemgap.agent.diagnostics.regions import (
     Region,
     UnknownFeature,
-    region_id,
     region_masks,
     search_regions,
 )
@@ -80,7 +82,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2  # 2: readable rules beside machine_rule, also_ids, folded, provenance
 DIAGNOSIS_DIR = "diagnosis"  # where ``chemgap diagnose RUN`` writes unless --update / -o
 TEST_SPLIT = "test"  # data.db rows of a campaign's fixed test set carry split=TEST_SPLIT
 # the only names write_regions puts into (and so may replace in) a regions/ folder
@@ -120,6 +122,10 @@ class DiagnosisResult:
             the rule selects no atom now). When the rule names a feature this data does not
             have (group flags exist only where a group was perceived; environment classes
             differ), n_atoms_now is 0, ratio_now NaN and ``note`` says which feature is absent.
+        provenance: the sampling check
+            (:func:`~chemgap.agent.diagnostics.provenance.check_provenance`): per provenance
+            column (walker, iteration, seed index, temperature), whether the error follows it;
+            flagged ones carry a warning ``message``. Never failure regions; shown apart.
         perception: RDKit bond perception of the molecules
             (:attr:`~chemgap.agent.diagnostics.features.Features.perception`: tried,
             perceived, failed, failed_formulas); empty when no molecular features were made.
@@ -143,6 +149,7 @@ class DiagnosisResult:
     source: str | None = None
     resolved: list[str] = field(default_factory=list)
     resolved_regions: list[dict[str, Any]] = field(default_factory=list)
+    provenance: list[dict[str, Any]] = field(default_factory=list)
     perception: dict[str, Any] = field(default_factory=dict)
     environment: EnvironmentClasses | None = None
     exemplars: dict[str, list[Atoms]] = field(default_factory=dict)
@@ -166,6 +173,7 @@ class DiagnosisResult:
                 "diagnosed": self.diagnosed,
                 "resolved": self.resolved,
                 "resolved_regions": self.resolved_regions,
+                "provenance": self.provenance,
                 "perception": self.perception,
                 "regions": [r.to_dict() for r in self.regions],
                 "splits": [s.to_dict() for s in self.splits],
@@ -303,6 +311,7 @@ def diagnose(
         source=source,
         resolved=[d["id"] for d in resolved],
         resolved_regions=resolved,
+        provenance=check_provenance(features, atom_error, cfg.alpha),
         perception=dict(features.perception),
         environment=features.environment,
         exemplars=exemplars,
@@ -332,17 +341,17 @@ def _track(
 ) -> list[dict[str, Any]]:
     """Set first/last seen and history of ``regions`` from ``previous``; describe the resolved.
 
-    A region continues a previous one with its id, or with the id of one of its ``also`` rules
-    (a finding merged under a simpler rule). A previous region that no region continues is
-    resolved; its rule is applied to this data to say how its atoms do now
-    (:func:`_resolved_entry`).
+    A region continues a previous one with its id, or with one of its ``also_ids`` (a finding
+    folded under a more readable rule, or an earlier machine form of its own rule). A previous
+    region that no region continues is resolved; its rule is applied to this data to say how
+    its atoms do now (:func:`_resolved_entry`).
     """
     if iteration is None and previous is None:
         return []
     before = {r.id: r for r in previous.regions} if previous else {}
     continued: set[str] = set()
     for r in regions:
-        ids = [r.id, *(region_id(rule) for rule in r.also)]
+        ids = [r.id, *r.also_ids]
         old = next((before[i] for i in ids if i in before), None)
         continued.update(i for i in ids if i in before)
         r.first_seen = old.first_seen if old and old.first_seen is not None else iteration
@@ -374,12 +383,13 @@ def _resolved_entry(r: Region, features: Features, atom_error: np.ndarray) -> di
         atom_error: (n_atoms,) force error norms of this diagnosis, eV/Å.
 
     Returns:
-        ``{"id", "rule", "first_seen", "last_seen", "ratio_before", "n_atoms_now",
-        "ratio_now"}``, plus ``"note"`` when a feature of the rule is absent.
+        ``{"id", "rule", "machine_rule", "first_seen", "last_seen", "ratio_before",
+        "n_atoms_now", "ratio_now"}``, plus ``"note"`` when a feature of the rule is absent.
     """
     entry: dict[str, Any] = {
         "id": r.id,
         "rule": r.rule,
+        "machine_rule": r.machine_rule,
         "first_seen": r.first_seen,
         "last_seen": r.last_seen,
         "ratio_before": r.ratio,
@@ -479,6 +489,7 @@ def _exemplars(
             a.arrays["pred_forces"] = pred.forces_mean[sl]
             a.info["region"] = r.id
             a.info["region_rule"] = r.rule
+            a.info["region_machine_rule"] = r.machine_rule
             a.info["region_mean_error"] = float(means[i])
             a.info["structure_index"] = i
             images.append(a)

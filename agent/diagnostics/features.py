@@ -6,38 +6,68 @@ maps a list of structures to per-atom columns. :func:`compute_features` runs the
 and returns one :class:`Features` table: one row per atom of all structures concatenated in
 order (the same order as :class:`chemgap.models.predict.Prediction`), plus per-structure columns.
 
+A feature is computed only where it means something: a *molecule* here is a non-periodic
+structure made of :data:`ORGANIC_ELEMENTS` only, and a molecule's atoms get NaN (or no group)
+where a family does not apply to them. A column that is NaN or constant everywhere is dropped.
+The first shell of an atom is :func:`chemgap.agent.diagnostics.neighbours.first_shell`: atoms
+within 1.2 x the sum of covalent radii (ASE's natural cutoffs), between the first and second
+neighbour shells of close-packed metals, the bonded atoms of a molecule.
+
 Families:
 
 - ``element``: chemical symbol.
-- ``coordination``: coordination number (CN) from ASE's natural cutoffs (covalent radii) x 1.2,
-  which for close-packed metals falls between the first and second neighbour shells; the
-  coordination deficit (the element's bulk CN in the data, taken as the 95th percentile of its
-  CNs, minus the atom's CN, floored at 0) and the distance to the nearest under-coordinated atom
-  (0 for a defect or surface atom itself, capped at :data:`DEFECT_DISTANCE_CAP_A`).
+- ``molecular``: for molecules of more than one atom, bonds perceived from geometry with RDKit
+  (``rdDetermineBonds``, after Kim & Kim 2015's xyz2mol), then per atom: membership in each
+  functional group of :data:`FUNCTIONAL_GROUPS` (SMARTS; hydrogens bonded to a matched atom are
+  members too), hybridisation, ring and aromatic flags. A molecule whose bonds cannot be
+  perceived (radicals, distorted geometries) gets no group features, never an exception; the
+  family counts them (:attr:`Features.perception`: molecules tried, perceived, failed and the
+  first failing formulas), so a diagnosis can say how many molecules have no group features.
+- ``neighbours`` (local composition; only when the data holds two elements or more): per atom,
+  the number of first-shell neighbours of each element present (``nb_count:Au``, every atom)
+  and their fraction of the shell (``shell_frac:Au``, atoms outside molecules: in a molecule the
+  shell is a handful of bonded atoms, whose counts already say it); per periodic structure, the
+  fraction of its atoms of each element (``comp_frac:Au``; a molecule's formula is the
+  ``composition`` column). Only elements present get columns, and none for pairs of elements,
+  which keeps the family of hypotheses the region finder tests (and corrects for) small.
+- ``coordination`` (atoms outside molecules; hybridisation and neighbour counts describe a
+  molecule's atoms): coordination number (CN, first-shell neighbours); the coordination deficit
+  (the element's bulk CN in the data, taken as the 95th percentile of its CNs, minus the atom's
+  CN, floored at 0) and the distance to the nearest under-coordinated atom (0 for a defect or
+  surface atom itself, capped at :data:`DEFECT_DISTANCE_CAP_A`).
+- ``bonds`` (structures outside molecules: a molecule's bond lengths follow its bond orders,
+  which the molecular family names): per atom ``bond_stretch_A``, the mean over its first-shell
+  bonds of d - d_ref(pair type), Å, and per structure ``bond_distortion_A``, the root mean
+  square of d - d_ref over its bonds, Å (thermal or structural disorder). The reference length
+  d_ref of a pair type (Cu-Cu, Au-Cu) is the median first-shell distance of that pair type over
+  the diagnosed structures outside molecules
+  (:func:`chemgap.agent.diagnostics.neighbours.bond_references`), not a relaxed seed.
 - ``environment``: local-environment class, KMeans (k = ``environment_classes``) on per-atom SOAP
   power spectra (Bartók, Kondor & Csányi, Phys. Rev. B 87, 184115, 2013; dscribe, Himanen et al.,
   Comput. Phys. Commun. 247, 106949, 2020). The classes depend on the structures and the seed
   only (never on errors), so a fixed test set gets the same classes every iteration; their
   centroids (:class:`EnvironmentClasses`) let :func:`match_environment_classes` give the classes
   of another diagnosis (other structures, another seed) the names of the matching earlier ones.
-- ``molecular``: for non-periodic structures of organic elements, bonds perceived from geometry
-  with RDKit (``rdDetermineBonds``, after Kim & Kim 2015's xyz2mol), then per atom: membership in
-  each functional group of :data:`FUNCTIONAL_GROUPS` (SMARTS; hydrogens bonded to a matched atom
-  are members too), hybridisation, ring and aromatic flags. A molecule whose bonds cannot be
-  perceived (radicals, distorted geometries) gets no group features, never an exception; the
-  family counts them (:attr:`Features.perception`: molecules tried, perceived, failed and the
-  first failing formulas), so a diagnosis can say how many molecules have no group features.
+  Each class is described in words by its chemistry
+  (:func:`chemgap.agent.diagnostics.neighbours.describe_class`: centre element, coordination,
+  first-shell composition, hybridisation and group in molecules), ``Cu, 12-fold, 5–8 Au + 4–7
+  Cu neighbours``; rules show that description, the class id (``env4``) only as a reference.
 - ``structure``: composition, atom count, periodicity, density (g/cm³, fully periodic cells),
   volumetric strain (linear, against the median volume per atom of cells of the same formula),
-  and provenance from ``atoms.info``: sampling temperature, source, seed kind, walker, iteration,
-  and ``out_of_distribution`` (the negation of ``in_distribution``, a campaign's test-set flag
-  for seed kinds absent from the initial training data) when every structure carries it.
+  source and seed kind from ``atoms.info``, and ``out_of_distribution`` (the negation of
+  ``in_distribution``, a campaign's test-set flag for seed kinds absent from the initial training
+  data) when every structure carries it; and the sampling provenance (:data:`PROVENANCE_FEATURES`:
+  walker, iteration, seed index, sampling temperature). Provenance columns are in the table but
+  are not chemistry: the region finders never use them, and
+  :func:`chemgap.agent.diagnostics.provenance.check_provenance` tests them apart, as a warning
+  about sampling artefacts.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -46,11 +76,24 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from chemgap.agent.diagnostics.neighbours import (
+    Shell,
+    bond_deviations,
+    bond_references,
+    describe_class,
+    first_shell,
+    is_periodic,
+    low_coordinated_neighbours,
+    neighbour_counts,
+)
+
 log = logging.getLogger(__name__)
 
 DEFECT_DISTANCE_CAP_A = 10.0
 PERCEPTION_FORMULAS_KEPT = 5  # failing formulas listed in Features.perception
 ORGANIC_ELEMENTS = frozenset({"H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "Br", "I"})
+# how a structure was sampled, not what it is: never a failure region (checked apart)
+PROVENANCE_FEATURES = ("walker", "iteration", "seed_index", "temperature_K")
 
 
 class FeatureKind(StrEnum):
@@ -66,6 +109,8 @@ class FeatureFamily(StrEnum):
 
     ELEMENT = "element"
     COORDINATION = "coordination"
+    NEIGHBOURS = "neighbours"
+    BONDS = "bonds"
     ENVIRONMENT = "environment"
     MOLECULAR = "molecular"
     STRUCTURE = "structure"
@@ -111,15 +156,28 @@ class EnvironmentClasses:
     """The local-environment classes of a feature table, as points in per-atom SOAP space.
 
     Attributes:
-        labels: the class names (``env0``, ...), one per centroid.
+        labels: the class ids (``env0``, ...), one per centroid; what rules select atoms by.
         centroids: (k, d) KMeans centroids of the L2-normalised per-atom SOAP vectors.
         species: the SOAP species (they define the space; tables over other species cannot
             be matched).
+        descriptions: per class, its chemistry in words (``Cu, 12-fold, 5–8 Au + 4–7 Cu
+            neighbours``; :func:`chemgap.agent.diagnostics.neighbours.describe_class`); empty
+            for classes read from a file written before descriptions existed.
+        details: per class, the figures behind the description (centre, n_atoms,
+            coordination_mean, coordination_range, shell, hybridisation, group).
     """
 
     labels: list[str]
     centroids: np.ndarray
     species: list[str]
+    descriptions: list[str] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    def name(self, label: str) -> str:
+        """How rules show a class: ``<description> (env4)``; the bare id without one."""
+        if label in self.labels and len(self.descriptions) == len(self.labels):
+            return f"{self.descriptions[self.labels.index(label)]} ({label})"
+        return label
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (centroids rounded to 6 significant digits)."""
@@ -127,15 +185,19 @@ class EnvironmentClasses:
             "labels": list(self.labels),
             "species": list(self.species),
             "centroids": [[float(f"{v:.6g}") for v in row] for row in self.centroids],
+            "descriptions": list(self.descriptions),
+            "details": list(self.details),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EnvironmentClasses:
-        """The classes :meth:`to_dict` wrote."""
+        """The classes :meth:`to_dict` wrote (descriptions empty in files written without)."""
         return cls(
             labels=[str(x) for x in d["labels"]],
             centroids=np.asarray(d["centroids"], dtype=float),
             species=[str(x) for x in d["species"]],
+            descriptions=[str(x) for x in d.get("descriptions") or []],
+            details=list(d.get("details") or []),
         )
 
 
@@ -207,6 +269,17 @@ class Features:
         out[self.system_idx[self.atom[name].astype(bool)]] = True
         return out
 
+    def region_columns(self) -> list[tuple[str, np.ndarray, FeatureKind]]:
+        """(name, column, kind) of every atom column a failure region may be stated in.
+
+        Everything but the sampling provenance (:data:`PROVENANCE_FEATURES`), in table order.
+        """
+        return [
+            (name, col, self.kinds.get(name, FeatureKind.NUMERIC))
+            for name, col in self.atom.items()
+            if name not in PROVENANCE_FEATURES
+        ]
+
 
 @dataclass(kw_only=True)
 class FeatureContext:
@@ -218,6 +291,7 @@ class FeatureContext:
     seed: int = 0
     soap_r_cut: float = 5.0
     _soap: np.ndarray | None = None
+    _shells: list[Shell] | None = None
 
     def soap(self) -> np.ndarray:
         """(n_atoms_total, d) per-atom SOAP, computed once."""
@@ -225,13 +299,31 @@ class FeatureContext:
             self._soap = soap_atoms(self.structures, r_cut=self.soap_r_cut)
         return self._soap
 
+    def shells(self) -> list[Shell]:
+        """The first shell of every structure (:func:`first_shell`), computed once."""
+        if self._shells is None:
+            self._shells = [first_shell(a) for a in self.structures]
+        return self._shells
+
+    def symbols(self) -> np.ndarray:
+        """(n_atoms_total,) chemical symbols of all atoms concatenated."""
+        return np.array([s for a in self.structures for s in a.get_chemical_symbols()])
+
+    def molecules(self) -> np.ndarray:
+        """(n_struct,) bool: the molecules (:func:`is_molecule`)."""
+        return np.array([is_molecule(a) for a in self.structures], dtype=bool)
+
 
 FamilyFn = Callable[[FeatureContext], FeatureBlock]
 
 
 # --------------------------------------------------------------------------- SOAP
-def _is_periodic(atoms: Atoms) -> bool:
-    return bool(np.any(atoms.pbc)) and abs(atoms.cell.volume) > 1e-6
+_is_periodic = is_periodic
+
+
+def is_molecule(atoms: Atoms) -> bool:
+    """True for a non-periodic structure made of :data:`ORGANIC_ELEMENTS` only."""
+    return not is_periodic(atoms) and set(atoms.get_chemical_symbols()) <= ORGANIC_ELEMENTS
 
 
 def soap_atoms(structures: Sequence[Atoms], *, r_cut: float = 5.0) -> np.ndarray:
@@ -280,11 +372,7 @@ def _element(ctx: FeatureContext) -> FeatureBlock:
 
 def coordination_numbers(atoms: Atoms, mult: float = 1.2) -> np.ndarray:
     """(n_atoms,) int coordination numbers: neighbours within mult x (r_cov,i + r_cov,j)."""
-    from ase.neighborlist import natural_cutoffs, neighbor_list
-
-    a = atoms if _is_periodic(atoms) else _nonperiodic(atoms)
-    i = neighbor_list("i", a, natural_cutoffs(a, mult=mult))
-    return np.bincount(i, minlength=len(a))
+    return first_shell(atoms, mult).coordination
 
 
 def _nonperiodic(atoms: Atoms) -> Atoms:
@@ -293,33 +381,113 @@ def _nonperiodic(atoms: Atoms) -> Atoms:
     return a
 
 
-def _coordination(ctx: FeatureContext) -> FeatureBlock:
-    cn = np.concatenate([coordination_numbers(a) for a in ctx.structures]).astype(float)
-    symbols = np.array([s for a in ctx.structures for s in a.get_chemical_symbols()])
-    bulk_cn = {el: float(np.round(np.percentile(cn[symbols == el], 95))) for el in set(symbols)}
-    deficit = np.maximum(np.array([bulk_cn[s] for s in symbols]) - cn, 0.0)
-    distance = np.full(len(cn), DEFECT_DISTANCE_CAP_A)
-    offset = 0
-    for atoms in ctx.structures:
-        n = len(atoms)
-        d = deficit[offset : offset + n]
-        defects = np.flatnonzero(d > 0)
-        if len(defects):
-            a = atoms if _is_periodic(atoms) else _nonperiodic(atoms)
-            dist = a.get_all_distances(mic=_is_periodic(atoms))[:, defects].min(axis=1)
-            distance[offset : offset + n] = np.minimum(dist, DEFECT_DISTANCE_CAP_A)
-        offset += n
+def _informative(col: np.ndarray, kind: FeatureKind) -> bool:
+    """Whether a column holds at least two distinct values (NaN does not count)."""
+    if kind == FeatureKind.NUMERIC:
+        values = col.astype(float)
+        return len(np.unique(values[~np.isnan(values)])) > 1
+    return len(set(col.tolist())) > 1
+
+
+def _block(
+    atom: dict[str, np.ndarray],
+    structure: dict[str, np.ndarray],
+    kinds: dict[str, FeatureKind],
+) -> FeatureBlock:
+    """A block of the informative columns only (:func:`_informative`)."""
+    atom = {k: v for k, v in atom.items() if _informative(v, kinds[k])}
+    structure = {k: v for k, v in structure.items() if _informative(v, kinds[k])}
     return FeatureBlock(
-        atom={
+        atom=atom, structure=structure, kinds={k: kinds[k] for k in [*atom, *structure]}
+    )
+
+
+def _defect_distances(atoms: Atoms, deficit: np.ndarray) -> np.ndarray:
+    """(n_atoms,) distance to the nearest atom with a coordination deficit, capped, Å."""
+    distance = np.full(len(atoms), DEFECT_DISTANCE_CAP_A)
+    defects = np.flatnonzero(deficit > 0)
+    if len(defects):
+        a = atoms if _is_periodic(atoms) else _nonperiodic(atoms)
+        dist = a.get_all_distances(mic=_is_periodic(atoms))[:, defects].min(axis=1)
+        distance = np.minimum(dist, DEFECT_DISTANCE_CAP_A)
+    return distance
+
+
+def _coordination(ctx: FeatureContext) -> FeatureBlock:
+    """CN, coordination deficit and defect distance of the atoms outside molecules."""
+    molecule = ctx.molecules()
+    if molecule.all():
+        return FeatureBlock()
+    cn = np.concatenate([s.coordination for s in ctx.shells()]).astype(float)
+    symbols = ctx.symbols()
+    ext = ~molecule[ctx.system_idx]
+    bulk_cn = {
+        el: float(np.round(np.percentile(cn[ext & (symbols == el)], 95)))
+        for el in set(symbols[ext])
+    }
+    deficit = np.full(len(cn), np.nan)
+    deficit[ext] = np.maximum(np.array([bulk_cn[s] for s in symbols[ext]]) - cn[ext], 0.0)
+    distance = np.full(len(cn), np.nan)
+    offset = 0
+    for k, atoms in enumerate(ctx.structures):
+        n = len(atoms)
+        if not molecule[k]:
+            rows = slice(offset, offset + n)
+            distance[rows] = _defect_distances(atoms, deficit[rows])
+        offset += n
+    cn[~ext] = np.nan
+    numeric = FeatureKind.NUMERIC
+    return _block(
+        {
             "coordination": cn,
             "coordination_deficit": deficit,
             "defect_distance_A": np.round(distance, 2),
         },
-        kinds={
-            "coordination": FeatureKind.NUMERIC,
-            "coordination_deficit": FeatureKind.NUMERIC,
-            "defect_distance_A": FeatureKind.NUMERIC,
-        },
+        {},
+        {"coordination": numeric, "coordination_deficit": numeric, "defect_distance_A": numeric},
+    )
+
+
+def _neighbours(ctx: FeatureContext) -> FeatureBlock:
+    """Local composition: first-shell counts and fractions per element, composition fractions.
+
+    Only with two elements or more; fractions of the shell for atoms outside molecules,
+    composition fractions for periodic structures (see the module docstring).
+    """
+    symbols = ctx.symbols()
+    elements = sorted(set(symbols))
+    if len(elements) < 2:
+        return FeatureBlock()
+    counts = neighbour_counts(ctx.shells(), symbols, elements)
+    cn = counts.sum(axis=1)
+    extended = ~ctx.molecules()[ctx.system_idx] & (cn > 0)
+    periodic = np.array([_is_periodic(a) for a in ctx.structures])
+    atom: dict[str, np.ndarray] = {}
+    structure: dict[str, np.ndarray] = {}
+    for k, el in enumerate(elements):
+        frac = np.full(len(cn), np.nan)
+        frac[extended] = counts[extended, k] / cn[extended]
+        atom[f"shell_frac:{el}"] = np.round(frac, 4)
+        atom[f"nb_count:{el}"] = counts[:, k]
+        comp = np.array([np.mean(np.array(a.get_chemical_symbols()) == el) for a in ctx.structures])
+        structure[f"comp_frac:{el}"] = np.where(periodic, np.round(comp, 4), np.nan)
+    kinds = {name: FeatureKind.NUMERIC for name in [*atom, *structure]}
+    return _block(atom, structure, kinds)
+
+
+def _bonds(ctx: FeatureContext) -> FeatureBlock:
+    """Bond stretch per atom and bond distortion per structure, outside molecules, Å."""
+    include = ~ctx.molecules()
+    if not include.any():
+        return FeatureBlock()
+    shells, symbols = ctx.shells(), ctx.symbols()
+    references = bond_references(shells, symbols, include)
+    stretch, distortion = bond_deviations(shells, symbols, references, include)
+    numeric = FeatureKind.NUMERIC
+    return _block(
+        {"bond_stretch_A": np.round(stretch, 4)},
+        {"bond_distortion_A": np.round(distortion, 4)},
+        {"bond_stretch_A": numeric, "bond_distortion_A": numeric},
     )
 
 
@@ -474,8 +642,7 @@ def _molecular(ctx: FeatureContext) -> FeatureBlock:
     offset, perceived, failed = 0, 0, []
     for atoms in ctx.structures:
         n = len(atoms)
-        organic = set(atoms.get_chemical_symbols()) <= ORGANIC_ELEMENTS
-        if organic and not _is_periodic(atoms) and n > 1:
+        if is_molecule(atoms) and n > 1:
             feats = molecular_features(atoms, int(atoms.info.get("charge", 0) or 0))
             if feats is None:
                 failed.append(atoms.get_chemical_formula())
@@ -513,6 +680,7 @@ def _perception_counts(perceived: int, failed: list[str]) -> dict[str, Any]:
 
 
 def _structure(ctx: FeatureContext) -> FeatureBlock:
+    """Composition, size, periodicity, density, strain, kind and provenance of each structure."""
     from ase.units import kg
 
     structures = ctx.structures
@@ -553,6 +721,7 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
         "source": cat("source"),
         "seed_kind": cat("seed_kind"),
         "walker": cat("walker"),
+        "seed_index": cat("seed_index"),
     }
     kinds = {
         "out_of_distribution": FeatureKind.FLAG,
@@ -566,18 +735,9 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
         "source": FeatureKind.CATEGORICAL,
         "seed_kind": FeatureKind.CATEGORICAL,
         "walker": FeatureKind.CATEGORICAL,
+        "seed_index": FeatureKind.CATEGORICAL,
     }
-    # drop columns with no information (all missing or one value)
-    keep = {}
-    for name, col in cols.items():
-        if kinds[name] == FeatureKind.NUMERIC:
-            ok = col[~np.isnan(col)]
-            informative = len(np.unique(ok)) > 1
-        else:
-            informative = len(set(col.tolist())) > 1
-        if informative:
-            keep[name] = col
-    return FeatureBlock(structure=keep, kinds={k: kinds[k] for k in keep})
+    return _block({}, cols, kinds)  # columns with no information (all missing, one value) go
 
 
 def _out_of_distribution(info: list[dict[str, Any]]) -> np.ndarray:
@@ -607,7 +767,9 @@ def as_float(value: object) -> float:
 FEATURE_FAMILIES: dict[str, FamilyFn] = {
     FeatureFamily.ELEMENT: _element,
     FeatureFamily.MOLECULAR: _molecular,
+    FeatureFamily.NEIGHBOURS: _neighbours,
     FeatureFamily.COORDINATION: _coordination,
+    FeatureFamily.BONDS: _bonds,
     FeatureFamily.ENVIRONMENT: _environment,
     FeatureFamily.STRUCTURE: _structure,
 }
@@ -664,7 +826,7 @@ def compute_features(
         else None
     )
     groups = sorted(k.removeprefix("group:") for k in atom if k.startswith("group:"))
-    classes = [b for b in blocks if b.environment is not None]
+    classes = [b.environment for b in blocks if b.environment is not None]
     perception = [b.perception for b in blocks if b.perception is not None]
     return Features(
         atom=atom,
@@ -674,6 +836,61 @@ def compute_features(
         soap_atom=soap_atom,
         soap_structure=soap_struct,
         groups_present=groups,
-        environment=classes[-1].environment if classes else None,
+        environment=describe_environment(ctx, atom, classes[-1]) if classes else None,
         perception=dict(perception[-1]) if perception else {},
     )
+
+
+def describe_environment(
+    ctx: FeatureContext, atom: dict[str, np.ndarray], classes: EnvironmentClasses
+) -> EnvironmentClasses:
+    """``classes`` with every class described in words by its atoms' chemistry.
+
+    Uses the first shells of ``ctx`` and, where present in ``atom``, the molecular family's
+    hybridisation and group columns (:func:`chemgap.agent.diagnostics.neighbours.describe_class`).
+    """
+    symbols = ctx.symbols()
+    elements = sorted(set(symbols))
+    shells = ctx.shells()
+    counts = neighbour_counts(shells, symbols, elements)
+    cn = np.concatenate([s.coordination for s in shells]).astype(float)
+    groups = {
+        k.removeprefix("group:"): v.astype(bool) for k, v in atom.items() if k.startswith("group:")
+    }
+    env = atom["environment"].astype(str)
+    descriptions, details = [], []
+    for label in classes.labels:
+        text, detail = describe_class(
+            env == label,
+            symbols=symbols,
+            coordination=cn,
+            counts=counts,
+            elements=elements,
+            hybridisation=atom.get("hybridisation"),
+            groups=groups,
+        )
+        descriptions.append(text)
+        details.append(detail)
+    _tell_apart(descriptions, details, env, low_coordinated_neighbours(shells, symbols), classes)
+    return replace(classes, descriptions=descriptions, details=details)
+
+
+def _tell_apart(
+    descriptions: list[str],
+    details: list[dict[str, Any]],
+    env: np.ndarray,
+    low: np.ndarray,
+    classes: EnvironmentClasses,
+) -> None:
+    """Add the range of low-coordinated neighbours to classes whose descriptions coincide.
+
+    Changes ``descriptions`` and ``details`` in place; classes still alike keep their ids apart.
+    """
+    counts = Counter(descriptions)
+    for k, label in enumerate(classes.labels):
+        if counts[descriptions[k]] < 2:
+            continue
+        lo, hi = (int(v) for v in np.round(np.percentile(low[env == label], (5, 95))))
+        details[k]["low_coordinated_neighbours"] = [lo, hi]
+        span = str(lo) if lo == hi else f"{lo}–{hi}"
+        descriptions[k] += f", {span} low-coordinated neighbour" + ("" if hi == 1 else "s")

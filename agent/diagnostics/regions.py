@@ -1,6 +1,13 @@
 """Failure regions: where in chemical space the errors are high, as rules a chemist can read.
 
-Candidates come from three finders (registry :data:`FINDERS`, names :class:`RegionMethod`):
+Candidates come from three finders (registry :data:`FINDERS`, names :class:`RegionMethod`),
+over every feature column but the sampling provenance (walker, iteration, seed index,
+temperature; :data:`~chemgap.agent.diagnostics.features.PROVENANCE_FEATURES`, checked apart by
+:mod:`chemgap.agent.diagnostics.provenance`). Every rule is made plain before it is scored
+(:mod:`chemgap.agent.diagnostics.rules`: sets for negated categories, conditions that select
+no fewer atoms dropped, round thresholds; the atoms never change) and reported in two forms: the
+readable ``rule`` (names, units, environment classes by their chemistry) and the
+``machine_rule`` that selects atoms and that the region's id hashes.
 
 - ``slice``: one condition per categorical value, flag and threshold of a numeric feature
   (``element = Cu``, ``group = nitrile``, ``coordination ≤ 9``); cut points come from the feature
@@ -50,8 +57,11 @@ Statistics (per candidate, then across candidates):
   theorem). That the whole finder, tree and clusters included, reports a region of pure noise
   no more often than ``alpha`` is checked by simulation (``tests/test_region_statistics.py``);
 - a region is reported when its q-value is ≤ alpha, its error ratio to the baseline is
-  ≥ ``min_ratio`` and it holds ≥ ``min_region_atoms`` atoms. Overlapping findings (Jaccard index of
-  their atom sets ≥ 0.8) are merged into one region, keeping the simplest rule;
+  ≥ ``min_ratio`` and it holds ≥ ``min_region_atoms`` atoms. Findings whose atom sets overlap
+  strongly (Jaccard index ≥ :data:`MERGE_JACCARD`) are folded under the most readable one
+  (:func:`fold_overlapping`; its statistics stay its own, the others are listed with theirs),
+  and the ranking prefers the readable region when severities are within their CIs
+  (:func:`rank_regions`);
 - what the search could have found is summarised with the result (:class:`RegionSearch`
   ``summary``, see :func:`search_summary`), so an empty result can say why it is empty.
 
@@ -62,7 +72,6 @@ all atoms. Uncertainty-driven active learning will not sample a silent region by
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 from collections.abc import Callable, Sequence
@@ -73,6 +82,18 @@ from typing import Any
 import numpy as np
 
 from chemgap.agent.diagnostics.features import FeatureKind, Features
+from chemgap.agent.diagnostics.rules import Condition as Condition
+from chemgap.agent.diagnostics.rules import UnknownFeature as UnknownFeature
+from chemgap.agent.diagnostics.rules import (
+    cut_between,
+    feature_resolution,
+    readability,
+    readable_rule,
+    region_id,
+    rule_mask,
+    rule_text,
+    simplify_conditions,
+)
 from chemgap.agent.diagnostics.stats import (
     ClusterBootstrap,
     benjamini_hochberg,
@@ -84,7 +105,7 @@ from chemgap.campaigns.spec import DiagnosticsConfig
 
 log = logging.getLogger(__name__)
 
-MERGE_JACCARD = 0.8
+MERGE_JACCARD = 0.8  # regions whose atom sets overlap at least this much are folded together
 _NUMERIC_MAX_DISTINCT = 12
 
 
@@ -96,115 +117,6 @@ class RegionMethod(StrEnum):
     CLUSTER = "cluster"
 
 
-# --------------------------------------------------------------------------- rules
-class UnknownFeature(KeyError):
-    """A rule names a feature column the feature table does not have.
-
-    Attributes:
-        feature: the missing column.
-        available: the columns the table has.
-    """
-
-    def __init__(self, feature: str, available: Sequence[str]) -> None:
-        super().__init__(feature)
-        self.feature = feature
-        self.available = sorted(available)
-
-    def __str__(self) -> str:
-        return (
-            f"feature {self.feature!r} is not a column of this feature table "
-            f"(columns: {', '.join(self.available) or 'none'})"
-        )
-
-
-@dataclass(frozen=True, kw_only=True)
-class Condition:
-    """One test on one feature column: ``feature op value``.
-
-    ``op`` is ``=`` / ``≠`` (categorical value or flag True/False), ``≤`` / ``≥`` / ``<`` / ``>``
-    (numeric; NaN never satisfies a numeric condition).
-    """
-
-    feature: str
-    op: str
-    value: Any
-
-    def mask(self, features: Features) -> np.ndarray:
-        """(n_atoms,) bool: the atoms of ``features`` that satisfy this condition.
-
-        Raises:
-            UnknownFeature: ``features`` has no column ``feature`` (a rule of another feature
-                table is not a region of zero atoms here).
-        """
-        if self.feature not in features.atom:
-            raise UnknownFeature(self.feature, list(features.atom))
-        col = features.atom[self.feature]
-        kind = features.kinds.get(self.feature, FeatureKind.NUMERIC)
-        if kind == FeatureKind.FLAG:
-            flag = col.astype(bool)
-            return flag == bool(self.value) if self.op == "=" else flag != bool(self.value)
-        if kind == FeatureKind.CATEGORICAL:
-            return col == self.value if self.op == "=" else col != self.value
-        x = col.astype(float)
-        with np.errstate(invalid="ignore"):
-            match self.op:
-                case "≤":
-                    return x <= self.value
-                case "≥":
-                    return x >= self.value
-                case "<":
-                    return x < self.value
-                case ">":
-                    return x > self.value
-        raise ValueError(f"condition: unknown operator {self.op!r}")
-
-    @property
-    def text(self) -> str:
-        """The condition as a chemist reads it (``coordination ≤ 9``, ``group = nitrile``)."""
-        if self.feature.startswith("group:"):
-            group = self.feature.removeprefix("group:")
-            positive = (self.op == "=") == bool(self.value)
-            return f"group {'=' if positive else '≠'} {group}"
-        if isinstance(self.value, bool):
-            positive = (self.op == "=") == self.value
-            return f"{self.feature} = {'yes' if positive else 'no'}"
-        return f"{self.feature} {self.op} {_fmt(self.value)}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready ``{"feature", "op", "value"}`` dict (``Condition(**d)`` restores it)."""
-        v = self.value
-        return {
-            "feature": self.feature,
-            "op": self.op,
-            "value": v.item() if hasattr(v, "item") else v,
-        }
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float | np.floating):
-        v = float(value)
-        return str(int(v)) if v.is_integer() else f"{v:.3g}"
-    return str(value)
-
-
-def rule_text(conditions: list[Condition]) -> str:
-    """The conditions of a rule as text, joined by ``and``."""
-    return " and ".join(c.text for c in conditions)
-
-
-def rule_mask(conditions: list[Condition], features: Features) -> np.ndarray:
-    """(n_atoms,) bool: the atoms that satisfy every condition of a rule."""
-    mask = np.ones(features.n_atoms, dtype=bool)
-    for c in conditions:
-        mask &= c.mask(features)
-    return mask
-
-
-def region_id(rule: str) -> str:
-    """Stable id of a rule: ``R`` + 8 hex digits of its SHA-1 (same rule, same id, any run)."""
-    return "R" + hashlib.sha1(rule.encode()).hexdigest()[:8]
-
-
 # --------------------------------------------------------------------------- regions
 @dataclass(kw_only=True)
 class Region:
@@ -214,11 +126,24 @@ class Region:
     magnitudes, eV/Å.
 
     Attributes:
-        id: ``R`` + hash of ``rule`` (stable across iterations and runs).
-        rule: the conditions as text, ``element = Cu and coordination ≤ 9``.
-        conditions: the rule as ``{"feature", "op", "value"}`` dicts.
+        id: ``R`` + hash of ``machine_rule`` (stable across iterations and runs, and across
+            changes of the readable form).
+        rule: the rule as a chemist reads it, with names and units
+            (:func:`~chemgap.agent.diagnostics.rules.readable_rule`): ``element = Au and
+            first-shell Au fraction > 50 %``; environment classes by their chemistry.
+        machine_rule: the rule's machine form, the one that selects atoms and that ``id``
+            hashes (:func:`~chemgap.agent.diagnostics.rules.rule_text`): ``element = Au and
+            shell_frac:Au > 0.5`` (files written before it existed: ``rule``).
+        conditions: the machine rule as ``{"feature", "op", "value"}`` dicts.
         method: the finder of the kept rule; ``methods``: every finder that found it;
-        also: rules of merged findings covering (nearly) the same atoms.
+        also: readable rules of the other findings under this one: rules selecting exactly the
+            same atoms, and the folded regions (``folded``); shown as "same atoms as".
+        also_ids: the ids of those rules, and of earlier machine forms of this rule (before it
+            was made plain); a region continues an earlier one with any of them.
+        folded: the regions folded under this one (atom sets overlapping with a Jaccard index
+            ≥ :data:`MERGE_JACCARD`): per region ``{"id", "rule", "machine_rule", "method",
+            "n_atoms", "jaccard", "ratio", "ratio_ci", "q_value", "severity"}``, their own
+            statistics; this region's statistics are its own, unchanged by folding.
         n_atoms / n_structures: atoms and structures covered; coverage: n_atoms / all atoms.
         mean_error, ci: mean error inside and its 95% cluster-bootstrap CI, eV/Å.
         baseline: mean error over all atoms, eV/Å; ratio, ratio_ci: mean_error / baseline.
@@ -248,8 +173,11 @@ class Region:
     rule: str
     conditions: list[dict[str, Any]]
     method: str
+    machine_rule: str = ""
     methods: list[str] = field(default_factory=list)
     also: list[str] = field(default_factory=list)
+    also_ids: list[str] = field(default_factory=list)
+    folded: list[dict[str, Any]] = field(default_factory=list)
     n_atoms: int
     n_structures: int
     coverage: float
@@ -276,6 +204,10 @@ class Region:
     last_seen: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if not self.machine_rule:
+            self.machine_rule = self.rule
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (the CIs as lists)."""
         d = asdict(self)
@@ -284,27 +216,45 @@ class Region:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Region:
-        """The region :meth:`to_dict` wrote; unknown keys are ignored."""
+        """The region :meth:`to_dict` wrote; unknown keys are ignored.
+
+        Files written before the readable form existed hold the machine form in ``rule`` and
+        machine rules in ``also``: ``machine_rule`` is then ``rule``, ``also_ids`` the ids of
+        ``also``, and ``folded`` empty.
+        """
         d = dict(d)
         d["ci"], d["ratio_ci"] = tuple(d["ci"]), tuple(d["ratio_ci"])
+        if "also_ids" not in d:
+            d["also_ids"] = [region_id(rule) for rule in d.get("also") or []]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass(kw_only=True)
 class Candidate:
-    """A rule proposed by a finder, before statistics: its atoms and where to test it."""
+    """A rule proposed by a finder, before statistics: its atoms and where to test it.
+
+    Attributes:
+        conditions: the rule.
+        method: the finder.
+        mask: (n_atoms,) bool, its atoms.
+        test_structures: (n_struct,) bool, the structures it is scored on; None: all.
+        enriched: cluster candidates: readable rules over-represented in the class.
+        also: other rules selecting exactly the same atoms (not tested apart).
+        earlier: machine forms this rule had before :func:`simplify_conditions` made it plain.
+    """
 
     conditions: list[Condition]
     method: str
     mask: np.ndarray
-    test_structures: np.ndarray | None = None  # (n_struct,) bool; None: test on all
+    test_structures: np.ndarray | None = None
     enriched: list[str] = field(default_factory=list)
-    also: list[str] = field(default_factory=list)  # rules selecting exactly the same atoms
+    also: list[list[Condition]] = field(default_factory=list)
+    earlier: list[str] = field(default_factory=list)
 
     @property
     def rule(self) -> str:
-        """The candidate's conditions as text."""
+        """The candidate's machine rule (:func:`~chemgap.agent.diagnostics.rules.rule_text`)."""
         return rule_text(self.conditions)
 
 
@@ -331,10 +281,13 @@ class RegionInputs:
 
 # ---- finder (a): slices
 def slice_conditions(features: Features, min_atoms: int) -> list[list[Condition]]:
-    """One-condition rules for every categorical value, flag and numeric threshold."""
+    """One-condition rules for every categorical value, flag and numeric threshold.
+
+    Over :meth:`~chemgap.agent.diagnostics.features.Features.region_columns`: the sampling
+    provenance is never a rule; the environment classes belong to the cluster finder.
+    """
     out: list[list[Condition]] = []
-    for name, col in features.atom.items():
-        kind = features.kinds.get(name, FeatureKind.NUMERIC)
+    for name, col, kind in features.region_columns():
         if name == "environment":
             continue  # the cluster finder owns it
         if kind == FeatureKind.CATEGORICAL:
@@ -353,31 +306,52 @@ def slice_conditions(features: Features, min_atoms: int) -> list[list[Condition]
 def numeric_cuts(name: str, x: np.ndarray) -> list[Condition]:
     """Threshold conditions of a numeric column: both sides of every cut point.
 
-    Cut points are midpoints between distinct values when there are at most 12, else the deciles
-    rounded to 2 significant digits. Integer columns read ``x ≤ 9`` / ``x ≥ 10``.
+    Cut points lie between distinct values when there are at most 12, else at the deciles;
+    each is the roundest number between the two data values it separates, so ``≤ 1.4`` rather
+    than ``≤ 1.3917`` (same atoms), written no finer than the feature's resolution (0.01 Å,
+    one percentage point; :func:`~chemgap.agent.diagnostics.rules.cut_between`). Integer
+    columns read ``x ≤ 9`` / ``x ≥ 10``.
     """
     x = x[~np.isnan(x)]
     u = np.unique(x)
     if len(u) < 2:
         return []
-    out = []
     integer = bool(np.all(np.equal(np.mod(u, 1), 0)))
     if len(u) <= _NUMERIC_MAX_DISTINCT:
-        for lo, hi in itertools.pairwise(u):
-            if integer:
-                out += [Condition(feature=name, op="≤", value=float(lo))]
-                out += [Condition(feature=name, op="≥", value=float(hi))]
-            else:
-                cut = float(f"{(lo + hi) / 2:.3g}")
-                out += [Condition(feature=name, op="≤", value=cut)]
-                out += [Condition(feature=name, op=">", value=cut)]
+        pairs = list(itertools.pairwise(u))
     else:
-        cuts = sorted({float(f"{q:.2g}") for q in np.quantile(x, np.linspace(0.1, 0.9, 9))})
-        for cut in cuts:
-            if u[0] <= cut < u[-1]:
-                out += [Condition(feature=name, op="≤", value=cut)]
-                out += [Condition(feature=name, op=">", value=cut)]
-    return out
+        pairs = _decile_pairs(u, np.quantile(x, np.linspace(0.1, 0.9, 9)))
+    if integer:
+        return [
+            c
+            for lo, hi in pairs
+            for c in (
+                Condition(feature=name, op="≤", value=float(lo)),
+                Condition(feature=name, op="≥", value=float(hi)),
+            )
+        ]
+    cuts = []
+    for lo, hi in pairs:
+        cut = cut_between(u, (lo + hi) / 2, feature_resolution(name))
+        if cut is not None and u[0] <= cut < u[-1] and cut not in cuts:
+            cuts.append(cut)
+    return [
+        c
+        for cut in cuts
+        for c in (
+            Condition(feature=name, op="≤", value=cut),
+            Condition(feature=name, op=">", value=cut),
+        )
+    ]
+
+
+def _decile_pairs(u: np.ndarray, qs: np.ndarray) -> list[tuple[float, float]]:
+    """The adjacent distinct values (lo, hi) around each quantile in ``qs``, once each."""
+    pairs = []
+    for k in np.searchsorted(u, qs, side="right") - 1:
+        if 0 <= k < len(u) - 1 and (u[k], u[k + 1]) not in pairs:
+            pairs.append((float(u[k]), float(u[k + 1])))
+    return pairs
 
 
 def find_slices(inp: RegionInputs) -> list[Candidate]:
@@ -393,12 +367,13 @@ def find_slices(inp: RegionInputs) -> list[Candidate]:
 def _design_matrix(features: Features, min_atoms: int) -> tuple[np.ndarray, list[Condition]]:
     """Tree inputs: numeric columns without NaN as they are, flags 0/1, categorical one-hot.
 
+    Over :meth:`~chemgap.agent.diagnostics.features.Features.region_columns` (no provenance).
+
     Returns X (n_atoms, p) and, per column, the condition its "> threshold" side means (for
     one-hot and flags ``feature = value``; for numeric a template with the feature name).
     """
     cols, meaning = [], []
-    for name, col in features.atom.items():
-        kind = features.kinds.get(name, FeatureKind.NUMERIC)
+    for name, col, kind in features.region_columns():
         if kind == FeatureKind.CATEGORICAL:
             values, counts = np.unique(col.astype(str), return_counts=True)
             for v in values[np.argsort(-counts)][:30]:
@@ -475,22 +450,36 @@ def _integer_column(features: Features, name: str) -> bool:
     return bool(np.all(np.mod(col.astype(float), 1) == 0))
 
 
+def _threshold(features: Features, name: str, t: float) -> float:
+    """The roundest cut splitting column ``name``'s values as ``t`` does, at the feature's
+    resolution (:func:`~chemgap.agent.diagnostics.rules.cut_between`; 3 digits if none).
+    """
+    col = features.atom[name].astype(float)
+    cut = cut_between(np.unique(col[~np.isnan(col)]), t, feature_resolution(name))
+    return float(f"{t:.3g}") if cut is None else cut
+
+
 def _threshold_conditions(
-    name: str, lower: float | None, upper: float | None, integer: bool
+    name: str, lower: float | None, upper: float | None, features: Features
 ) -> list[Condition]:
-    """``name > lower`` / ``name ≤ upper`` as text reads them (``≥ 10`` / ``≤ 9`` for integers)."""
+    """``name > lower`` / ``name ≤ upper`` as text reads them (``≥ 10`` / ``≤ 9`` for integers).
+
+    Non-integer thresholds are the roundest numbers that select the same atoms
+    (:func:`~chemgap.agent.diagnostics.rules.cut_between`).
+    """
+    integer = _integer_column(features, name)
     out: list[Condition] = []
     if lower is not None:
         out.append(
             Condition(feature=name, op="≥", value=float(np.floor(lower) + 1))
             if integer
-            else Condition(feature=name, op=">", value=float(f"{lower:.3g}"))
+            else Condition(feature=name, op=">", value=_threshold(features, name, lower))
         )
     if upper is not None:
         out.append(
             Condition(feature=name, op="≤", value=float(np.floor(upper)))
             if integer
-            else Condition(feature=name, op="≤", value=float(f"{upper:.3g}"))
+            else Condition(feature=name, op="≤", value=_threshold(features, name, upper))
         )
     return out
 
@@ -508,9 +497,7 @@ def _simplify(
             out.append(bounds.eq[name])
             continue
         out += [c for (n, _), c in bounds.neq.items() if n == name]
-        out += _threshold_conditions(
-            name, bounds.lower.get(name), bounds.upper.get(name), _integer_column(features, name)
-        )
+        out += _threshold_conditions(name, bounds.lower.get(name), bounds.upper.get(name), features)
     return out
 
 
@@ -555,7 +542,10 @@ def find_tree_rules(inp: RegionInputs) -> list[Candidate]:
 
 # ---- finder (c): high-error environment clusters
 def find_clusters(inp: RegionInputs) -> list[Candidate]:
-    """Every environment class as a candidate, described by its most enriched slices."""
+    """Every environment class as a candidate, with the slices most enriched in it (readable).
+
+    The class itself reads as its chemistry (``environment = Cu, 12-fold, ... (env4)``).
+    """
     f = inp.features
     if "environment" not in f.atom:
         return []
@@ -570,7 +560,8 @@ def find_clusters(inp: RegionInputs) -> list[Candidate]:
         for conds, smask in slices:
             inside, overall = smask[mask].mean(), smask.mean()
             if inside >= 0.5 and overall < 0.999:
-                enriched.append((inside / max(overall, 1e-12), inside, overall, rule_text(conds)))
+                ratio = inside / max(overall, 1e-12)
+                enriched.append((ratio, inside, overall, readable_rule(conds, f)))
         enriched.sort(key=lambda t: -t[0])
         text = [f"{r} ({100 * i:.0f}% vs {100 * o:.0f}%)" for _, i, o, r in enriched[:3]]
         out.append(
@@ -702,9 +693,9 @@ def search_regions(
         sum(r.complement is not None for r in regions),
         len(keep),
     )
-    merged = _merge([regions[i] for i in keep], [candidates[i].mask for i in keep])
-    merged.sort(key=lambda r: -r.severity)
-    return RegionSearch(regions=merged[: cfg.max_regions], n_tested=len(regions), summary=summary)
+    folded = fold_overlapping([regions[i] for i in keep], [candidates[i].mask for i in keep])
+    ranked = rank_regions(folded)
+    return RegionSearch(regions=ranked[: cfg.max_regions], n_tested=len(regions), summary=summary)
 
 
 def search_summary(
@@ -821,10 +812,13 @@ def _seen(r: Region) -> dict[str, Any]:
 
 
 def _candidates(inp: RegionInputs, methods: Sequence[str] | None) -> list[Candidate]:
-    """Every finder's candidates of at least ``min_atoms`` atoms (and not all atoms).
+    """Every finder's candidates of at least ``min_atoms`` atoms (and not all atoms), plain.
 
-    An atom set a finder proposes twice is tested once, under its first rule (the others go to
-    ``also``).
+    Each rule is made plain first (:func:`~chemgap.agent.diagnostics.rules.simplify_conditions`:
+    sets for negated categories, conditions that change nothing dropped; same atoms), its
+    earlier machine form kept in ``earlier``. An atom set a finder proposes twice is tested
+    once, under its most readable rule (:func:`~chemgap.agent.diagnostics.rules.readability`;
+    the first proposed on ties); the others go to ``also``.
     """
     n_atoms = inp.features.n_atoms
     candidates: list[Candidate] = []
@@ -834,13 +828,29 @@ def _candidates(inp: RegionInputs, methods: Sequence[str] | None) -> list[Candid
             n_in = int(cand.mask.sum())
             if n_in < inp.min_atoms or n_in == n_atoms:
                 continue
+            _make_plain(cand, inp.features)
             key = np.packbits(cand.mask).tobytes() + cand.method.encode()
-            if key in seen:
-                seen[key].also.append(cand.rule)
+            if key not in seen:
+                seen[key] = cand
+                candidates.append(cand)
                 continue
-            seen[key] = cand
-            candidates.append(cand)
+            kept = seen[key]
+            if readability(cand.conditions) < readability(kept.conditions):
+                kept.conditions, cand.conditions = cand.conditions, kept.conditions
+                kept.earlier, cand.earlier = cand.earlier, kept.earlier
+            kept.also.append(cand.conditions)
+            kept.earlier.extend(cand.earlier)
     return candidates
+
+
+def _make_plain(cand: Candidate, features: Features) -> None:
+    """Replace a rule of several conditions by its plainest form (same atoms), in place."""
+    if len(cand.conditions) < 2:
+        return
+    plain = simplify_conditions(cand.conditions, features, cand.mask)
+    if rule_text(plain) != cand.rule:
+        cand.earlier.append(cand.rule)
+        cand.conditions = plain
 
 
 def _nanmean_or_nan(values: np.ndarray) -> float:
@@ -980,14 +990,22 @@ class _Scorer:
             if "element" in f.atom
             else ([], [])
         )
-        rule = cand.rule
+        machine = cand.rule
         region = Region(
-            id=region_id(rule),
-            rule=rule,
+            id=region_id(machine),
+            rule=readable_rule(cand.conditions, f),
+            machine_rule=machine,
             conditions=[c.to_dict() for c in cand.conditions],
             method=str(cand.method),
             methods=[str(cand.method)],
-            also=list(cand.also),
+            also=[readable_rule(conds, f) for conds in cand.also],
+            also_ids=list(
+                dict.fromkeys(
+                    region_id(text)
+                    for text in [*map(rule_text, cand.also), *cand.earlier]
+                    if text != machine
+                )
+            ),
             n_atoms=int(m.sum()),
             n_structures=len(np.unique(f.system_idx[m])),
             coverage=float(m.mean()),
@@ -1062,32 +1080,101 @@ def _judge(regions: list[Region], cfg: DiagnosticsConfig) -> None:
         r.severity = float((r.ratio_ci[0] - 1.0) * (2.0 if r.silent else 1.0))
 
 
-def _merge(regions: list[Region], masks: list[np.ndarray]) -> list[Region]:
-    """Greedy merge of findings whose atom sets overlap (Jaccard ≥ 0.8); simplest rule wins."""
-    order = sorted(
-        range(len(regions)),
-        key=lambda i: (
-            len(regions[i].conditions),
-            regions[i].method == "cluster",
-            -regions[i].severity,
-        ),
-    )
+def _preference(r: Region) -> tuple[Any, ...]:
+    """Which of two regions represents them: the more readable, then the one scored on every
+    structure (a tree rule's held-out half is the weaker evidence), then the more severe.
+    """
+    return (readability(r.conditions), r.held_out, -r.severity)
+
+
+def fold_overlapping(regions: list[Region], masks: list[np.ndarray]) -> list[Region]:
+    """Group findings whose atom sets overlap strongly under their most readable member.
+
+    Regions are visited in the order of :func:`_preference` (most readable first:
+    :func:`~chemgap.agent.diagnostics.rules.readability`, a named feature before an environment
+    class, fewer conditions before more; then scored on all structures before held-out, then
+    the more severe); each joins the first kept region whose atoms overlap its own with a
+    Jaccard index |A ∩ B| / |A ∪ B| ≥ :data:`MERGE_JACCARD`, else it is kept itself. A folded
+    region is recorded in its representative's ``folded`` (with its own statistics and the
+    Jaccard index) and ``also`` / ``also_ids``; the representative's statistics stay its own.
+
+    Args:
+        regions: the significant regions.
+        masks: (n_atoms,) bool atoms of each.
+
+    Returns:
+        The representatives, in visiting order.
+    """
+    order = sorted(range(len(regions)), key=lambda i: _preference(regions[i]))
     kept: list[tuple[Region, np.ndarray]] = []
     for i in order:
         r, m = regions[i], masks[i]
         for k, km in kept:
-            inter = np.logical_and(m, km).sum()
             union = np.logical_or(m, km).sum()
-            if union and inter / union >= MERGE_JACCARD:
-                if r.method not in k.methods:
-                    k.methods.append(r.method)
-                k.also.extend(rule for rule in [r.rule, *r.also] if rule not in k.also)
-                if r.enriched and not k.enriched:
-                    k.enriched = r.enriched
+            jaccard = float(np.logical_and(m, km).sum() / union) if union else 0.0
+            if jaccard >= MERGE_JACCARD:
+                _fold_into(k, r, jaccard)
                 break
         else:
             kept.append((r, m))
     return [r for r, _ in kept]
+
+
+def _fold_into(k: Region, r: Region, jaccard: float) -> None:
+    """Record region ``r`` under its representative ``k`` (``k``'s statistics unchanged)."""
+    if r.method not in k.methods:
+        k.methods.append(r.method)
+    k.also.extend(rule for rule in [r.rule, *r.also] if rule not in k.also and rule != k.rule)
+    k.also_ids.extend(i for i in [r.id, *r.also_ids] if i not in k.also_ids and i != k.id)
+    if r.id == k.id:  # the same rule from another finder (a tree leaf that is a slice)
+        return
+    k.folded.append(
+        {
+            "id": r.id,
+            "rule": r.rule,
+            "machine_rule": r.machine_rule,
+            "method": r.method,
+            "n_atoms": r.n_atoms,
+            "jaccard": round(jaccard, 3),
+            "ratio": r.ratio,
+            "ratio_ci": list(r.ratio_ci),
+            "q_value": r.q_value,
+            "severity": r.severity,
+        }
+    )
+    if r.enriched and not k.enriched:
+        k.enriched = r.enriched
+
+
+def _indistinguishable(a: Region, b: Region) -> bool:
+    """Whether the 95% CIs of two regions' error ratios overlap (finite CIs only)."""
+    lo_a, hi_a = a.ratio_ci
+    lo_b, hi_b = b.ratio_ci
+    if not all(np.isfinite([lo_a, hi_a, lo_b, hi_b])):
+        return False
+    return bool(lo_a <= hi_b and lo_b <= hi_a)
+
+
+def rank_regions(regions: list[Region]) -> list[Region]:
+    """Most severe first, but the more readable of regions whose severities are within CIs.
+
+    Repeatedly: the most severe region left (severity, :func:`_judge`) and every region left
+    whose ratio CI overlaps its CI (and that is silent if it is) are candidates for the next
+    place, which goes to the first of them by :func:`_preference` (the most readable). A
+    readable region is thus never ranked below a cryptic one the data cannot tell apart from
+    it, and a region clearly more severe than every readable one stays on top.
+    """
+    left = sorted(regions, key=lambda r: -r.severity)
+    out: list[Region] = []
+    while left:
+        top = left[0]
+        tied = [
+            r for r in left if r is top or (r.silent >= top.silent and _indistinguishable(r, top))
+        ]
+        pick = min(tied, key=_preference)
+        out.append(pick)
+        left.remove(pick)
+    return out
 
 
 def region_masks(regions: list[Region], features: Features) -> dict[str, np.ndarray]:
