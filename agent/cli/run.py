@@ -216,7 +216,8 @@ def _drive(store, address: str | None) -> None:
     console.print(f"  state:    chemgap status {store.root}")
     console.print(f"  data:     ase db {store.root / 'data.db'}")
     console.print(
-        f"  models:   {store.root / 'iterations'}/NNN/models (MACECalculator loads member_KK.model)"
+        f"  models:   {store.root / 'iterations'}/NNN/models "
+        "(chemgap.models.ChemgapCalculator loads them)"
     )
 
 
