@@ -145,18 +145,21 @@ def _regions_found(regions: list[dict[str, Any]]) -> Table:
 
 def _test_by_kind(rows: list[dict[str, Any]]) -> Table:
     first, last = rows[0]["first_iteration"], rows[0]["last_iteration"]
+    span = first != last
     table = Table(
-        title=f"test force MAE per kind, meV/Å: iteration {first} → {last}",
+        title=f"test force MAE per kind, meV/Å: iteration {first}" + (f" → {last}" if span else ""),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
     )
-    for col in ("kind", "structures", f"iter {first}", f"iter {last}", "change"):
+    cols = ["kind", "structures", f"iter {first}"] + ([f"iter {last}", "change"] if span else [])
+    for col in cols:
         table.add_column(col, justify="left" if col == "kind" else "right")
     for r in rows:
         a, b = r["force_mae_first"], r["force_mae_last"]
         change = "–" if not a or b is None else f"{100 * (b - a) / a:+.0f} %"
-        table.add_row(str(r["kind"]), str(r["n_structures"]), _mev(a), _mev(b), change)
+        cells = [str(r["kind"]), str(r["n_structures"]), _mev(a)]
+        table.add_row(*cells, *([_mev(b), change] if span else []))
     return table
 
 
