@@ -65,14 +65,17 @@ def test_ray_executor_completion_order_errors_and_channel(ray_ships_this_module)
     got: list[int] = []
     ch = ex.channel(got.append)
     tasks = [
-        Task(fn=_sleep_then, args=(0, 1.5), name="slow"),
+        Task(fn=_sleep_then, args=(0, 5.0), name="slow"),
         Task(fn=_sleep_then, args=(1, 0.0), name="fast"),
         Task(fn=_fail, args=("from a worker",), name="fails"),
         Task(fn=_report, args=(ch, [7, 8]), name="reports", num_cpus=0),
     ]
     done = list(ex.run(tasks))
     assert sorted(d.index for d in done) == [0, 1, 2, 3]
-    assert done[-1].index == 0  # the slow task finishes last: completion order
+    # completion order, not submission order: the slow task, submitted first, comes after the
+    # fast one (5 s of slack for a worker that starts late on a loaded machine)
+    order = [d.index for d in done]
+    assert order.index(1) < order.index(0)
     failed = next(d for d in done if d.index == 2)
     assert isinstance(failed.error, ValueError)  # the task's own exception type
     assert sorted(got) == [7, 8]
