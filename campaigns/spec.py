@@ -440,6 +440,288 @@ class DiagnosticsConfig(_Section):
         return value
 
 
+# --------------------------------------------------------------------------- probes
+class ProbeName(StrEnum):
+    """Physical-behaviour probes (``agent/probes/``, one module each)."""
+
+    EOS = "eos"  # E(V), Birch-Murnaghan V0, E0, B0
+    ELASTIC = "elastic"  # C_ij from finite strains and stresses
+    VACANCY = "vacancy"  # relaxed vacancy formation energy against supercell size
+    SURFACE = "surface"  # relaxed surface energies of low-index facets
+    DIMER = "dimer"  # pair curves with MLIP Arena's / ML-PEG's shape metrics
+    VIBRATIONS = "vibrations"  # harmonic frequencies (molecules) or Γ-point phonons (crystals)
+    MD_STABILITY = "md_stability"  # NVT until a step cap or a failure (MLIPAudit score)
+    NVE_DRIFT = "nve_drift"  # energy drift of NVE dynamics and its ratio to KE fluctuations
+    RDF = "rdf"  # radial distribution function of model MD against oracle MD
+
+
+class Bound(_Section):
+    """Thresholds of one metric in ML-PEG's form: ``good`` scores 1, ``bad`` scores 0, linear in
+    between and clipped (either may be the larger). A metric passes when its score reaches
+    ``probes.pass_score``.
+    """
+
+    good: float
+    bad: float
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Bound:
+        if self.good == self.bad:
+            raise ValueError(f"good and bad must differ (both {self.good})")
+        return self
+
+
+class BoundOverride(_Section):
+    """A change to one metric's default :class:`Bound` (either end, or both)."""
+
+    good: float | None = None
+    bad: float | None = None
+
+
+def _b(good: float, bad: float) -> Bound:
+    return Bound(good=good, bad=bad)
+
+
+# Default bounds per probe and metric, in the units of what is judged (the probe module says
+# whether that is the error against the oracle, the relative error, the model's value, or its
+# shift from the oracle's value placed on the anchor's scale). Anchors: ML-PEG's metrics.yml
+# files (ddmms/ml-peg, ml_peg/analysis/*/metrics.yml), MLIPAudit's scores
+# (instadeepai/mlipaudit, docs/source/scores/index.rst) and MLIP Arena's diatomics table.
+PROBE_BOUNDS: dict[ProbeName, dict[str, Bound]] = {
+    ProbeName.EOS: {
+        "V0": _b(0.0, 0.15),  # relative; ~0.2 Å on a 4 Å lattice (ML-PEG lattice_constants)
+        "E0": _b(0.0, 0.2),  # eV/atom (ML-PEG energy_volume_curves_metals, 200 meV/atom)
+        "B0": _b(2.0, 30.0),  # GPa (ML-PEG elasticity, bulk modulus MAE)
+        "curve_rmse": _b(0.0, 0.2),  # eV/atom, minima aligned (ML-PEG EOS Δ)
+    },
+    ProbeName.ELASTIC: {
+        "C11": _b(5.0, 50.0),  # GPa (ML-PEG elasticity tensor MAE)
+        "C12": _b(5.0, 50.0),
+        "C44": _b(5.0, 50.0),
+        "Cij_mae": _b(5.0, 50.0),
+        "B_voigt": _b(2.0, 30.0),  # GPa (ML-PEG bulk modulus MAE)
+        "G_voigt": _b(2.0, 30.0),  # GPa (ML-PEG shear modulus MAE)
+    },
+    ProbeName.VACANCY: {
+        "E_vac": _b(0.05, 0.5),  # eV (ML-PEG elemental_tm_vacancies MAE)
+        "rmsd": _b(0.0, 0.2),  # Å (ML-PEG split_vacancy RMSD)
+        "size_spearman": _b(1.0, 0.6),  # (ML-PEG split_vacancy Spearman)
+    },
+    ProbeName.SURFACE: {
+        "gamma": _b(0.0, 0.0169),  # eV/Å²: ML-PEG cleavage_energy 33.8 meV/Å², halved
+        "facet_spearman": _b(1.0, 0.6),  # facet order (ML-PEG's Spearman bounds)
+    },
+    ProbeName.DIMER: {
+        "force_flips": _b(1.0, 5.0),  # ML-PEG diatomics
+        "energy_minima": _b(1.0, 5.0),  # ML-PEG diatomics
+        # ρ(E, repulsion / attraction): ML-PEG diatomics' good ends; bad at 0 (chemgap's:
+        # ML-PEG's ∓1 ends would pass a missing wall, ρ ≈ 0; MLIP Arena's worst has −0.42)
+        "spearman_repulsion": _b(-1.0, 0.0),
+        "spearman_attraction": _b(1.0, 0.0),
+        "tortuosity": _b(1.0, 5.0),  # MLIP Arena's best is 1 (chemgap's bad)
+        "energy_jump": _b(0.0, 1.0),  # eV; MLIP Arena's best models ≲ 0.04 eV (chemgap's bad)
+        "conservation_deviation": _b(0.0, 1.0),  # eV/Å (chemgap's)
+        "well_depth": _b(0.0, 0.5),  # eV (chemgap's)
+        "well_position": _b(0.0, 0.2),  # Å (chemgap's, ML-PEG's lattice-constant scale)
+    },
+    ProbeName.VIBRATIONS: {
+        "freq_mae": _b(0.0, 35.0),  # cm⁻¹ = 50 K (ML-PEG phonons ω MAE)
+        "freq_max": _b(0.0, 35.0),  # cm⁻¹ (ML-PEG phonons ω_max)
+        "imaginary_modes": _b(0.0, 1.0),  # extra imaginary modes (ML-PEG stability F1)
+    },
+    ProbeName.MD_STABILITY: {
+        "score": _b(1.0, 0.0),  # MLIPAudit stability score: < 0.5 means an explosion
+    },
+    ProbeName.NVE_DRIFT: {
+        "drift_ratio": _b(1.0, 1.5),  # r ≤ 1 scores 1 (MLIPAudit); 0.5 at r = 1.25
+    },
+    ProbeName.RDF: {
+        "overlap": _b(1.0, 0.8),  # Σmin/Σmax of the two g(r) (chemgap's)
+        "first_peak": _b(0.0, 0.2),  # Å; passes ≤ 0.1 Å (MLIPAudit's RDF threshold)
+    },
+}
+
+
+class RelaxSettings(_Section):
+    """Geometry relaxation with ASE's FIRE (Bitzek et al., PRL 97, 170201 (2006))."""
+
+    fmax: float = Field(
+        0.05, gt=0, description="converged below this max force, eV/Å (MLIPAudit's 0.05)"
+    )
+    max_steps: int = Field(200, ge=1, description="optimiser steps before giving up")
+
+
+class EosProbeConfig(_Section):
+    """E(V) of the crystal, isotropically scaled (atoms not relaxed)."""
+
+    volume_range: float = Field(0.06, gt=0, lt=0.3, description="± fractional volume change")
+    points: int = Field(9, ge=5, le=41, description="volumes sampled")
+
+
+class ElasticProbeConfig(_Section):
+    """Clamped-ion C_ij by central differences of the stress over ± each Voigt strain."""
+
+    strain: float = Field(0.005, gt=0, le=0.05, description="magnitude of each applied strain")
+
+
+class VacancyProbeConfig(_Section):
+    """Relaxed (fixed-cell) vacancy formation energy in n×n×n supercells of the unit cell."""
+
+    sizes: list[int] = Field([2], min_length=1, description="supercell repetitions n")
+    relax: RelaxSettings = Field(default_factory=RelaxSettings)
+
+    @field_validator("sizes")
+    @classmethod
+    def _positive_sizes(cls, value: list[int]) -> list[int]:
+        if min(value) < 1:
+            raise ValueError("sizes must be >= 1")
+        return sorted(set(value))
+
+
+class SurfaceProbeConfig(_Section):
+    """Relaxed surface energies of slabs of the primitive cell, one per facet."""
+
+    facets: list[tuple[int, int, int]] = Field(
+        [(1, 0, 0), (1, 1, 0), (1, 1, 1)], min_length=1, description="Miller indices"
+    )
+    layers: int = Field(3, ge=1, description="repeats of the unit cell along the normal")
+    vacuum_A: float = Field(8.0, gt=0, description="vacuum on each side, Å")
+    relax: RelaxSettings = Field(default_factory=RelaxSettings)
+
+
+class DimerProbeConfig(_Section):
+    """Pair curves for every element pair, from ``r_min_A`` to the model cutoff + ``beyond_A``."""
+
+    r_min_A: float = Field(0.5, gt=0, description="shortest separation, Å")
+    beyond_A: float = Field(1.0, ge=0, description="how far past the model's cutoff, Å")
+    step_A: float = Field(0.02, gt=0, le=0.2, description="spacing of the separations, Å")
+
+
+class VibrationsProbeConfig(_Section):
+    """Harmonic frequencies by central finite differences (ASE's Vibrations scheme)."""
+
+    delta_A: float = Field(0.01, gt=0, le=0.1, description="displacement, Å")
+    supercell: int = Field(1, ge=1, le=3, description="crystals: n×n×n cell of the Γ point")
+    imaginary_cm: float = Field(
+        10.0, ge=0, description="|imaginary| frequencies above this count as unstable, cm⁻¹"
+    )
+    relax: RelaxSettings = Field(
+        default_factory=lambda: RelaxSettings(fmax=1e-3, max_steps=500),
+        description="molecules are relaxed with each potential first",
+    )
+
+
+class _MDProbeBase(_Section):
+    timestep_fs: float = Field(2.0, gt=0, le=10, description="MD timestep, fs")
+    steps: int = Field(250, ge=10, description="MD steps (the cap)")
+    min_atoms: int = Field(
+        32, ge=1, description="crystals: the smallest n×n×n supercell with this many atoms"
+    )
+    members: bool = Field(
+        False,
+        description="also run every member, for a band (each member walker is evaluated by all "
+        "K members: about K + 1 times the cost)",
+    )
+
+
+class MDStabilityProbeConfig(_MDProbeBase):
+    """BAOAB Langevin NVT at each temperature until the step cap or a failure."""
+
+    temperatures_K: list[float] | None = Field(
+        None, description="K (default: the exploration temperatures)"
+    )
+    friction_per_fs: float = Field(0.01, gt=0, description="Langevin friction, 1/fs")
+    oracle: bool = Field(False, description="also run the oracle (its time to failure)")
+
+
+class NveDriftProbeConfig(_MDProbeBase):
+    """Velocity-Verlet NVE from Maxwell-Boltzmann velocities at ``temperature_K``."""
+
+    temperature_K: float = Field(300.0, gt=0, description="initial temperature, K")
+    oracle: bool | None = Field(
+        None, description="also run the oracle (default: when it is cheap: emt, sw, tersoff)"
+    )
+
+
+class RdfProbeConfig(_MDProbeBase):
+    """g(r) of model and oracle NVT runs with common random numbers (cheap oracles only)."""
+
+    temperature_K: float = Field(600.0, gt=0, description="K")
+    friction_per_fs: float = Field(0.02, gt=0, description="Langevin friction, 1/fs")
+    steps: int = Field(300, ge=10, description="MD steps")
+    equilibration: int = Field(100, ge=0, description="steps discarded first")
+    stride: int = Field(5, ge=1, description="steps between sampled frames")
+    r_max_A: float = Field(6.0, gt=0, description="largest distance, Å")
+    bins: int = Field(60, ge=10)
+    expensive_oracle: bool = Field(False, description="allow oracles other than emt/sw/tersoff")
+
+    @model_validator(mode="after")
+    def _frames_left(self) -> RdfProbeConfig:
+        if self.equilibration >= self.steps:
+            raise ValueError(
+                f"equilibration ({self.equilibration}) must be below steps ({self.steps}), "
+                "or no frame is sampled"
+            )
+        return self
+
+
+class ProbesConfig(_Section):
+    """Physical-behaviour probes against the oracle (off unless ``names`` lists some).
+
+    ``every`` = 0 runs them once, after the last iteration; n > 0 every n iterations (and after
+    the last). ``bounds`` overrides default bounds (:data:`PROBE_BOUNDS`) per probe and metric,
+    e.g. ``{dimer: {force_flips: {bad: 3}}}``.
+    """
+
+    names: list[ProbeName] = Field(default_factory=list, description="probes to run")
+    every: int = Field(0, ge=0, description="iterations between runs; 0 = only at the end")
+    pass_score: float = Field(0.5, gt=0, le=1, description="score a metric needs to pass")
+    candidates_per_probe: int = Field(
+        2, ge=0, description="structures each probe proposes for labelling"
+    )
+    bounds: dict[ProbeName, dict[str, BoundOverride]] = Field(default_factory=dict)
+    eos: EosProbeConfig = Field(default_factory=EosProbeConfig)
+    elastic: ElasticProbeConfig = Field(default_factory=ElasticProbeConfig)
+    vacancy: VacancyProbeConfig = Field(default_factory=VacancyProbeConfig)
+    surface: SurfaceProbeConfig = Field(default_factory=SurfaceProbeConfig)
+    dimer: DimerProbeConfig = Field(default_factory=DimerProbeConfig)
+    vibrations: VibrationsProbeConfig = Field(default_factory=VibrationsProbeConfig)
+    md_stability: MDStabilityProbeConfig = Field(default_factory=MDStabilityProbeConfig)
+    nve_drift: NveDriftProbeConfig = Field(default_factory=NveDriftProbeConfig)
+    rdf: RdfProbeConfig = Field(default_factory=RdfProbeConfig)
+
+    @field_validator("names")
+    @classmethod
+    def _unique(cls, value: list[ProbeName]) -> list[ProbeName]:
+        return list(dict.fromkeys(value))
+
+    @field_validator("bounds")
+    @classmethod
+    def _known_metrics(
+        cls, value: dict[ProbeName, dict[str, BoundOverride]]
+    ) -> dict[ProbeName, dict[str, BoundOverride]]:
+        for probe, metrics in value.items():
+            known = PROBE_BOUNDS[ProbeName(probe)]
+            for metric, override in metrics.items():
+                if metric not in known:
+                    raise ValueError(
+                        f"{probe} has no metric {metric!r}; it has: {', '.join(known)}"
+                    )
+                merged = known[metric].model_dump() | override.model_dump(exclude_none=True)
+                Bound(**merged)  # good == bad is refused here
+        return value
+
+    def bounds_for(self, probe: ProbeName | str) -> dict[str, Bound]:
+        """The bounds of ``probe``'s metrics: defaults with this section's overrides applied."""
+        name = ProbeName(probe)
+        out = dict(PROBE_BOUNDS[name])
+        for metric, override in self.bounds.get(name, {}).items():
+            out[metric] = Bound(
+                **(out[metric].model_dump() | override.model_dump(exclude_none=True))
+            )
+        return out
+
+
 # --------------------------------------------------------------------------- the whole spec
 class CampaignSpec(_Section):
     """A campaign, one YAML document.
@@ -461,6 +743,7 @@ class CampaignSpec(_Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
     test_set: TestSetConfig = Field(default_factory=TestSetConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
 
     def elements(self, base_dir: Path | None = None) -> set[str]:
         """Every element the seed structures contain."""

@@ -25,7 +25,9 @@ HARMLESS_WARNINGS = (
     "Skipping unhashable information",  # ASE's extxyz on slab metadata
 )
 # commands that import mace (a cuequivariance notice on CPU machines) or start Ray
-MODEL_COMMANDS = frozenset({"run", "resume", "train", "predict", "explore", "diagnose", "label"})
+MODEL_COMMANDS = frozenset(
+    {"run", "resume", "train", "predict", "explore", "diagnose", "label", "probe"}
+)
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -132,6 +134,7 @@ def _register() -> None:
     from chemgap.agent.cli.diagnose import diagnose, inspect
     from chemgap.agent.cli.explore import explore
     from chemgap.agent.cli.label import label
+    from chemgap.agent.cli.probe import probe
     from chemgap.agent.cli.run import resume, run
     from chemgap.agent.cli.train import predict, train
 
@@ -143,6 +146,7 @@ def _register() -> None:
     main.add_command(explore)
     main.add_command(diagnose)
     main.add_command(inspect)
+    main.add_command(probe)
 
 
 _register()

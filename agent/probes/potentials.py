@@ -1,0 +1,177 @@
+"""The potentials a probe compares: each member, the ensemble mean and the oracle, as *rows*.
+
+Row ``k < K`` is member k, row ``K`` the ensemble mean (the *model*: the mean energy and forces
+of the members, the potential production MD runs on) and row ``K + 1`` the oracle. Every probe
+computes its property once per row with the same procedure, so the oracle wrapped as a model
+(:class:`chemgap.models.reference.ReferenceModel`) reproduces the oracle's row exactly.
+
+Model rows go through the model contract only (``make_batch`` + ``evaluate``: all members on one
+batched graph), so any model kind can be probed; the oracle is any ASE calculator.
+Units: eV, Å, eV/Å, eV/Å³ (ASE's stress sign).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import BaseCalculator
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from chemgap.models.contract import EnsembleModel
+
+__all__ = ["Potentials", "RowResult", "SinglePoints"]
+
+MAX_ATOMS_PER_BATCH = 6000
+
+
+@dataclass(kw_only=True)
+class RowResult:
+    """One row's energy (eV), forces (n, 3) eV/Å and stress (6,) eV/Å³ Voigt or None."""
+
+    energy: float
+    forces: np.ndarray
+    stress: np.ndarray | None = None
+
+
+@dataclass(kw_only=True)
+class SinglePoints:
+    """Every row on the same structures.
+
+    Attributes:
+        energy: (R, n_struct) eV, R = K + 2 rows.
+        forces: per structure, (R, n_atoms_i, 3) eV/Å.
+        stress: (R, n_struct, 6) eV/Å³ Voigt, ASE sign, or None.
+    """
+
+    energy: np.ndarray
+    forces: list[np.ndarray]
+    stress: np.ndarray | None = None
+
+
+class Potentials:
+    """A model's members, their mean and an oracle calculator, evaluated as rows.
+
+    Args:
+        model: any :class:`~chemgap.models.contract.EnsembleModel`.
+        oracle: the reference ASE calculator.
+
+    Attributes:
+        k: number of members K; ``model_row`` = K, ``oracle_row`` = K + 1, ``n_rows`` = K + 2.
+        oracle_calls: structures the oracle evaluated so far.
+    """
+
+    def __init__(self, model: EnsembleModel, oracle: BaseCalculator):
+        self.model = model
+        self.oracle = oracle
+        self.k = int(model.n_members)
+        self.oracle_calls = 0
+
+    @property
+    def model_row(self) -> int:
+        """Row of the ensemble mean."""
+        return self.k
+
+    @property
+    def oracle_row(self) -> int:
+        """Row of the oracle."""
+        return self.k + 1
+
+    @property
+    def n_rows(self) -> int:
+        """K members + mean + oracle."""
+        return self.k + 2
+
+    # -- model and oracle evaluation
+    def _model(
+        self, structures: Sequence[Atoms], stress: bool
+    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+        """Members on ``structures``: energy (K, n), forces per structure (K, n_i, 3), stress
+        (K, n, 6) or None; chunked to at most ``MAX_ATOMS_PER_BATCH`` atoms per graph.
+        """
+        energies, forces, stresses = [], [], []
+        for chunk in _chunks(list(structures), MAX_ATOMS_PER_BATCH):
+            batch = self.model.make_batch(chunk)
+            out = self.model.evaluate(batch, compute_stress=stress)
+            e = out.energy.double().cpu().numpy()
+            f = out.forces.double().cpu().numpy()
+            energies.append(e)
+            bounds = np.concatenate([[0], np.cumsum([len(a) for a in chunk])])
+            forces += [f[:, a:b] for a, b in itertools.pairwise(bounds)]
+            if stress:
+                s = out.stress.double().cpu().numpy()
+                stresses.append(np.array([[full_3x3_to_voigt_6_stress(x) for x in m] for m in s]))
+        return (
+            np.concatenate(energies, axis=1),
+            forces,
+            np.concatenate(stresses, axis=1) if stress else None,
+        )
+
+    def oracle_single(self, atoms: Atoms, *, stress: bool = False) -> RowResult:
+        """The oracle on a copy of ``atoms`` (stress only for periodic cells)."""
+        a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        a.calc = self.oracle
+        energy = float(a.get_potential_energy())
+        forces = np.array(a.get_forces(), dtype=float)
+        sigma = np.array(a.get_stress(), dtype=float) if stress and a.pbc.all() else None
+        a.calc = None
+        self.oracle_calls += 1
+        return RowResult(energy=energy, forces=forces, stress=sigma)
+
+    def single_points(self, structures: Sequence[Atoms], *, stress: bool = False) -> SinglePoints:
+        """Every row on every structure (the model rows from one batched call per chunk)."""
+        structures = list(structures)
+        e, f, s = self._model(structures, stress)
+        k, n = self.k, len(structures)
+        energy = np.zeros((self.n_rows, n))
+        energy[:k], energy[k] = e, e.mean(axis=0)
+        forces = []
+        stresses = np.zeros((self.n_rows, n, 6)) if stress else None
+        for i, atoms in enumerate(structures):
+            ref = self.oracle_single(atoms, stress=stress)
+            energy[k + 1, i] = ref.energy
+            forces.append(np.concatenate([f[i], f[i].mean(axis=0)[None], ref.forces[None]]))
+            if stresses is not None:
+                stresses[:k, i], stresses[k, i] = s[:, i], s[:, i].mean(axis=0)
+                stresses[k + 1, i] = ref.stress if ref.stress is not None else np.nan
+        return SinglePoints(energy=energy, forces=forces, stress=stresses)
+
+    def evaluate_rows(
+        self, items: Sequence[tuple[Atoms, int]], *, stress: bool = False
+    ) -> list[RowResult]:
+        """Each ``(structure, row)`` with that row's potential: the model rows from one batched
+        call (each structure by all members, the row's member or the mean kept: on small graphs
+        one call of K members costs less than K calls of one), the oracle's one at a time.
+        """
+        out: list[RowResult | None] = [None] * len(items)
+        model_idx = [i for i, (_, row) in enumerate(items) if row != self.oracle_row]
+        if model_idx:
+            e, f, s = self._model([items[i][0] for i in model_idx], stress)
+            for j, i in enumerate(model_idx):
+                row = items[i][1]
+                pick = slice(None) if row == self.k else slice(row, row + 1)
+                out[i] = RowResult(
+                    energy=float(e[pick, j].mean()),
+                    forces=f[j][pick].mean(axis=0),
+                    stress=None if s is None else s[pick, j].mean(axis=0),
+                )
+        for i, (atoms, row) in enumerate(items):
+            if row == self.oracle_row:
+                out[i] = self.oracle_single(atoms, stress=stress)
+        return out  # type: ignore[return-value]
+
+
+def _chunks(structures: list[Atoms], max_atoms: int) -> list[list[Atoms]]:
+    out, cur, n = [], [], 0
+    for a in structures:
+        if cur and n + len(a) > max_atoms:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(a)
+        n += len(a)
+    if cur:
+        out.append(cur)
+    return out
