@@ -168,7 +168,7 @@ class Ensemble:
         if not structures:
             raise ValueError("predict: got no structures")
         parts = []
-        for chunk in _chunks(structures, max_atoms_per_batch):
+        for chunk in chunk_by_atoms(structures, max_atoms_per_batch):
             batch = self.make_batch(chunk)
             outputs = self.evaluate(batch, compute_stress=compute_stress)
             cal = self.calibration if calibrated else None
@@ -193,7 +193,7 @@ class Ensemble:
         """
         chosen = [self.members[i] for i in (members if members is not None else range(1))]
         out = []
-        for chunk in _chunks(list(structures), 20000):
+        for chunk in chunk_by_atoms(list(structures), 20000):
             batch = self.make_batch(chunk)
             res = evaluate_members(chosen, batch, node_features=True)
             idx = torch.as_tensor(batch.system_idx, device=self.device)
@@ -338,7 +338,10 @@ def _stats_of(model: torch.nn.Module) -> DataStats:
     )
 
 
-def _chunks(structures: list[Atoms], max_atoms: int) -> list[list[Atoms]]:
+def chunk_by_atoms(structures: list[Atoms], max_atoms: int) -> list[list[Atoms]]:
+    """``structures`` in order, cut into consecutive batches of at most ``max_atoms`` atoms
+    (a structure larger than that is a batch of its own).
+    """
     out, cur, n = [], [], 0
     for a in structures:
         if cur and n + len(a) > max_atoms:

@@ -92,8 +92,10 @@ class Potentials:
         """Members on ``structures``: energy (K, n), forces per structure (K, n_i, 3), stress
         (K, n, 6) or None; chunked to at most ``MAX_ATOMS_PER_BATCH`` atoms per graph.
         """
+        from chemgap.models.ensemble import chunk_by_atoms
+
         energies, forces, stresses = [], [], []
-        for chunk in _chunks(list(structures), MAX_ATOMS_PER_BATCH):
+        for chunk in chunk_by_atoms(list(structures), MAX_ATOMS_PER_BATCH):
             batch = self.model.make_batch(chunk)
             out = self.model.evaluate(batch, compute_stress=stress)
             e = out.energy.double().cpu().numpy()
@@ -162,16 +164,3 @@ class Potentials:
             if row == self.oracle_row:
                 out[i] = self.oracle_single(atoms, stress=stress)
         return out  # type: ignore[return-value]
-
-
-def _chunks(structures: list[Atoms], max_atoms: int) -> list[list[Atoms]]:
-    out, cur, n = [], [], 0
-    for a in structures:
-        if cur and n + len(a) > max_atoms:
-            out.append(cur)
-            cur, n = [], 0
-        cur.append(a)
-        n += len(a)
-    if cur:
-        out.append(cur)
-    return out
