@@ -9,6 +9,12 @@ graph is built with a cutoff of ``r_max + skin`` and reused while no atom has mo
 ``skin / 2`` since it was built: MACE's polynomial envelope is exactly zero beyond ``r_max``, so
 the extra edges change nothing and the forces equal those of a fresh graph.
 
+Long-range members (:class:`chemgap.models.longrange.LongRangeMACE`) run unchanged on the same
+graph: each walker's total charge (``info["charge"]`` of its start structure, default 0; see
+:class:`chemgap.agent.md.WalkerState`) goes onto the graph, so learned charges sum to it, and the
+members' charges of the step a frame comes from are written onto candidate and md_failure
+frames (``pred_charges``, ``pred_charges_std``: per-atom mean and spread over the members, e).
+
 Per-walker stops: a frame above the upper trust level is recorded as a candidate and the walker
 restarts from its last accurate frame; an unphysical geometry, NaN or exploding energy is an
 ``md_failure`` (kept with its last frames: a model that blows up is itself a finding) followed by
@@ -77,7 +83,9 @@ class BatchedForceField:
 
     ``evaluate(state)`` returns the ensemble-mean energy per walker (W,) eV, mean forces
     (n_atoms, 3) eV/Å and the per-atom force std (n_atoms,) eV/Å (sqrt of the summed
-    per-component variance over members, as DP-GEN's ``max_devi_f`` uses).
+    per-component variance over members, as DP-GEN's ``max_devi_f`` uses). The graph carries
+    each walker's total charge (``state.charge``, e); members with learned charges leave theirs,
+    (K, n_atoms) e, in ``charges`` after each evaluation (None for members without).
     """
 
     def __init__(self, ensemble: Any, skin_A: float = 0.5):
@@ -88,9 +96,10 @@ class BatchedForceField:
         self._ref: torch.Tensor | None = None
         self._edges: tuple[torch.Tensor, ...] | None = None
         self.rebuilds = 0
+        self.charges: torch.Tensor | None = None
 
     def _graph(self, state: WalkerState):
-        from chemgap.models.data import make_batch
+        from chemgap.models.data import CHARGE_KEY, make_batch
 
         moved = (
             None
@@ -104,6 +113,7 @@ class BatchedForceField:
                     state.positions[s].numpy(),
                     cell=state.cells[w],
                     pbc=state.pbc[w],
+                    info={CHARGE_KEY: float(state.charge[w])},
                 )
                 for w in range(state.n_walkers)
                 for s in [state.walker_slice(w)]
@@ -135,11 +145,13 @@ class BatchedForceField:
 
     def evaluate(self, state: WalkerState) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
         """(W,) mean energy, eV; (n_atoms, 3) mean forces, eV/Å (float64, CPU); (n_atoms,) force
-        std, eV/Å: a force function for :mod:`chemgap.agent.md`'s steps.
+        std, eV/Å: a force function for :mod:`chemgap.agent.md`'s steps. The members' charges,
+        if any, are kept in ``charges``.
         """
         batch = self._graph(state)
         batch.data["positions"] = state.positions.to(device=self.ensemble.device, dtype=self.dtype)
         out = self.ensemble.evaluate(batch)
+        self.charges = getattr(out, "charges", None)
         energy = out.energy.double().mean(0).cpu().numpy()
         forces = out.forces.double()
         std = forces.var(dim=0, unbiased=False).sum(-1).sqrt().cpu().numpy()
@@ -164,8 +176,10 @@ class ExplorationResult:
     Attributes:
         candidates: frames above the lower trust level, with ``uncertainty`` (max calibrated
             per-atom force std, eV/Å), ``walker``, ``group``, ``temperature_K``, ``step`` and
-            ``trust`` ('candidate' or 'beyond') in ``info``.
-        failures: md_failures with their last frames.
+            ``trust`` ('candidate' or 'beyond') in ``info``; a charged walker's total charge in
+            ``info["charge"]``; with members that learn charges, their per-atom mean and std
+            over the members (e) in ``arrays["pred_charges"]`` / ``arrays["pred_charges_std"]``.
+        failures: md_failures with their last frames (annotated the same way).
         counts: per walker group, frames ``{"accurate": n, "candidate": n, "failed": n}``.
         rebuilds: neighbour-graph builds; steps: walker-steps done.
     """
@@ -277,8 +291,11 @@ class _Exploration:
         self.result = ExplorationResult(
             counts={g: {"accurate": 0, "candidate": 0, "failed": 0} for g in groups}
         )
-        # the last LAST_FRAMES steps, all walkers at once: (loop step, state.step, positions)
-        self.recent: deque[tuple[int, np.ndarray, torch.Tensor]] = deque(maxlen=LAST_FRAMES)
+        # the last LAST_FRAMES steps, all walkers at once: (loop step, state.step, positions,
+        # the members' (K, n_atoms) charges there or None)
+        self.recent: deque[tuple[int, np.ndarray, torch.Tensor, torch.Tensor | None]] = deque(
+            maxlen=LAST_FRAMES
+        )
         self.failed_at = np.full(w, -1)  # loop step of each walker's last md_failure
         self.last_candidate = np.full(w, -CANDIDATE_STRIDE)
 
@@ -319,12 +336,25 @@ class _Exploration:
         )
 
     def frame(
-        self, i: int, unc: float, positions: torch.Tensor | None = None, at_step: int | None = None
+        self,
+        i: int,
+        unc: float,
+        positions: torch.Tensor | None = None,
+        at_step: int | None = None,
+        charges: torch.Tensor | None = None,
     ) -> Atoms:
-        """Walker ``i`` now (or at ``positions`` of step ``at_step``) with its provenance."""
+        """Walker ``i`` now (or at ``positions`` of step ``at_step``, where the members' charges
+        were ``charges`` (K, n_atoms) e) with its provenance and the members' charges.
+        """
         atoms = self.state.atoms(i)
-        if positions is not None:
+        if positions is None:
+            charges = getattr(self.ff, "charges", None)
+        else:
             atoms.positions = positions.numpy()
+        if charges is not None:
+            q = charges[:, self.state.walker_slice(i)].double().cpu()
+            atoms.arrays["pred_charges"] = q.mean(0).numpy()
+            atoms.arrays["pred_charges_std"] = q.std(0, unbiased=False).numpy()
         atoms.info.update(
             walker=i,
             group=self.groups[i],
@@ -357,8 +387,8 @@ class _Exploration:
         """
         s = self.state.walker_slice(i)
         frames = [
-            self.frame(i, unc, positions[s], int(at[i]))
-            for k, at, positions in self.recent
+            self.frame(i, unc, positions[s], int(at[i]), charges)
+            for k, at, positions, charges in self.recent
             if k > self.failed_at[i]
         ]
         self.failed_at[i] = step
@@ -402,7 +432,8 @@ class _Exploration:
         (``forces`` is updated in place), accurate ones become their last accurate frame.
         """
         state = self.state
-        self.recent.append((step, state.step.copy(), state.positions.clone()))
+        charges = getattr(self.ff, "charges", None)  # stand-in force fields may have none
+        self.recent.append((step, state.step.copy(), state.positions.clone(), charges))
         check = self.check(energy, forces, std)
         accurate = np.array(
             [self.visit(i, step, check, forces, stop) for i in range(state.n_walkers)]

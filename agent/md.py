@@ -33,6 +33,8 @@ import torch
 from ase import Atoms, units
 from ase.data import atomic_masses
 
+from chemgap.models.data import CHARGE_KEY
+
 __all__ = [
     "ForceFn",
     "LangevinCoefficients",
@@ -68,6 +70,8 @@ class WalkerState:
         cells: (W, 3, 3) Å; pbc: (W, 3) bool.
         temperature_K: (W,) K; friction: (W,) per ASE time unit (0: NVE).
         step: (W,) steps done; energy0: (W,) eV/atom at the (re)start, for the explosion test.
+        charge: (W,) float64 total charge of each walker, e (default: all 0, neutral); long-range
+            members with learned charges constrain their charges to sum to it.
         slices: per walker, its atoms' slice (derived from ``system_idx``).
     """
 
@@ -82,11 +86,18 @@ class WalkerState:
     friction: np.ndarray
     step: np.ndarray
     energy0: np.ndarray
+    charge: np.ndarray | None = None
     slices: list[slice] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         bounds = np.concatenate([[0], np.cumsum(np.bincount(self.system_idx))])
         self.slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        w = len(self.cells)
+        self.charge = (
+            np.zeros(w) if self.charge is None else np.asarray(self.charge, dtype=np.float64)
+        )
+        if self.charge.shape != (w,):
+            raise ValueError(f"walker charges: shape {self.charge.shape}, expected ({w},)")
 
     @property
     def n_walkers(self) -> int:
@@ -98,12 +109,17 @@ class WalkerState:
         return self.slices[w]
 
     def atoms(self, w: int) -> Atoms:
-        """Walker ``w`` as ``Atoms`` (positions and velocities copied)."""
+        """Walker ``w`` as ``Atoms`` (positions and velocities copied); a charged walker's
+        total charge (e) in ``info["charge"]`` (an int when whole), a neutral one without it.
+        """
         s = self.walker_slice(w)
         atoms = Atoms(
             self.numbers[s], self.positions[s].cpu().numpy(), cell=self.cells[w], pbc=self.pbc[w]
         )
         atoms.set_velocities(self.velocities[s].cpu().numpy())
+        charge = float(self.charge[w])
+        if charge != 0.0:
+            atoms.info[CHARGE_KEY] = int(charge) if charge.is_integer() else charge
         return atoms
 
 
@@ -127,7 +143,10 @@ def init_state(
     friction_per_fs: float,
     rng: np.random.Generator,
 ) -> WalkerState:
-    """One walker per structure, velocities drawn at its temperature (K); friction in 1/fs."""
+    """One walker per structure, velocities drawn at its temperature (K); friction in 1/fs.
+
+    A walker's total charge (e) is its structure's ``info["charge"]`` (absent: 0).
+    """
     if len(structures) != len(temperatures_K):
         raise ValueError("one temperature per walker structure is needed")
     masses = np.concatenate([atomic_masses[a.numbers] for a in structures])
@@ -152,6 +171,7 @@ def init_state(
         friction=np.full(w, friction_per_fs / units.fs),
         step=np.zeros(w, dtype=np.int64),
         energy0=np.full(w, np.nan),
+        charge=np.array([float(a.info.get(CHARGE_KEY) or 0.0) for a in structures]),
     )
 
 

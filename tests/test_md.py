@@ -248,6 +248,29 @@ def test_kinetic_energy_and_temperature_agree_with_ase():
         assert t[w] == pytest.approx(atoms.get_temperature(), rel=1e-12)
 
 
+def test_walker_state_carries_each_walkers_total_charge():
+    """``init_state`` reads ``info["charge"]`` (absent: 0); ``atoms(w)`` writes a charged
+    walker's charge back (an int when whole) and none for a neutral one; a state built without
+    charges is neutral; a wrong shape is refused.
+    """
+    cation = Atoms("Na2Cl", positions=[[0, 0, 0], [2.6, 0, 0], [5.2, 0, 0]])
+    cation.info["charge"] = 1
+    anion = Atoms("Cl", positions=[[0, 0, 0]], info={"charge": -0.5})
+    neutral = Atoms("Ar2", positions=[[0, 0, 0], [3.8, 0, 0]])
+    state = init_state(
+        [cation, neutral, anion], [300.0] * 3, friction_per_fs=0.0, rng=np.random.default_rng(0)
+    )
+    assert state.charge.tolist() == [1.0, 0.0, -0.5]
+    assert state.atoms(0).info["charge"] == 1 and isinstance(state.atoms(0).info["charge"], int)
+    assert "charge" not in state.atoms(1).info
+    assert state.atoms(2).info["charge"] == -0.5
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.init}
+    del fields["charge"], fields["slices"]
+    assert WalkerState(**fields).charge.tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="walker charges"):
+        WalkerState(**fields, charge=np.zeros(2))
+
+
 def test_maxwell_boltzmann_has_zero_momentum_and_the_right_spread():
     masses = np.full(20000, 39.948)
     v = maxwell_boltzmann(masses, 300.0, np.random.default_rng(0))
