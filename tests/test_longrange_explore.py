@@ -1,5 +1,6 @@
-"""The batched explorer with long-range members (chemgap.models.longrange): each walker's total
-charge reaches the members, and the members' learned charges are written onto the frames.
+"""The batched explorer and the diagnosis with long-range members (chemgap.models.longrange):
+each walker's total charge reaches the members, the members' learned charges are written onto
+the frames, and a diagnosis has them (and each structure's total charge) as features.
 
 Members are tiny and untrained (randomised weights, float64), so the tests are about plumbing,
 not physics, and run in a few seconds.
@@ -175,3 +176,39 @@ def test_members_without_charges_write_none(long_range):
     for frame in result.candidates:
         assert "pred_charges" not in frame.arrays and "pred_charges_std" not in frame.arrays
     assert result.candidates[0].info["charge"] == 1
+
+
+def test_diagnosis_has_the_predicted_charges_and_the_total_charge_as_features(coulomb):
+    """A diagnosis of coulomb members: ``pred_charge_e`` is the ensemble-mean charge of every
+    atom (as ``Ensemble.predict`` gives it), ``charge_spread_e`` its spread, ``total_charge_e``
+    each structure's charge from ``info``; rules read them with units. Plain members add no
+    charge columns.
+
+    Broken variants caught: charges not passed to the features (column missing), charges in
+    the wrong atom order (differ from the prediction), the structure charge read as NaN.
+    """
+    from chemgap.agent.diagnostics.diagnose import diagnose
+    from chemgap.agent.diagnostics.rules import Condition, condition_text
+    from chemgap.campaigns.spec import DiagnosticsConfig
+
+    rng = np.random.default_rng(3)
+    structures = []
+    for k in range(4):
+        for atoms in walkers():
+            atoms.rattle(0.05, seed=k)
+            atoms.info["REF_energy"] = -3.0 * len(atoms) + rng.normal()
+            atoms.arrays["REF_forces"] = rng.normal(scale=0.5, size=(len(atoms), 3))
+            structures.append(atoms)
+    cfg = DiagnosticsConfig(splits=[], environment_classes=2)
+    result = diagnose(structures, coulomb, cfg, seed=0)
+    pred = coulomb.predict(structures)
+    atom = result.features.atom
+    np.testing.assert_allclose(atom["pred_charge_e"], np.round(pred.charges_mean, 4))
+    np.testing.assert_allclose(atom["charge_spread_e"], np.round(pred.charges_std, 4))
+    assert result.features.structure["total_charge_e"].tolist() == [1.0, 0.0, 0.0] * 4
+    words = condition_text(Condition(feature="pred_charge_e", op="≥", value=0.5))
+    assert words == "predicted atomic charge ≥ 0.5 e"
+
+    plain = diagnose(structures, members("none"), cfg, seed=0)
+    assert "pred_charge_e" not in plain.features.atom
+    assert "total_charge_e" in plain.features.atom

@@ -52,6 +52,7 @@ from chemgap.agent.diagnostics.features import (
     Features,
     compute_features,
     match_environment_classes,
+    with_model_charges,
 )
 from chemgap.agent.diagnostics.provenance import check_provenance
 from chemgap.agent.diagnostics.regions import (
@@ -290,6 +291,9 @@ def diagnose(
         )
     if features.n_atoms != len(atom_error):
         raise ValueError("features: table does not match the structures (atom count differs)")
+    features = with_model_charges(
+        features, getattr(pred, "charges_mean", None), getattr(pred, "charges_std", None)
+    )
     if previous is not None:
         features = match_environment_classes(features, previous.environment)
 

@@ -52,7 +52,8 @@ Families:
   (:func:`chemgap.agent.diagnostics.neighbours.describe_class`: centre element, coordination,
   first-shell composition, hybridisation and group in molecules), ``Cu, 12-fold, 5–8 Au + 4–7
   Cu neighbours``; rules show that description, the class id (``env4``) only as a reference.
-- ``structure``: composition, atom count, periodicity, density (g/cm³, fully periodic cells),
+- ``structure``: composition, atom count, total charge (``info["charge"]``, e; absent: 0),
+  periodicity, density (g/cm³, fully periodic cells),
   volumetric strain (linear, against the median volume per atom of cells of the same formula),
   source and seed kind from ``atoms.info``, and ``out_of_distribution`` (the negation of
   ``in_distribution``, a campaign's test-set flag for seed kinds absent from the initial training
@@ -61,6 +62,12 @@ Families:
   are not chemistry: the region finders never use them, and
   :func:`chemgap.agent.diagnostics.provenance.check_provenance` tests them apart, as a warning
   about sampling artefacts.
+
+Model outputs are not chemistry of the structures, with one exception a chemist reads as such:
+the per-atom charges members with learned charges predict (:mod:`chemgap.models.longrange`).
+:func:`with_model_charges` adds them to a table as ``pred_charge_e`` (ensemble mean, e) and
+``charge_spread_e`` (its std over the members, e), so a region can say "atoms the model charges
+above +0.8 e"; a diagnosis does this whenever its model predicts charges.
 """
 
 from __future__ import annotations
@@ -701,8 +708,8 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
         strain[mask] = np.cbrt(vol_per_atom[mask] / np.median(vol_per_atom[mask])) - 1.0
     info = [a.info for a in structures]
 
-    def num(key: str) -> np.ndarray:
-        return np.array([as_float(d.get(key)) for d in info])
+    def num(key: str, default: float = float("nan")) -> np.ndarray:
+        return np.array([as_float(d.get(key, default)) for d in info])
 
     def cat(key: str) -> np.ndarray:
         return np.array(
@@ -713,6 +720,7 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
         "out_of_distribution": _out_of_distribution(info),
         "composition": formula,
         "n_atoms": n_atoms,
+        "total_charge_e": num("charge", 0.0),
         "periodic": periodic,
         "density_g_cm3": np.round(density, 3),
         "strain": np.round(strain, 4),
@@ -727,6 +735,7 @@ def _structure(ctx: FeatureContext) -> FeatureBlock:
         "out_of_distribution": FeatureKind.FLAG,
         "composition": FeatureKind.CATEGORICAL,
         "n_atoms": FeatureKind.NUMERIC,
+        "total_charge_e": FeatureKind.NUMERIC,
         "periodic": FeatureKind.FLAG,
         "density_g_cm3": FeatureKind.NUMERIC,
         "strain": FeatureKind.NUMERIC,
@@ -894,3 +903,33 @@ def _tell_apart(
         details[k]["low_coordinated_neighbours"] = [lo, hi]
         span = str(lo) if lo == hi else f"{lo}–{hi}"
         descriptions[k] += f", {span} low-coordinated neighbour" + ("" if hi == 1 else "s")
+
+
+def with_model_charges(
+    features: Features, charges_mean: np.ndarray | None, charges_std: np.ndarray | None = None
+) -> Features:
+    """``features`` with the members' predicted charges as numeric atom columns.
+
+    Args:
+        features: the table of the structures the charges were predicted on.
+        charges_mean: (n_atoms_total,) ensemble-mean charge per atom, e, in table order; None
+            (a model without learned charges) returns ``features`` unchanged.
+        charges_std: (n_atoms_total,) its std over the members, e (optional).
+
+    Returns:
+        A copy with ``pred_charge_e`` and ``charge_spread_e`` (where given), each only when it
+        holds two distinct values (like every column).
+    """
+    if charges_mean is None:
+        return features
+    cols = {"pred_charge_e": charges_mean, "charge_spread_e": charges_std}
+    atom, kinds = dict(features.atom), dict(features.kinds)
+    for name, col in cols.items():
+        if col is None:
+            continue
+        col = np.round(np.asarray(col, dtype=float).reshape(-1), 4)
+        if len(col) != features.n_atoms:
+            raise ValueError(f"{name}: {len(col)} values for {features.n_atoms} atoms")
+        if _informative(col, FeatureKind.NUMERIC):
+            atom[name], kinds[name] = col, FeatureKind.NUMERIC
+    return replace(features, atom=atom, kinds=kinds)

@@ -41,6 +41,9 @@ FEATURE_WORDS: dict[str, tuple[str, str, float]] = {
     "density_g_cm3": ("density", "g/cm³", 1.0),
     "strain": ("volumetric strain", "%", 100.0),
     "n_atoms": ("atoms in the structure", "", 1.0),
+    "total_charge_e": ("total charge of the structure", "e", 1.0),
+    "pred_charge_e": ("predicted atomic charge", "e", 1.0),
+    "charge_spread_e": ("spread of the predicted charge", "e", 1.0),
     "temperature_K": ("temperature", "K", 1.0),
 }
 PREFIX_WORDS: dict[str, tuple[str, str, float]] = {
