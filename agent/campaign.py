@@ -1,15 +1,27 @@
-"""The active-learning loop: a resumable state machine over train → calibrate → explore → select →
-label → evaluate, each step's output persisted in the run directory before the next starts.
+"""The active-learning loop: a resumable state machine over train → calibrate → explore → probe →
+select → label → evaluate, each step's output persisted in the run directory before the next
+starts.
 
 ```
 iteration 0:  seeds -> initial labels, the test set
 iteration i:  train      iterations/NNN/models/           (K members as Ray tasks)
               calibrate  iterations/NNN/calibration.json  (std scales, trust levels)
               explore    iterations/NNN/exploration.json, candidates.extxyz, md_failures.extxyz
+              probe      iterations/NNN/probes/probes.json, candidates.extxyz (when due)
               select     iterations/NNN/selection.extxyz  (the batch the oracle will label)
               label      data.db, one row per result as it arrives
               evaluate   state.json history: validation MAE, accurate fraction; stop or go on
 ```
+
+Probes (:mod:`chemgap.agent.probes`, the spec's ``probes`` section) run on the iteration's
+ensemble every ``probes.every`` iterations in the probe step, and once more after the last
+iteration if it was not a probe iteration (``every`` = 0: only then). A failed probe is a
+finding of the iteration (``probes_failed`` in its history row); the structures of the probes
+that failed (or where the members disagree most), up to ``probes.candidates_per_probe`` each,
+are labelled first in the same iteration (at most half the batch; ``source = probe`` in
+``data.db``), so the loop learns the physics it got wrong even where its uncertainty is low.
+The oracle calls a probe makes for its reference curves are counted in ``probes.json``, not in
+the labelling budget. A probe that raises is recorded, never fatal.
 
 Every label outside the test set has one role (its ``split``), so no number is scored on the
 data it was fitted on:
@@ -42,6 +54,7 @@ import numpy as np
 from ase import Atoms
 
 from chemgap.agent.store import RunStatus, RunStore, atomic_write_text
+from chemgap.agent.summary import PROBES_FILE  # at the run's root too: the last probe run
 from chemgap.agent.testset import TEST_SPLIT
 from chemgap.campaigns.spec import held_out_counts
 from chemgap.common.files import atomic_write
@@ -50,12 +63,14 @@ from chemgap.common.tasks import Executor
 
 log = logging.getLogger(__name__)
 
-STEPS = ("train", "calibrate", "explore", "select", "label", "evaluate")
+STEPS = ("train", "calibrate", "explore", "probe", "select", "label", "evaluate")
 INIT_STEP = "init"  # before the initial labels are done
 INITIAL_DONE = "initial_labels"
 TEST_RESIDUALS = "test_residuals.npz"  # the iteration's ensemble on the test set (raw spread)
 SELECTED_RESIDUALS = "selected_residuals.npz"  # ... on the structures it chose, once labelled
 HOLDOUT, CALIBRATION = "holdout", "calibration"  # the splits of the held-out roles
+PROBES_DIR = "probes"  # iterations/NNN/probes/: probes.json, candidates.extxyz
+PROBE_SHARE = 0.5  # the most of a labelling batch probe-sourced structures may take
 
 Reporter = Callable[[str, dict[str, Any]], None]
 
@@ -381,17 +396,130 @@ class Campaign:
         atomic_write_text(idir / "exploration.json", json.dumps(summary, indent=2))
         self._finish_step(it, "explore")
 
+    def probes_due(self, it: int) -> bool:
+        """Whether the probe step runs the probes in iteration ``it`` (every ``every``)."""
+        cfg = self.spec.probes
+        return bool(cfg.names) and cfg.every > 0 and it % cfg.every == 0
+
+    def step_probe(self, it: int) -> None:
+        """Run the probes when due (see the module docstring); otherwise just pass."""
+        self._begin(it, "probe", n=len(self.spec.probes.names) if self.probes_due(it) else 0)
+        if self.probes_due(it):
+            self._run_probes(it)
+        self._finish_step(it, "probe")
+
+    def _run_probes(self, it: int) -> dict[str, Any]:
+        """Probe iteration ``it``'s ensemble against the oracle; write ``probes/probes.json``
+        and the candidates there, and ``probes.json`` at the run's root. Never raises: a probe
+        that raised is in the report, a run that could not start is recorded as an error.
+
+        Returns:
+            The history fields: ``probes_run``, ``probes_failed``, ``probes_passed``,
+            ``probe_oracle_calls``, ``probe_s``.
+        """
+        from chemgap.agent.probes import ProbeSystem, run_probes, write_report
+
+        cfg = self.spec.probes
+        out = self._idir(it) / PROBES_DIR
+        t0 = time.monotonic()
+        try:
+            system = ProbeSystem.from_config(self.spec.system, self._base_dir(), self.spec.name)
+            report = run_probes(
+                self._ensemble(it),
+                self.spec.oracle,
+                system,
+                cfg,
+                seed=self.spec.seed * 1000 + it,
+                temperatures_K=self.spec.exploration.temperatures_K,
+            )
+        except Exception as exc:
+            log.warning("iteration %d: probes could not run: %s", it, exc, exc_info=True)
+            error = f"{type(exc).__name__}: {exc}"
+            out.mkdir(parents=True, exist_ok=True)
+            text = json.dumps({"passed": False, "failed": [], "error": error, "iteration": it})
+            atomic_write_text(out / PROBES_FILE, text)
+            atomic_write_text(self.store.root / PROBES_FILE, text)
+            (out / "candidates.extxyz").unlink(missing_ok=True)
+            return {"probes_run": 0, "probes_failed": [], "probes_passed": False}
+        report.meta["iteration"] = it
+        write_report(report, out, per_probe=cfg.candidates_per_probe)
+        text = (out / PROBES_FILE).read_text()
+        atomic_write_text(self.store.root / PROBES_FILE, text)
+        failed = report.failed()
+        log.info(
+            "iteration %d probes: %d run, failed: %s (%.1f s)",
+            it,
+            len(report.results),
+            ", ".join(failed) or "none",
+            report.seconds,
+        )
+        return {
+            "probes_run": len(report.results),
+            "probes_failed": failed,
+            "probes_passed": report.passed,
+            "probe_oracle_calls": report.meta.get("oracle_calls"),
+            "probe_s": round(time.monotonic() - t0, 3),
+        }
+
+    def _probe_fields(self, it: int) -> dict[str, Any]:
+        """The history fields of this iteration's probe run, from its ``probes.json``."""
+        path = self._idir(it) / PROBES_DIR / PROBES_FILE
+        if not path.exists():
+            return {}
+        payload = json.loads(path.read_text())
+        if payload.get("error"):
+            return {"probes_run": 0, "probes_failed": [], "probes_passed": False}
+        return {
+            "probes_run": len(payload.get("probes", [])),
+            "probes_failed": list(payload.get("failed", [])),
+            "probes_passed": bool(payload.get("passed")),
+            "probe_oracle_calls": payload.get("meta", {}).get("oracle_calls"),
+            "probe_s": payload.get("seconds"),
+        }
+
+    def _probe_candidates(self, it: int) -> list[Atoms]:
+        """This iteration's probe-sourced structures (none when no probe ran), with the
+        ensemble's calibrated uncertainty, as the explorer's candidates carry it; those the
+        oracle would refuse as unphysical (:func:`chemgap.oracle.triage.check_geometry`) are
+        dropped rather than spent.
+        """
+        from chemgap.oracle.triage import check_geometry
+
+        path = self._idir(it) / PROBES_DIR / "candidates.extxyz"
+        if not self.probes_due(it) or not path.exists():
+            return []
+        found = _read_extxyz(path)
+        factor = self.spec.oracle.min_distance_factor
+        refused = [a for a in found if check_geometry(a, factor) is not None]
+        if refused:  # e.g. a dimer's repulsive wall, closer than the oracle is asked about
+            log.info("%d probe structures the oracle would refuse (too close)", len(refused))
+            found = [a for a in found if check_geometry(a, factor) is None]
+        if found:
+            pred = self._ensemble(it).predict(found)
+            for k, atoms in enumerate(found):
+                atoms.info.update(uncertainty=float(pred.max_force_std_cal[k]), iteration=it)
+        return found
+
     def step_select(self, it: int) -> None:
-        """Pick the labelling batch from the candidates within the oracle budget."""
+        """Pick the labelling batch from the candidates within the oracle budget: the probes'
+        structures first (up to :data:`PROBE_SHARE` of the batch), then the explorer's by the
+        selection strategy.
+        """
         from chemgap.agent.selection import Candidates, select
         from chemgap.oracle import cost_model
 
         idir = self._idir(it)
-        candidates = _read_extxyz(idir / "candidates.extxyz")
+        explored = _read_extxyz(idir / "candidates.extxyz")
+        probed = self._probe_candidates(it)
+        candidates = probed + explored
         left = self.spec.budget.max_oracle_calls - self.oracle_calls()
         n_batch = max(0, min(self.spec.selection.batch_size, left))
         chosen: list[Atoms] = []
-        info: dict[str, Any] = {"candidates": len(candidates), "batch": n_batch}
+        info: dict[str, Any] = {
+            "candidates": len(candidates),
+            "probe_candidates": len(probed),
+            "batch": n_batch,
+        }
         self._begin(it, "select", n=len(candidates))
         if candidates and n_batch:
             ensemble = self._ensemble(it)
@@ -412,6 +540,9 @@ class Campaign:
                 labelled_descriptors=ensemble.descriptors(labelled) if labelled else None,
                 dedup_distance=self.spec.selection.dedup_distance,
                 rng=self._rng(it, 3),
+                priority=range(len(probed)),
+                priority_budget=PROBE_SHARE * n_batch,
+                priority_reason="probe",
             )
             chosen = [candidates[i] for i in sel.indices][:n_batch]
             for atoms, role in zip(chosen, self._roles(it, len(chosen)), strict=True):
@@ -513,6 +644,7 @@ class Campaign:
             "failed": expl["overall"]["failed"],
         }
         row.update(self._test_row(it))
+        row.update(self._probe_fields(it))
         self._save_selected_residuals(it)
         t_diag = time.monotonic()
         row.update(self._diagnose(it))
@@ -520,6 +652,16 @@ class Campaign:
         row["elapsed_s"] = self.elapsed_s
         history = [h for h in self.store.state.history if h["iteration"] != it] + [row]
         reason = self.stop_reason(history)
+        seconds = {"diagnose": round(diag_s, 3)}
+        if reason and self.spec.probes.names and not self.probes_due(it):
+            # the last iteration: the probes' verdict on the final model
+            self.report(
+                "step", {"iteration": it, "step": "probe", "n": len(self.spec.probes.names)}
+            )
+            t_probe = time.monotonic()
+            row.update(self._run_probes(it))
+            seconds["probe"] = round(time.monotonic() - t_probe, 3)
+            row["elapsed_s"] = self.elapsed_s
         took = time.monotonic() - self._step_t0
         self.store.write_state(
             iteration=it,
@@ -528,7 +670,7 @@ class Campaign:
             stop_reason=reason,
             status=RunStatus.DONE if reason else RunStatus.RUNNING,
             elapsed_s=self.elapsed_s,
-            timings=self._timings(it, evaluate=round(took - diag_s, 3), diagnose=round(diag_s, 3)),
+            timings=self._timings(it, evaluate=round(took - sum(seconds.values()), 3), **seconds),
         )
         self.report("iteration", row)
         return row
@@ -630,10 +772,12 @@ class Campaign:
                 abs(b2["force_mae"] - b1["force_mae"]) < conv.force_mae_tol
                 for b1, b2 in itertools.pairwise(recent)
             )
+            and (not conv.probes or _last_probes_passed(history))
         ):
             return (
                 f"converged: accurate fraction ≥ {conv.accurate_fraction:g} and force MAE "
                 f"change < {conv.force_mae_tol:g} eV/Å for {conv.patience} iterations"
+                + (" and the last probes passed" if conv.probes else "")
             )
         if it >= b.max_iterations:
             return f"iteration cap ({b.max_iterations})"
@@ -679,6 +823,28 @@ class Campaign:
             it, nxt = it + 1, 0
 
 
+def preflight(spec: Any) -> None:
+    """Refuse, in one sentence, a campaign that cannot run, before anything is written: an
+    oracle whose backend is missing, probes that cannot run on the system or with the oracle.
+
+    Raises:
+        BadInput: naming the section, the value and what is allowed.
+    """
+    from chemgap.agent.errors import BadInput
+    from chemgap.oracle import check_backend
+
+    try:
+        check_backend(spec.oracle)
+    except ValueError as exc:
+        raise BadInput(f"oracle: {exc}") from None
+    if spec.probes.names:
+        from chemgap.agent.probes import ProbeSystem, check_probes
+
+        check_probes(
+            ProbeSystem.from_config(spec.system, name=spec.name), spec.probes, oracle=spec.oracle
+        )
+
+
 def run_campaign(
     store: RunStore,
     *,
@@ -711,8 +877,16 @@ def run_campaign(
         return reason
 
 
+def _last_probes_passed(history: list[dict[str, Any]]) -> bool:
+    """Whether the most recent probe run in ``history`` passed (False before any ran)."""
+    runs = [h for h in history if h.get("probes_run")]
+    return bool(runs) and bool(runs[-1].get("probes_passed"))
+
+
 PROVENANCE = (
     "source",
+    "probe",
+    "probe_reason",
     "seed_kind",
     "walker",
     "group",

@@ -10,7 +10,9 @@ Strategies are a ``StrEnum`` (:class:`chemgap.campaigns.spec.SelectionStrategy`)
 - ``random``: the control every claim about the other two is measured against.
 
 All strategies share the same constraints, applied in this order: candidates that duplicate an
-already-labelled structure (or each other) are dropped; per-element quotas are filled first;
+already-labelled structure (or each other) are dropped; ``priority`` candidates (a campaign's
+probe-sourced structures: physics the model got wrong, whatever its uncertainty says) are taken
+next, in their order, within their own share of the budget; per-element quotas are filled;
 then the strategy fills the rest of the budget, where the budget is counted in oracle cost
 (seconds from the oracle's cost model, or one unit per structure).
 """
@@ -18,7 +20,7 @@ then the strategy fills the rest of the budget, where the budget is counted in o
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -144,6 +146,9 @@ def select(
     labelled_descriptors: np.ndarray | None = None,
     dedup_distance: float = 1e-3,
     rng: np.random.Generator | None = None,
+    priority: Sequence[int] = (),
+    priority_budget: float | None = None,
+    priority_reason: str = "priority",
 ) -> Selection:
     """Choose a labelling batch whose total cost stays within ``budget``.
 
@@ -156,6 +161,11 @@ def select(
         labelled_descriptors: (m, d) descriptors of structures already labelled.
         dedup_distance: descriptor distance at or below which two structures are the same.
         rng: for ``random`` (seeded by the caller).
+        priority: candidate indices taken before everything else, in this order (duplicates
+            and unaffordable ones skipped), with reason ``priority_reason``.
+        priority_budget: the most of ``budget`` the priority candidates may spend (default:
+            all of it).
+        priority_reason: the reason recorded for a priority candidate taken.
     """
     strategy = SelectionStrategy(strategy)
     if budget <= 0:
@@ -178,6 +188,10 @@ def select(
         out.spent += float(candidates.cost[i])
         available[i] = False
 
+    cap = budget if priority_budget is None else min(priority_budget, budget)
+    for i in priority:
+        if available[i] and out.spent + candidates.cost[i] <= cap + 1e-12:
+            take(int(i), priority_reason)
     for element, k in sorted((quotas or {}).items()):
         has = np.array([element in e for e in candidates.elements], dtype=bool)
         have = sum(element in candidates.elements[i] for i in out.indices)

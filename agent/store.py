@@ -44,7 +44,7 @@ from pydantic_core import PydanticCustomError
 
 from chemgap.agent.diagnostics import REGIONS_FILE
 from chemgap.agent.errors import RunDirError
-from chemgap.agent.summary import campaign_summary, learning_curve, time_budget
+from chemgap.agent.summary import campaign_summary, learning_curve, probe_summary, time_budget
 from chemgap.campaigns.spec import CampaignSpec, dump_spec, parse_spec
 from chemgap.common.files import atomic_write_text
 from chemgap.common.keys import ENERGY_KEY, FORCES_KEY, STRESS_KEY
@@ -69,7 +69,15 @@ class RunStatus(StrEnum):
 
 # the campaign's steps as state.json may name them (agent/campaign.py's state machine)
 Step = Literal[
-    "init", "initial_labels", "train", "calibrate", "explore", "select", "label", "evaluate"
+    "init",
+    "initial_labels",
+    "train",
+    "calibrate",
+    "explore",
+    "probe",
+    "select",
+    "label",
+    "evaluate",
 ]
 
 
@@ -97,6 +105,9 @@ class HistoryRow(BaseModel):
     regions: int | None = Field(None, ge=0)
     silent_regions: int | None = Field(None, ge=0)
     diagnosis_error: str | None = None
+    probes_run: int | None = Field(None, ge=0, description="probes run this iteration")
+    probes_failed: list[str] | None = Field(None, description="failed a bound or raised")
+    probes_passed: bool | None = Field(None, description="every probe run passed")
 
 
 def _typed_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -436,8 +447,9 @@ def run_status(root: str | Path) -> dict[str, Any]:
     ``regions_unreadable`` saying why when regions.json cannot be read), ``stop_reason``,
     ``path``, ``updated``, ``history``, ``learning_curve`` (per iteration: oracle calls,
     holdout and test-set errors in and out of distribution), ``test_errors`` (the last
-    iteration's test-set errors per part, kind and element) and ``time`` (wall time per step and
-    the orchestration overhead); see :mod:`chemgap.agent.summary`.
+    iteration's test-set errors per part, kind and element), ``probes`` (the last probe run,
+    :func:`chemgap.agent.summary.probe_summary`; None before one) and ``time`` (wall time
+    per step and the orchestration overhead); see :mod:`chemgap.agent.summary`.
     """
     root = Path(root)
     state = read_state(root)
@@ -467,5 +479,6 @@ def run_status(root: str | Path) -> dict[str, Any]:
         "history": state.history,
         "learning_curve": learning_curve(state),
         "test_errors": state.history[-1].get("test") if state.history else None,
+        "probes": probe_summary(root),
         "time": time_budget(state),
     }

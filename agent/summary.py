@@ -9,6 +9,8 @@
   it) and the regions resolved on the way, with the iteration each stopped being found;
 - the last diagnosis' sampling check (provenance; never a failure region), apart;
 - the test-set error per kind, first iteration against last;
+- the last probe run (``probes.json`` at the run's root): which probes failed, per metric the
+  model's value with its ensemble band against the oracle's, and the verdict;
 - where the wall time went: per step, and the orchestration overhead (everything outside
   training, exploration, labelling and diagnosis).
 """
@@ -24,7 +26,14 @@ from chemgap.agent.diagnostics import REGIONS_FILE
 if TYPE_CHECKING:
     from chemgap.agent.store import RunState
 
-__all__ = ["CURVE_KEYS", "WORK_STEPS", "campaign_summary", "learning_curve", "time_budget"]
+__all__ = [
+    "CURVE_KEYS",
+    "WORK_STEPS",
+    "campaign_summary",
+    "learning_curve",
+    "probe_summary",
+    "time_budget",
+]
 
 CURVE_KEYS = (
     "iteration",
@@ -38,7 +47,14 @@ CURVE_KEYS = (
     "regions",
     "elapsed_s",
 )
-WORK_STEPS = ("train", "explore", "label", "diagnose")  # the work; the rest is orchestration
+PROBES_FILE = "probes.json"  # the last probe run, at the run's root (agent/campaign.py)
+WORK_STEPS = (
+    "train",
+    "explore",
+    "probe",
+    "label",
+    "diagnose",
+)  # the work; the rest is orchestration
 
 
 def learning_curve(state: RunState) -> list[dict[str, Any]]:
@@ -68,7 +84,7 @@ def time_budget(state: RunState) -> dict[str, Any]:
     }
 
 
-def _read_regions(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         payload = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -99,7 +115,7 @@ def _regions_history(
     seen: dict[str, dict[str, Any]] = {}
     resolved = []
     for folder in sorted(iterations.glob("[0-9][0-9][0-9]")):
-        payload = _read_regions(folder / REGIONS_FILE)
+        payload = _read_json(folder / REGIONS_FILE)
         if payload is None:
             continue
         for r in payload.get("regions", []):
@@ -144,10 +160,11 @@ def campaign_summary(root: Path, state: RunState, iterations: Path) -> dict[str,
         iterations: its ``iterations/`` folder.
 
     Returns:
-        ``{"learning_curve", "regions", "resolved", "provenance", "test_by_kind", "time"}``
-        (``provenance``: the last diagnosis' sampling check, empty before it existed).
+        ``{"learning_curve", "regions", "resolved", "provenance", "test_by_kind", "probes",
+        "time"}`` (``provenance``: the last diagnosis' sampling check, empty before it existed;
+        ``probes``: :func:`probe_summary`).
     """
-    payload = _read_regions(root / REGIONS_FILE) or {}
+    payload = _read_json(root / REGIONS_FILE) or {}
     _, resolved = _regions_history(iterations)
     return {
         "learning_curve": learning_curve(state),
@@ -155,5 +172,31 @@ def campaign_summary(root: Path, state: RunState, iterations: Path) -> dict[str,
         "resolved": resolved,
         "provenance": list(payload.get("provenance") or []),
         "test_by_kind": _kind_errors(state),
+        "probes": probe_summary(root),
         "time": time_budget(state),
+    }
+
+
+def probe_summary(root: Path) -> dict[str, Any] | None:
+    """The last probe run of the campaign in ``root``, or None when none ran.
+
+    Returns:
+        ``{"iteration", "run", "passed", "failed", "error", "seconds", "rows"}``: probes run,
+        whether all passed, the names that failed (a bound, or raised), why the run could not
+        start (else None), its wall time (s) and the display rows
+        (:func:`chemgap.agent.probes.results.report_rows`).
+    """
+    from chemgap.agent.probes.results import report_rows
+
+    payload = _read_json(root / PROBES_FILE)
+    if payload is None:
+        return None
+    return {
+        "iteration": (payload.get("meta") or {}).get("iteration", payload.get("iteration")),
+        "run": len(payload.get("probes") or []),
+        "passed": bool(payload.get("passed")),
+        "failed": list(payload.get("failed") or []),
+        "error": payload.get("error"),
+        "seconds": payload.get("seconds"),
+        "rows": report_rows(payload),
     }

@@ -376,6 +376,9 @@ class ConvergenceConfig(_Section):
     accurate_fraction: float = Field(0.95, gt=0, le=1, description="explored frames accurate")
     force_mae_tol: float = Field(0.005, ge=0, description="change of validation force MAE, eV/Å")
     patience: int = Field(2, ge=1, description="iterations the criteria must hold")
+    probes: bool = Field(
+        False, description="converged only while the last probe run passed (needs probes.every)"
+    )
 
 
 class BudgetConfig(_Section):
@@ -745,6 +748,16 @@ class CampaignSpec(_Section):
     test_set: TestSetConfig = Field(default_factory=TestSetConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
 
+    @model_validator(mode="after")
+    def _probes_for_convergence(self) -> CampaignSpec:
+        if self.budget.convergence.probes and not (self.probes.names and self.probes.every):
+            raise ValueError(
+                "budget.convergence.probes needs probes that run during the loop: set "
+                f"probes.names (got {[str(n) for n in self.probes.names]}) and probes.every ≥ 1 "
+                f"(got {self.probes.every})"
+            )
+        return self
+
     def elements(self, base_dir: Path | None = None) -> set[str]:
         """Every element the seed structures contain."""
         base = base_dir or Path.cwd()
@@ -1068,8 +1081,11 @@ def _is_string_field(parts: list[str], root: type[BaseModel] | None = None) -> b
     annotation = _field_annotation(parts, root or CampaignSpec)
     if annotation is None:
         return False
-    if typing.get_origin(annotation) is Literal:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
         return all(isinstance(a, str) for a in typing.get_args(annotation))
+    if origin in (list, tuple, dict, set):  # a container of strings is written as YAML
+        return False
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     candidates = args or [annotation]
     return all(isinstance(c, type) and issubclass(c, str) for c in candidates)

@@ -180,10 +180,12 @@ def test_a_probe_that_raises_is_recorded_not_raised():
 
 
 def test_probes_section_defaults_off_and_validates_bounds():
-    spec = load_spec("cu-defects")
-    assert spec.probes.names == [] and spec.probes.every == 0
+    spec = load_spec("cu-defects")  # the default run probes every iteration
+    assert spec.probes.names == ["eos", "vacancy", "surface", "dimer"] and spec.probes.every == 1
     seed = {"kind": "bulk", "formula": "Cu", "crystal": "fcc", "count": 8}
     data = {"name": "x", "system": {"seeds": [seed]}}
+    spec = parse_spec(json.loads(json.dumps(data)))  # a spec without the section: off
+    assert spec.probes.names == [] and spec.probes.every == 0
     spec = parse_spec(
         json.loads(json.dumps(data)),
         overrides={"probes.names": ["eos", "dimer"], "probes.bounds.dimer.force_flips.bad": "3"},

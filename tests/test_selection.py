@@ -83,3 +83,28 @@ def test_bad_input_is_a_value_error(rng):
         select(c, budget=1, strategy="greedy")
     with pytest.raises(ValueError, match="descriptors"):
         Candidates(uncertainty=np.ones(3), descriptors=np.ones((2, 2)), elements=[frozenset()] * 3)
+
+
+@pytest.mark.parametrize("strategy", list(SelectionStrategy))
+def test_priority_candidates_come_first_within_their_share(strategy, rng):
+    """Priority candidates (a campaign's probe structures) are taken first, in their order,
+    whatever their uncertainty, up to their share of the budget; a priority candidate that
+    duplicates a labelled structure is skipped; the strategy fills the rest.
+    """
+    c = two_clusters(rng)
+    low = list(np.argsort(c.uncertainty)[:4])  # the four least uncertain: never picked alone
+    labelled = c.descriptors[[low[1]]]  # the second is labelled already
+    sel = select(
+        c,
+        budget=8,
+        strategy=strategy,
+        rng=np.random.default_rng(1),
+        labelled_descriptors=labelled,
+        priority=low,
+        priority_budget=2,
+        priority_reason="probe",
+    )
+    assert sel.indices[:2] == [low[0], low[2]]
+    assert [sel.reason[i] for i in sel.indices].count("probe") == 2
+    assert low[1] in sel.duplicates and low[3] not in sel.indices[:2]
+    assert len(sel.indices) == 8 and sel.reason[sel.indices[2]] == str(strategy)

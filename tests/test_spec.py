@@ -150,8 +150,10 @@ def test_overrides_are_typed_by_the_schema():
             "name": "1e3",  # a string field keeps the literal text, not the float 1000.0
             "oracle.params": "{}",
             "ensemble.mode": "bagging",
+            "probes.names": "[eos, dimer]",  # a list of enum strings is read as YAML
         },
     )
+    assert spec.probes.names == ["eos", "dimer"]
     assert spec.exploration.steps == 50
     assert spec.exploration.temperatures_K == [100.0, 200.5]
     assert spec.system.seeds[0].a == 3.6

@@ -412,8 +412,12 @@ def diagnose(
 @click.option("--json", "as_json", is_flag=True, help="Print the whole regions.json.")
 @handles_errors
 def inspect(run: Path, region_id: str | None, export_dir: Path | None, as_json: bool) -> None:
-    """Failure regions of RUN (or a diagnose output folder), ranked by severity."""
+    """Failure regions of RUN (or a diagnose output folder), ranked by severity, and the
+    campaign's last probe run.
+    """
+    from chemgap.agent.cli.probe import print_probes
     from chemgap.agent.diagnostics.diagnose import export_exemplars, load_regions
+    from chemgap.agent.summary import probe_summary
 
     regions, payload = load_regions(run)
     if region_id is not None and region_id not in {r.id for r in regions}:
@@ -425,6 +429,7 @@ def inspect(run: Path, region_id: str | None, export_dir: Path | None, as_json: 
         click.echo(json.dumps(payload, indent=1))
     elif region_id is None:
         _overview(regions, payload)
+        print_probes(probe_summary(run))
     else:
         _detail(next(r for r in regions if r.id == region_id))
     if export_dir is not None:

@@ -115,6 +115,8 @@ def status(run: Path, as_json: bool) -> None:
     table.add_row("iteration", f"{info['iteration']} (step: {info['step']})")
     table.add_row("labels", f"{info['labels']['ok']} ok, {info['labels']['failed']} failed")
     table.add_row("failure regions", info["regions_unreadable"] or str(info["regions"]))
+    if info["probes"]:
+        table.add_row("probes", probes_status(info["probes"]))
     for row in info["learning_curve"]:
         parts = [
             f"{part} {1000 * row[f'test_force_mae_{part.lower()}']:.0f}"
@@ -127,6 +129,16 @@ def status(run: Path, as_json: bool) -> None:
                 f"test force MAE {' · '.join(parts)} meV/Å after {row['oracle_calls']} calls",
             )
     console.print(table)
+
+
+def probes_status(probes: dict) -> str:
+    """The last probe run in one cell: which failed (or all passed), at which iteration."""
+    where = f" (iteration {probes['iteration']})" if probes.get("iteration") is not None else ""
+    if probes.get("error"):
+        return f"could not run{where}: {probes['error']}"
+    if probes["failed"]:
+        return f"failed: {', '.join(probes['failed'])} of {probes['run']}{where}"
+    return f"all {probes['run']} passed{where}"
 
 
 def _register() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich import box
@@ -18,8 +19,13 @@ from chemgap.oracle.config import OracleName
 _WIDTHS = {"probe": 12, "metric": 24, "model ± band": 19, "oracle": 9, "pass": 5}
 
 
-def _table(rows: list[tuple[str, str, str, str, str]]) -> Table:
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+def probes_table(rows: list[tuple[str, str, str, str, str]], title: str | None = None) -> Table:
+    """Probe metrics, one row each (:func:`chemgap.agent.probes.results.report_rows`): the
+    model's value ± the members' band, the oracle's, the verdict; fits 80 columns.
+    """
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False
+    )
     for name, width in _WIDTHS.items():
         justify = "right" if name in ("model ± band", "oracle") else "left"
         table.add_column(name, max_width=width, overflow="fold", justify=justify)
@@ -35,6 +41,22 @@ def _table(rows: list[tuple[str, str, str, str, str]]) -> Table:
         )
         last = probe
     return table
+
+
+def print_probes(probes: dict[str, Any] | None) -> None:
+    """The last probe run of a campaign: the metrics table and which probes failed."""
+    if not probes:
+        return
+    it = probes.get("iteration")
+    where = f" (iteration {it})" if it is not None else ""
+    if probes.get("error"):
+        console.print(f"probes{where} could not run: {probes['error']}", markup=False)
+        return
+    failed = probes["failed"]
+    title = f"physical-behaviour probes{where}, model against the oracle: " + (
+        f"[red]failed: {', '.join(failed)}[/]" if failed else "all passed"
+    )
+    console.print(probes_table(probes["rows"], title=title))
 
 
 @click.command("probe")
@@ -109,7 +131,7 @@ def probe(
             seed=seed,
             temperatures_K=list(temperatures) or None,
         )
-    console.print(_table(report.rows()))
+    console.print(probes_table(report.rows()))
     n_pass = sum(r.passed is True for r in report.results)
     console.print(f"{n_pass}/{len(report.results)} probes passed in {report.seconds:.1f} s")
     for path in written.values():

@@ -16,12 +16,13 @@ from rich.table import Table
 from chemgap.agent.cli.common import console, handles_errors
 from chemgap.agent.cli.diagnose import provenance_lines
 from chemgap.agent.cli.options import Overrides, address_option, load_campaign, overrides_option
-from chemgap.agent.errors import BadInput
+from chemgap.agent.cli.probe import print_probes
 
 STEP_TEXT = {
     "train": "training {n_members} members on {n} structures",
     "calibrate": "calibrating the ensemble's uncertainty",
     "explore": "exploring with {n} walkers",
+    "probe": "probing the physics ({n} probes) against the oracle",
     "select": "selecting from {n} candidates",
     "label": "labelling {n} structures",
     "test": "labelling the {n}-structure test set",
@@ -97,7 +98,18 @@ def _iteration_table(row: dict[str, Any]) -> Table:
     table.add_row(*cols.values())
     if row.get("trust_pooled"):
         table.caption = f"{table.caption}\n{row['trust_pooled']}"
+    if row.get("probes_run") is not None:
+        table.caption = f"{table.caption}\n{probes_line(row)}"
     return table
+
+
+def probes_line(row: dict[str, Any]) -> str:
+    """One line on an iteration's probes: how many passed, which failed."""
+    run, failed = row.get("probes_run") or 0, row.get("probes_failed") or []
+    if not run:
+        return "probes: could not run (see iterations/NNN/probes/probes.json)"
+    text = f"probes: {run - len(failed)}/{run} passed"
+    return text + (f" · failed: {', '.join(failed)}" if failed else "")
 
 
 def _ratio(r: dict[str, Any]) -> str:
@@ -180,11 +192,12 @@ def print_summary(summary: dict[str, Any], root: Path) -> None:
         console.print(line, markup=False)
     if summary["test_by_kind"]:
         console.print(_test_by_kind(summary["test_by_kind"]))
+    print_probes(summary.get("probes"))
     t = summary["time"]
     if t.get("overhead_fraction") is not None:
         console.print(
             f"wall time {t['elapsed_s']:.0f} s, of which orchestration (outside training, "
-            f"exploring, labelling, diagnosis) {t['overhead_s']:.0f} s "
+            f"exploring, probes, labelling, diagnosis) {t['overhead_s']:.0f} s "
             f"({100 * t['overhead_fraction']:.1f} %)"
         )
 
@@ -238,14 +251,11 @@ def _drive(store, address: str | None) -> None:
 @handles_errors(resumable=True)
 def run(campaign: str, out: Path | None, sets: Overrides, address: str | None) -> None:
     """Run CAMPAIGN (a built-in name or a spec file; default cu-defects) to its end."""
+    from chemgap.agent.campaign import preflight
     from chemgap.agent.store import RunStore
-    from chemgap.oracle import check_backend
 
     spec = load_campaign(campaign, sets)
-    try:
-        check_backend(spec.oracle)
-    except ValueError as exc:
-        raise BadInput(f"oracle: {exc}") from None
+    preflight(spec)
     out = out or Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     store = RunStore.create(out, spec)
     console.print(spec.summary(), soft_wrap=True)
@@ -258,17 +268,14 @@ def run(campaign: str, out: Path | None, sets: Overrides, address: str | None) -
 @handles_errors(resumable=True)
 def resume(run_dir: Path, address: str | None) -> None:
     """Continue the campaign in RUN from its last finished step."""
+    from chemgap.agent.campaign import preflight
     from chemgap.agent.store import RunStore
-    from chemgap.oracle import check_backend
 
     store = RunStore.open(run_dir)
     if store.state.status == "done":
         console.print(f"{run_dir} is already done: {store.state.stop_reason}")
         return
-    try:
-        check_backend(store.spec.oracle)
-    except ValueError as exc:
-        raise BadInput(f"oracle: {exc}") from None
+    preflight(store.spec)
     console.print(
         f"resuming {store.spec.name} at iteration {store.state.iteration} "
         f"(last finished step: {store.state.step})"

@@ -240,18 +240,7 @@ class ProbeReport:
 
     def rows(self) -> list[tuple[str, str, str, str, str]]:
         """Table rows ``(probe, metric, model ± band, oracle, verdict)`` as display strings."""
-        out = []
-        for r in self.results:
-            if r.error is not None:
-                out.append((r.name, "(probe raised)", r.error[:40], "", "error"))
-                continue
-            for m in r.metrics:
-                verdict = {True: "pass", False: "FAIL", None: "-"}[m.passed]
-                unit = f" {m.unit}" if m.unit else ""
-                band = f" ± {_fmt(m.band, 3)}" if len(m.members) > 1 else ""
-                oracle = "" if m.oracle is None else _fmt(m.oracle)
-                out.append((r.name, m.label + unit, _fmt(m.model) + band, oracle, verdict))
-        return out
+        return report_rows(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready report (what ``probes.json`` holds)."""
@@ -264,9 +253,27 @@ class ProbeReport:
         }
 
 
-def _fmt(x: float, digits: int = 4) -> str:
-    """``digits`` significant digits, compact."""
-    if x is None or not math.isfinite(x):
+def report_rows(payload: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Table rows ``(probe, metric, model ± band, oracle, verdict)`` as display strings, from
+    a report as ``probes.json`` holds it (:meth:`ProbeReport.to_dict`).
+    """
+    out = []
+    for r in payload.get("probes", []):
+        if r.get("error") is not None:
+            out.append((r["name"], "(probe raised)", r["error"][:40], "", "error"))
+            continue
+        for m in r.get("metrics", []):
+            verdict = {True: "pass", False: "FAIL", None: "-"}[m.get("passed")]
+            unit = f" {m['unit']}" if m.get("unit") else ""
+            band = f" ± {_fmt(m['band'], 3)}" if len(m.get("members", [])) > 1 else ""
+            oracle = "" if m.get("oracle") is None else _fmt(m["oracle"])
+            out.append((r["name"], m["label"] + unit, _fmt(m["model"]) + band, oracle, verdict))
+    return out
+
+
+def _fmt(x: float | str | None, digits: int = 4) -> str:
+    """``digits`` significant digits, compact (NaN and infinities as JSON keeps them)."""
+    if x is None or isinstance(x, str) or not math.isfinite(x):
         return str(x)
     return f"{x:.{digits}g}"
 

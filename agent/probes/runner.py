@@ -238,8 +238,11 @@ def _run_one(name: ProbeName, ctx: ProbeContext) -> ProbeResult:
     return result
 
 
-def write_report(report: ProbeReport, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``probes.json`` and, when there are any, ``candidates.extxyz`` into ``out_dir``.
+def write_report(
+    report: ProbeReport, out_dir: str | Path, *, per_probe: int | None = None
+) -> dict[str, Path]:
+    """Write ``probes.json`` and, when there are any, ``candidates.extxyz`` into ``out_dir``
+    (up to ``per_probe`` candidates of each probe, failed probes first; all when None).
 
     Returns:
         What was written: ``{"probes": path, "candidates": path}``.
@@ -251,10 +254,15 @@ def write_report(report: ProbeReport, out_dir: str | Path) -> dict[str, Path]:
     written = {"probes": out / "probes.json"}
     text = json.dumps(report.to_dict(), indent=1, ensure_ascii=False)
     atomic_write(written["probes"], lambda fh: fh.write(text))
-    candidates = report.candidates()
+    candidates = report.candidates(per_probe)
+    stale = out / "candidates.extxyz"
+    if not candidates and stale.exists():  # a rerun into the same folder proposes none
+        stale.unlink()
     if candidates:
         written["candidates"] = out / "candidates.extxyz"
-        ase.io.write(written["candidates"], candidates, format="extxyz")
+        atomic_write(
+            written["candidates"], lambda fh: ase.io.write(fh, candidates, format="extxyz")
+        )
     return written
 
 
