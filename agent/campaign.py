@@ -644,10 +644,13 @@ class Campaign:
             "failed": expl["overall"]["failed"],
         }
         row.update(self._test_row(it))
+        quality = self._quality(it, row)
+        row["model_quality"] = quality
+        row["regions_tentative"] = quality is not None and not quality["ready"]
         row.update(self._probe_fields(it))
         self._save_selected_residuals(it)
         t_diag = time.monotonic()
-        row.update(self._diagnose(it))
+        row.update(self._diagnose(it, quality))
         diag_s = time.monotonic() - t_diag
         row["elapsed_s"] = self.elapsed_s
         history = [h for h in self.store.state.history if h["iteration"] != it] + [row]
@@ -692,6 +695,22 @@ class Campaign:
             row[f"test_energy_mae_{part}"] = report["energy_mae_per_atom"] if report else None
         return row
 
+    def _quality(self, it: int, row: dict[str, Any]) -> dict[str, Any] | None:
+        """Whether iteration ``it``'s model is good enough in distribution for its regions to
+        be findings (:func:`chemgap.agent.evaluation.model_quality`): on the test set's ID
+        part, or without one on the holdout it was scored on.
+        """
+        from chemgap.agent.evaluation import model_quality
+
+        target = self.spec.diagnostics.id_force_target
+        ident = [a for a in self.test_set() if a.info.get("in_distribution", True)]
+        if ident and row.get("test_force_mae_id") is not None:
+            return model_quality(
+                row["test_force_mae_id"], ident, target, "test set, in distribution"
+            )
+        held = [a for a in self.labelled(HOLDOUT) if a.info.get("iteration", 0) < it]
+        return model_quality(row.get("force_mae"), held, target, "holdout")
+
     def _save_selected_residuals(self, it: int) -> None:
         """The structures this iteration chose and labelled, as predicted by the ensemble that
         chose them (out of sample for it): the loop's own calibration data for later
@@ -709,12 +728,14 @@ class Campaign:
         pred = self._ensemble(it).predict(chosen, calibrated=False)
         Residuals.from_prediction(pred, chosen).save(self._idir(it) / SELECTED_RESIDUALS)
 
-    def _diagnose(self, it: int) -> dict[str, Any]:
+    def _diagnose(self, it: int, quality: dict[str, Any] | None = None) -> dict[str, Any]:
         """Failure regions of this iteration's ensemble on the fixed test set (without one: on
         the holdout and this iteration's labels, data it was not trained on). The same
         structures every iteration, so a region's ratio per iteration is a history. Writes
-        ``regions.json`` in the run and in ``iterations/NNN``. A diagnosis that cannot be made
-        (too few structures for a statistic, say) is logged and recorded, not fatal.
+        ``regions.json`` in the run and in ``iterations/NNN``, with the model's ``quality``
+        (its regions are tentative when it misses its in-distribution target). A diagnosis
+        that cannot be made (too few structures for a statistic, say) is logged and recorded,
+        not fatal.
         """
         from chemgap.agent.diagnostics import REGIONS_FILE
         from chemgap.agent.diagnostics.diagnose import diagnose, load_previous, write_regions
@@ -746,6 +767,7 @@ class Campaign:
                 "silent_regions": None,
                 "diagnosis_error": f"{type(exc).__name__}: {exc}",
             }
+        result.quality = quality
         write_regions(result, self._idir(it))
         write_regions(result, self.store.root)
         regions = result.regions

@@ -12,6 +12,10 @@ files an iteration wrote.
   on the data it was fitted on (which describes the fit only), on held-out data it was not
   fitted on, and on the test set's ID and OOD parts, where ensembles are known to be
   overconfident;
+- :func:`model_quality`: whether the model is good enough where it has data for its failure
+  regions to be findings: the in-distribution force MAE against the RMS of the reference forces
+  it is scored on (a model no better than predicting zero force has a ratio near 0.8 for
+  Gaussian forces: MAE/RMS of a normal variable is √(2/π));
 - :func:`compare_calibrations`: whether a calibration fitted on the loop's own labels (as
   predicted by the ensemble that chose them) transfers to OOD data better than the one fitted
   on the calibration split alone.
@@ -154,3 +158,49 @@ def compare_calibrations(split: dict[str, Any], loop: dict[str, Any]) -> dict[st
     a, b = _z2_gap(split.get("test_ood")), _z2_gap(loop.get("test_ood"))
     better = None if np.isnan(a) or np.isnan(b) else bool(b < a)
     return {"split_gap": a, "loop_gap": b, "loop_transfers_better": better}
+
+
+def model_quality(
+    force_mae: float | None, structures: Sequence[Atoms], target: float, basis: str
+) -> dict[str, Any] | None:
+    """The in-distribution quality of a model, judged against ``target``.
+
+    Args:
+        force_mae: its force MAE (per component, eV/Å) on ``structures``; None: not scored.
+        structures: the labelled structures it was scored on (``REF_forces``).
+        target: the largest ratio of force MAE to the reference forces' RMS (per component)
+            at which the model's failure regions count as findings.
+        basis: what the structures are, in words (``test set, in distribution``).
+
+    Returns:
+        ``{"force_mae", "force_rms", "ratio", "target", "ready", "basis"}`` (eV/Å), or None
+        without a score or forces.
+    """
+    from chemgap.common.keys import reference_forces
+
+    if force_mae is None or not structures:
+        return None
+    forces = reference_forces(list(structures))
+    rms = float(np.sqrt(np.mean(forces**2))) if forces.size else 0.0
+    if rms <= 0:
+        return None
+    ratio = float(force_mae) / rms
+    return {
+        "force_mae": float(force_mae),
+        "force_rms": rms,
+        "ratio": ratio,
+        "target": float(target),
+        "ready": ratio <= target,
+        "basis": basis,
+    }
+
+
+def quality_text(quality: dict[str, Any] | None) -> str | None:
+    """One sentence on a model whose regions are tentative (None when they are findings)."""
+    if not quality or quality["ready"]:
+        return None
+    return (
+        f"tentative: the in-distribution force MAE ({1e3 * quality['force_mae']:.0f} meV/Å on "
+        f"the {quality['basis']}) is {100 * quality['ratio']:.0f} % of the force RMS there "
+        f"(target ≤ {100 * quality['target']:.0f} %); regions are not findings yet"
+    )

@@ -105,6 +105,7 @@ class HistoryRow(BaseModel):
     regions: int | None = Field(None, ge=0)
     silent_regions: int | None = Field(None, ge=0)
     diagnosis_error: str | None = None
+    regions_tentative: bool = Field(False, description="the model missed its ID target")
     probes_run: int | None = Field(None, ge=0, description="probes run this iteration")
     probes_failed: list[str] | None = Field(None, description="failed a bound or raised")
     probes_passed: bool | None = Field(None, description="every probe run passed")
@@ -447,7 +448,9 @@ def run_status(root: str | Path) -> dict[str, Any]:
     ``regions_unreadable`` saying why when regions.json cannot be read), ``stop_reason``,
     ``path``, ``updated``, ``history``, ``learning_curve`` (per iteration: oracle calls,
     holdout and test-set errors in and out of distribution), ``test_errors`` (the last
-    iteration's test-set errors per part, kind and element), ``probes`` (the last probe run,
+    iteration's test-set errors per part, kind and element), ``model_quality`` and
+    ``regions_tentative`` (the last iteration's in-distribution quality against its target;
+    its regions are tentative when it misses it), ``probes`` (the last probe run,
     :func:`chemgap.agent.summary.probe_summary`; None before one) and ``time`` (wall time
     per step and the orchestration overhead); see :mod:`chemgap.agent.summary`.
     """
@@ -480,5 +483,7 @@ def run_status(root: str | Path) -> dict[str, Any]:
         "learning_curve": learning_curve(state),
         "test_errors": state.history[-1].get("test") if state.history else None,
         "probes": probe_summary(root),
+        "model_quality": state.history[-1].get("model_quality") if state.history else None,
+        "regions_tentative": bool(state.history and state.history[-1].get("regions_tentative")),
         "time": time_budget(state),
     }

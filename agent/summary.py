@@ -160,8 +160,10 @@ def campaign_summary(root: Path, state: RunState, iterations: Path) -> dict[str,
         iterations: its ``iterations/`` folder.
 
     Returns:
-        ``{"learning_curve", "regions", "resolved", "provenance", "test_by_kind", "probes",
-        "time"}`` (``provenance``: the last diagnosis' sampling check, empty before it existed;
+        ``{"learning_curve", "regions", "resolved", "provenance", "quality", "test_by_kind",
+        "probes", "time"}`` (``provenance``: the last diagnosis' sampling check, empty before
+        it existed; ``quality``: the model's in-distribution quality at that diagnosis, its
+        regions tentative when ``ready`` is False;
         ``probes``: :func:`probe_summary`).
     """
     payload = _read_json(root / REGIONS_FILE) or {}
@@ -171,6 +173,7 @@ def campaign_summary(root: Path, state: RunState, iterations: Path) -> dict[str,
         "regions": [_region_row(r) for r in payload.get("regions", [])],
         "resolved": resolved,
         "provenance": list(payload.get("provenance") or []),
+        "quality": payload.get("quality"),
         "test_by_kind": _kind_errors(state),
         "probes": probe_summary(root),
         "time": time_budget(state),

@@ -427,6 +427,13 @@ class DiagnosticsConfig(_Section):
     )
     exemplars: int = Field(3, ge=0, description="exemplar structures saved per region")
     max_regions: int = Field(20, ge=1, description="most regions reported")
+    id_force_target: float = Field(
+        0.15,
+        gt=0,
+        le=1,
+        description="regions are findings once the in-distribution force MAE is at most this "
+        "fraction of the in-distribution test forces' RMS (above it they are tentative)",
+    )
     id_fraction: float = Field(
         0.2, gt=0, lt=1, description="split study: train side held out as in-distribution test"
     )

@@ -87,7 +87,7 @@ def test_probes_every_iteration_are_recorded_and_label_their_structures(tmp_path
     info = json.loads(CliRunner().invoke(main, ["status", "--json", str(store.root)]).output)
     assert info["probes"]["iteration"] == 2 and "vacancy" in info["probes"]["failed"]
     out = CliRunner().invoke(main, ["status", str(store.root)], terminal_width=80).output
-    assert "failed: " in out and "vacancy" in out
+    assert "of 3 failed (iteration 2)" in out and "vacancy" in out
     out = CliRunner().invoke(main, ["inspect", str(store.root)], terminal_width=80).output
     assert "physical-behaviour probes (iteration 2)" in out and "planted failure" in out
 

@@ -255,6 +255,26 @@ def test_write_regions_and_inspect(cu_result, tmp_path):
     assert bad.exit_code == 2 and "Rnope" in bad.output
     missing = runner.invoke(inspect_cmd, [str(tmp_path / "nowhere")])
     assert missing.exit_code == 2
+    assert not payload["tentative"] and "tentative" not in table.output  # no quality: findings
+
+
+def test_regions_of_a_model_that_misses_its_target_are_tentative(cu_result, tmp_path):
+    """A diagnosis whose model misses its ID target writes ``tentative`` and the quality into
+    regions.json, and ``inspect`` says so above the regions; one that meets it does not.
+    """
+    from dataclasses import replace
+
+    from chemgap.agent.cli.diagnose import inspect as inspect_cmd
+
+    quality = {"force_mae": 0.05, "force_rms": 0.2, "ratio": 0.25, "target": 0.15}
+    quality |= {"ready": False, "basis": "holdout"}
+    write_regions(replace(cu_result, quality=quality), tmp_path)
+    payload = json.loads((tmp_path / "regions.json").read_text())
+    assert payload["tentative"] and payload["quality"] == quality
+    out = CliRunner().invoke(inspect_cmd, [str(tmp_path)], terminal_width=120).output
+    assert "tentative: the in-distribution force MAE (50 meV/Å on the holdout) is 25 %" in out
+    write_regions(replace(cu_result, quality={**quality, "ratio": 0.1, "ready": True}), tmp_path)
+    assert not json.loads((tmp_path / "regions.json").read_text())["tentative"]
 
 
 def test_diagnose_cli_on_files_and_on_a_run(cu, tmp_path):

@@ -61,3 +61,29 @@ def test_score_reads_the_label_keys():
         atoms.info[ENERGY_KEY] = e
         atoms.arrays[FORCES_KEY] = f
     assert score(Pred(), [h2, o]).force_mae == pytest.approx(8.0 / 9.0)
+
+
+def test_model_quality_against_the_force_rms():
+    """A model predicting zero force has MAE/RMS = √(2/π) ≈ 0.80 on Gaussian forces (far above
+    the 15 % target); one with a tenth of the RMS as MAE passes; the sentence names the ratio.
+    """
+    from ase import Atoms
+
+    from chemgap.agent.evaluation import model_quality, quality_text
+
+    rng = np.random.default_rng(0)
+    structures = []
+    for _ in range(50):
+        atoms = Atoms("Cu8", positions=rng.normal(size=(8, 3)))
+        atoms.arrays["REF_forces"] = rng.normal(scale=0.7, size=(8, 3))
+        structures.append(atoms)
+    forces = np.concatenate([a.arrays["REF_forces"] for a in structures])
+    zero_mae = float(np.abs(forces).mean())
+    bad = model_quality(zero_mae, structures, 0.15, "holdout")
+    assert bad["force_rms"] == pytest.approx(np.sqrt(np.mean(forces**2)))
+    assert bad["ratio"] == pytest.approx(np.sqrt(2 / np.pi), abs=0.02) and not bad["ready"]
+    assert quality_text(bad).startswith("tentative: the in-distribution force MAE (")
+    assert "on the holdout) is 80 % of the force RMS there (target ≤ 15 %)" in quality_text(bad)
+    good = model_quality(0.1 * bad["force_rms"], structures, 0.15, "holdout")
+    assert good["ready"] and quality_text(good) is None
+    assert model_quality(None, structures, 0.15, "holdout") is None

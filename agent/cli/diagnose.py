@@ -444,7 +444,12 @@ def _overview(regions: list[Any], payload: dict[str, Any]) -> None:
     it = payload.get("iteration")
     if payload.get("source"):
         console.print(f"diagnosed: {payload['source']}", markup=False)
+    from chemgap.agent.evaluation import quality_text
+
     title = f"{len(regions)} failure regions" + (f" · iteration {it}" if it is not None else "")
+    tentative = quality_text(payload.get("quality"))
+    if tentative and regions:
+        title += f"\n[yellow]{tentative}[/]"
     if regions:
         console.print(regions_table(regions, title))
     else:

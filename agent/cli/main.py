@@ -102,6 +102,7 @@ def campaigns() -> None:
 @handles_errors
 def status(run: Path, as_json: bool) -> None:
     """Where campaign RUN stands: state, iteration, labels, failure regions, learning curve."""
+    from chemgap.agent.evaluation import quality_text
     from chemgap.agent.store import run_status
 
     info = run_status(run)
@@ -114,7 +115,9 @@ def status(run: Path, as_json: bool) -> None:
     )
     table.add_row("iteration", f"{info['iteration']} (step: {info['step']})")
     table.add_row("labels", f"{info['labels']['ok']} ok, {info['labels']['failed']} failed")
-    table.add_row("failure regions", info["regions_unreadable"] or str(info["regions"]))
+    regions = info["regions_unreadable"] or str(info["regions"])
+    tentative = quality_text(info.get("model_quality"))
+    table.add_row("failure regions", regions + (f" ({tentative})" if tentative else ""))
     if info["probes"]:
         table.add_row("probes", probes_status(info["probes"]))
     for row in info["learning_curve"]:
@@ -137,7 +140,8 @@ def probes_status(probes: dict) -> str:
     if probes.get("error"):
         return f"could not run{where}: {probes['error']}"
     if probes["failed"]:
-        return f"failed: {', '.join(probes['failed'])} of {probes['run']}{where}"
+        failed = probes["failed"]
+        return f"{len(failed)} of {probes['run']} failed{where}: {', '.join(failed)}"
     return f"all {probes['run']} passed{where}"
 
 

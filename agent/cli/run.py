@@ -17,6 +17,7 @@ from chemgap.agent.cli.common import console, handles_errors
 from chemgap.agent.cli.diagnose import provenance_lines
 from chemgap.agent.cli.options import Overrides, address_option, load_campaign, overrides_option
 from chemgap.agent.cli.probe import print_probes
+from chemgap.agent.evaluation import quality_text
 
 STEP_TEXT = {
     "train": "training {n_members} members on {n} structures",
@@ -90,7 +91,10 @@ def _iteration_table(row: dict[str, Any]) -> Table:
             f"{100 * row['accurate']:.0f}/{100 * row['candidate']:.0f}/{100 * row['failed']:.0f}"
         ),
         "regions\n(silent)": (
-            "–" if row.get("regions") is None else f"{row['regions']} ({row['silent_regions']})"
+            "–"
+            if row.get("regions") is None
+            else f"{row['regions']} ({row['silent_regions']})"
+            + ("?" if row.get("regions_tentative") else "")
         ),
     }
     for name in cols:
@@ -100,6 +104,9 @@ def _iteration_table(row: dict[str, Any]) -> Table:
         table.caption = f"{table.caption}\n{row['trust_pooled']}"
     if row.get("probes_run") is not None:
         table.caption = f"{table.caption}\n{probes_line(row)}"
+    tentative = quality_text(row.get("model_quality"))
+    if tentative:
+        table.caption = f"{table.caption}\n?: regions {tentative}"
     return table
 
 
@@ -123,10 +130,12 @@ def _ratio(r: dict[str, Any]) -> str:
 _BARE_CLASS = re.compile(r"environment = env\d+")  # a rule of a regions.json of before names
 
 
-def _regions_found(regions: list[dict[str, Any]]) -> Table:
-    """The last diagnosis' regions, readable rules, within 80 columns."""
+def _regions_found(regions: list[dict[str, Any]], quality: dict[str, Any] | None) -> Table:
+    """The last diagnosis' regions, readable rules, within 80 columns; tentative ones say so."""
+    tentative = quality_text(quality)
     table = Table(
-        title="failure regions (last diagnosis, on the test set)",
+        title="failure regions (last diagnosis, on the test set)"
+        + (f"\n[yellow]{tentative}[/]" if tentative else ""),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
@@ -179,7 +188,7 @@ def print_summary(summary: dict[str, Any], root: Path) -> None:
     """The closing answer of a run: regions found and resolved, test error per kind, time."""
     regions, resolved = summary["regions"], summary["resolved"]
     if regions:
-        console.print(_regions_found(regions))
+        console.print(_regions_found(regions, summary.get("quality")))
     else:
         console.print(
             f"no failure region found in the last diagnosis (why: chemgap inspect {root})"

@@ -138,6 +138,9 @@ class DiagnosisResult:
         atom_uncertainty: (n_atoms,) calibrated per-atom force std, eV/Å.
         energy_error: (n_struct,) signed (E_pred - E_ref) / n_atoms, eV/atom.
         wall_s: how long the diagnosis took, s.
+        quality: the model's in-distribution quality against its target
+            (:func:`chemgap.agent.evaluation.model_quality`; a campaign sets it), or None;
+            when it misses the target the regions are tentative.
     """
 
     regions: list[Region]
@@ -159,6 +162,12 @@ class DiagnosisResult:
     atom_uncertainty: np.ndarray | None = None
     energy_error: np.ndarray | None = None
     wall_s: float = 0.0
+    quality: dict[str, Any] | None = None
+
+    @property
+    def tentative(self) -> bool:
+        """Whether the model misses its in-distribution target (regions are not findings)."""
+        return self.quality is not None and not self.quality["ready"]
 
     def to_dict(self) -> dict[str, Any]:
         """The ``regions.json`` payload (JSON-safe: NaN written as null)."""
@@ -180,6 +189,8 @@ class DiagnosisResult:
                 "splits": [s.to_dict() for s in self.splits],
                 "environment": None if self.environment is None else self.environment.to_dict(),
                 "wall_s": self.wall_s,
+                "quality": self.quality,
+                "tentative": self.tentative,
             }
         )
 
