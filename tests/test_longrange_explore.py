@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import bulk
+from test_longrange_members import members as lr_members
 
 from chemgap.agent.explore import BatchedForceField, explore
 from chemgap.agent.md import init_state
 from chemgap.agent.trust import TrustLevels
 from chemgap.campaigns.spec import ExplorationConfig
-from chemgap.models.build import build_model, compute_stats
-from chemgap.models.config import ModelConfig
 from chemgap.models.ensemble import Ensemble
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-SMALL = {"num_channels": 8, "max_L": 1, "num_interactions": 2, "r_max": 4.0, "radial_mlp": [16, 16]}
 # every frame above the lower level, none above the upper: candidates at steps 1 and 11
 EVERY_FRAME = TrustLevels(lower={}, upper={}, default_lower=0.0, default_upper=1e6)
 
@@ -33,23 +29,7 @@ def members(long_range: str, k: int = 2) -> Ensemble:
     """K untrained Na/Cl members with randomised weights (noise 0.1 on every parameter, so the
     charges are far from the readout's near-zero start and differ between members).
     """
-    cfg = ModelConfig(**SMALL, long_range=long_range, dtype="float64")
-    rng = np.random.default_rng(0)
-    fake = []
-    for atoms in walkers():
-        atoms.info["REF_energy"] = -3.0 * len(atoms) + rng.normal()
-        atoms.arrays["REF_forces"] = rng.normal(scale=0.5, size=(len(atoms), 3))
-        fake.append(atoms)
-    stats = compute_stats(fake, [11, 17], cfg.r_max)
-    out = []
-    for seed in range(k):
-        model = build_model(cfg, stats, seed=seed)
-        gen = torch.Generator().manual_seed(100 + seed)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        out.append(model)
-    return Ensemble(out, model_cfg=cfg)
+    return lr_members(walkers(), long_range, k=k)
 
 
 def walkers() -> list[Atoms]:
