@@ -228,7 +228,12 @@ class Campaign:
 
     # ------------------------------------------------------------------ steps
     def step_train(self, it: int) -> None:
-        """Train iteration ``it``'s ensemble on the train split (holdout for early stopping)."""
+        """Train iteration ``it``'s ensemble on the train split (holdout for early stopping).
+
+        The members know every element of the spec's seeds, also those the labels lack so far
+        (their reference energy is 0 and their embedding untrained until labels arrive): a
+        model trained on Si alone is explored, scored and diagnosed on Ge, where it fails.
+        """
         from chemgap.models.ensemble import train_ensemble
 
         train = self.labelled("train")
@@ -245,6 +250,7 @@ class Campaign:
             self._idir(it) / "models",
             seed=self.spec.seed * 1000 + it,
             valid=valid,
+            elements=sorted(self.spec.elements(self._base_dir())),
             progress=progress,
             task_tag=f"iter {it}",
             executor=self.executor,

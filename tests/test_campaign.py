@@ -352,3 +352,33 @@ def test_calibrated_trust_campaign_stores_the_levels_its_calibration_gives(tmp_p
     assert np.isclose(stored["default_upper"], 3.0 * stored["default_lower"], rtol=1e-9)
     assert stored["default_lower"] != spec.exploration.trust.lower  # not the fixed level
     assert row["trust_pooled"] and "pooled" in row["trust_pooled"]
+
+
+def test_members_know_seed_elements_the_initial_labels_lack(tmp_path):
+    """Si labelled, Ge only a non-initial seed: the first ensemble still has Ge (E0 = 0, an
+    untrained embedding), so it can be explored, scored and diagnosed on Ge — where it fails.
+    Broken variant caught: members built from the labels' elements only (no Ge: predicting a
+    Ge cell raises).
+    """
+    import numpy as np
+    from ase.build import bulk
+
+    from chemgap.agent.campaign import Campaign
+
+    spec = tiny_spec(oracle={"name": "sw"})
+    si = {"kind": "bulk", "formula": "Si", "crystal": "diamond", "a": 5.431, "cubic": True}
+    ge = {"kind": "bulk", "formula": "Ge", "crystal": "diamond", "a": 5.658, "cubic": True}
+    spec["system"]["seeds"] = [
+        {**si, "count": 8, "rattle_A": 0.05},
+        {**ge, "count": 2, "rattle_A": 0.05, "initial": False},
+    ]
+    spec["test_set"] = {"per_kind": 0}
+    spec["ensemble"]["max_epochs"] = 1
+    campaign = Campaign(RunStore.create(tmp_path / "run", parse_spec(spec)))
+    campaign.initial_labels()
+    assert {s for a in campaign.labelled() for s in a.get_chemical_symbols()} == {"Si"}
+    campaign.step_train(1)
+    ensemble = campaign._ensemble(1)
+    assert ensemble.elements == ["Si", "Ge"]
+    pred = ensemble.predict([bulk("Ge", "diamond", a=5.658, cubic=True)])
+    assert np.isfinite(pred.energy_mean).all() and np.isfinite(pred.forces_mean).all()
