@@ -85,6 +85,7 @@ from chemgap.agent.diagnostics.features import FeatureKind, Features
 from chemgap.agent.diagnostics.rules import Condition as Condition
 from chemgap.agent.diagnostics.rules import UnknownFeature as UnknownFeature
 from chemgap.agent.diagnostics.rules import (
+    as_condition,
     cut_between,
     feature_resolution,
     readability,
@@ -1094,7 +1095,10 @@ def fold_overlapping(regions: list[Region], masks: list[np.ndarray]) -> list[Reg
     :func:`~chemgap.agent.diagnostics.rules.readability`, a named feature before an environment
     class, fewer conditions before more; then scored on all structures before held-out, then
     the more severe); each joins the first kept region whose atoms overlap its own with a
-    Jaccard index |A ∩ B| / |A ∪ B| ≥ :data:`MERGE_JACCARD`, else it is kept itself. A folded
+    Jaccard index |A ∩ B| / |A ∪ B| ≥ :data:`MERGE_JACCARD`, else it is kept itself. Before
+    that, regions that cut the same numeric feature the same way (:func:`_same_cut`:
+    ``density ≤ 8.87`` and ``density ≤ 9`` are one finding at two thresholds, whatever their
+    overlap) are folded under the threshold with the strongest evidence (smallest q). A folded
     region is recorded in its representative's ``folded`` (with its own statistics and the
     Jaccard index) and ``also`` / ``also_ids``; the representative's statistics stay its own.
 
@@ -1105,6 +1109,7 @@ def fold_overlapping(regions: list[Region], masks: list[np.ndarray]) -> list[Reg
     Returns:
         The representatives, in visiting order.
     """
+    regions, masks = _fold_thresholds(regions, masks)
     order = sorted(range(len(regions)), key=lambda i: _preference(regions[i]))
     kept: list[tuple[Region, np.ndarray]] = []
     for i in order:
@@ -1118,6 +1123,40 @@ def fold_overlapping(regions: list[Region], masks: list[np.ndarray]) -> list[Reg
         else:
             kept.append((r, m))
     return [r for r, _ in kept]
+
+
+def _fold_thresholds(
+    regions: list[Region], masks: list[np.ndarray]
+) -> tuple[list[Region], list[np.ndarray]]:
+    """Fold each group of :func:`_same_cut` regions under its smallest-q member (then the more
+    severe); the other regions pass unchanged, in order.
+    """
+    order = sorted(range(len(regions)), key=lambda i: (regions[i].q_value, -regions[i].severity))
+    heads: list[int] = []
+    folded: set[int] = set()
+    for i in order:
+        head = next((h for h in heads if _same_cut(regions[h], regions[i])), None)
+        if head is None:
+            heads.append(i)
+            continue
+        union = np.logical_or(masks[head], masks[i]).sum()
+        both = np.logical_and(masks[head], masks[i]).sum()
+        _fold_into(regions[head], regions[i], float(both / union) if union else 0.0)
+        folded.add(i)
+    keep = [i for i in range(len(regions)) if i not in folded]
+    return [regions[i] for i in keep], [masks[i] for i in keep]
+
+
+def _same_cut(a: Region, b: Region) -> bool:
+    """Whether two regions are one numeric condition each on the same feature, the same way
+    (``x ≤ t1`` and ``x ≤ t2``, or ``x ≥``/``>`` alike): one finding at two thresholds.
+    """
+    if len(a.conditions) != 1 or len(b.conditions) != 1:
+        return False
+    ca, cb = as_condition(a.conditions[0]), as_condition(b.conditions[0])
+    below, above = {"≤", "<"}, {"≥", ">"}
+    same_way = {ca.op, cb.op} <= below or {ca.op, cb.op} <= above
+    return ca.feature == cb.feature and same_way
 
 
 def _fold_into(k: Region, r: Region, jaccard: float) -> None:
