@@ -163,6 +163,34 @@ def test_relaxation_probes_on_a_mace_ensemble_give_bands_and_candidates(model_di
     assert len(cands[0]) in (3, 8)  # the relaxed 3-atom vacancy cell or the 8-atom slab
 
 
+def test_a_dimer_keeps_the_separations_the_oracle_can_do():
+    """An oracle that fails below 1.2 Å (as xTB's SCF can at a dimer's short separations):
+    the dimer probe drops those separations for every row, judges the rest and says so; model
+    and oracle are the same potential, so it passes with zero error.
+
+    Broken variant caught: one failed oracle call raising out of the probe (the whole dimer
+    probe lost, as organics-xtb's was before).
+    """
+    from ase.calculators.calculator import CalculationFailed
+
+    from chemgap.models.reference import ReferenceModel
+
+    class ShortFails(EMT):
+        def calculate(self, atoms=None, *args, **kwargs):
+            if atoms is not None and len(atoms) == 2 and atoms.get_distance(0, 1) < 1.2:
+                raise CalculationFailed("SCF not converged")
+            super().calculate(atoms, *args, **kwargs)
+
+    model = ReferenceModel(EMT, elements=["Cu"], n_members=2, r_max=4.5)
+    report = run_probes(model, ShortFails(), [bulk("Cu", "fcc", a=3.6)], ProbesConfig(),
+                        names=["dimer"])  # fmt: skip
+    (dimer,) = report.results
+    assert dimer.error is None and dimer.passed is True
+    assert any("36 of 251 separations dropped" in note for note in dimer.notes), dimer.notes
+    (curve,) = dimer.payload["curves"]
+    assert min(curve["x"]) > 1.2
+
+
 def test_a_probe_that_raises_is_recorded_not_raised():
     class Broken(EMT):
         def calculate(self, *args, **kwargs):
@@ -173,7 +201,10 @@ def test_a_probe_that_raises_is_recorded_not_raised():
 
     report = run_probes(ReferenceModel(EMT, elements=["Cu"]), Broken(), system, ProbesConfig(),
                         names=["eos", "dimer"])  # fmt: skip
-    assert [r.error for r in report.results] == ["RuntimeError: oracle crashed"] * 2
+    eos, dimer = (r.error for r in report.results)
+    assert eos == "RuntimeError: oracle crashed"
+    assert dimer.startswith("RuntimeError: the oracle failed on 276 of 276 separations (first: ")
+    assert dimer.endswith("RuntimeError: oracle crashed)")
     assert report.passed is False and report.failed() == ["eos", "dimer"]
     assert report.to_dict()["probes"][0]["passed"] is None
     assert report.rows()[0][-1] == "error"

@@ -19,6 +19,7 @@ from chemgap.campaigns.spec import ProbeName
 
 from .context import ProbeContext
 from .curves import diatomic_metrics
+from .potentials import SinglePoints
 from .results import Judge, ProbeResult, pick_candidates
 
 NAME = ProbeName.DIMER
@@ -62,6 +63,23 @@ def _spread(r: np.ndarray, key: np.ndarray, n: int) -> list[int]:
     return chosen
 
 
+def _oracle_done(
+    r: np.ndarray, sp: SinglePoints, f_proj: np.ndarray, structures: list[Atoms], row: int
+) -> tuple[np.ndarray, SinglePoints, np.ndarray, list[Atoms]]:
+    """The separations the oracle (row ``row``) could do, every row kept on them alone, so
+    model and oracle curves are judged on the same points; fewer than 3 left raises.
+    """
+    keep = np.isfinite(sp.energy[row])
+    if keep.sum() < 3:
+        raise RuntimeError(
+            f"the oracle failed on {int((~keep).sum())} of {len(r)} separations "
+            f"(first: {sp.failures[0] if sp.failures else 'non-finite energy'})"
+        )
+    idx = np.flatnonzero(keep)
+    kept = SinglePoints(energy=sp.energy[:, keep], forces=[sp.forces[i] for i in idx])
+    return r[keep], kept, f_proj[:, keep], [structures[i] for i in idx]
+
+
 def run(ctx: ProbeContext) -> ProbeResult:
     """Every pair's curve per row; shape metrics and well against the oracle."""
     cfg = ctx.cfg.dimer
@@ -72,9 +90,17 @@ def run(ctx: ProbeContext) -> ProbeResult:
     curves, cand_structs, cand_dis, cand_err = [], [], [], []
     for a, b in pairs(ctx.system.elements):
         structures = [dimer(a, b, x) for x in r]
-        sp = pot.single_points(structures)
+        sp = pot.single_points(structures, skip_failures=True)
         f_proj = np.array([f[:, 1, 0] for f in sp.forces]).T  # (R, n) along +x = 0 → 1
-        per_row = [diatomic_metrics(r, sp.energy[row], f_proj[row]) for row in range(pot.n_rows)]
+        r_pair, sp, f_proj, structures = _oracle_done(r, sp, f_proj, structures, k + 1)
+        if len(r_pair) < len(r):
+            result.notes.append(
+                f"{a}-{b}: {len(r) - len(r_pair)} of {len(r)} separations dropped "
+                f"(the oracle failed there), {r_pair[0]:.2f}–{r_pair[-1]:.2f} Å kept"
+            )
+        per_row = [
+            diatomic_metrics(r_pair, sp.energy[row], f_proj[row]) for row in range(pot.n_rows)
+        ]
         pair_metrics = [
             ctx.metric(
                 NAME,
@@ -87,11 +113,11 @@ def run(ctx: ProbeContext) -> ProbeResult:
             for name in per_row[0]
         ]
         result.metrics += pair_metrics
-        curves.append(ctx.curve(f"{a}-{b}", r, sp.energy - sp.energy[:, -1:]))
+        curves.append(ctx.curve(f"{a}-{b}", r_pair, sp.energy - sp.energy[:, -1:]))
         dis = sp.energy[:k].std(axis=0)
         err = np.abs(sp.energy[k] - sp.energy[k + 1])
         failed = any(m.passed is False for m in pair_metrics)
-        for i in _spread(r, err if failed else dis, max(ctx.cfg.candidates_per_probe, 1)):
+        for i in _spread(r_pair, err if failed else dis, max(ctx.cfg.candidates_per_probe, 1)):
             cand_structs.append(structures[i])
             cand_dis.append(dis[i])
             cand_err.append(err[i])

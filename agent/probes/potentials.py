@@ -13,8 +13,9 @@ Units: eV, Å, eV/Å, eV/Å³ (ASE's stress sign).
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms
@@ -26,6 +27,9 @@ from chemgap.models.contract import EnsembleModel
 __all__ = ["Potentials", "RowResult", "SinglePoints"]
 
 MAX_ATOMS_PER_BATCH = 6000
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(kw_only=True)
@@ -45,11 +49,13 @@ class SinglePoints:
         energy: (R, n_struct) eV, R = K + 2 rows.
         forces: per structure, (R, n_atoms_i, 3) eV/Å.
         stress: (R, n_struct, 6) eV/Å³ Voigt, ASE sign, or None.
+        failures: ``"Type: message"`` of each oracle call skipped (``skip_failures``).
     """
 
     energy: np.ndarray
     forces: list[np.ndarray]
     stress: np.ndarray | None = None
+    failures: list[str] = field(default_factory=list)
 
 
 class Potentials:
@@ -123,23 +129,39 @@ class Potentials:
         self.oracle_calls += 1
         return RowResult(energy=energy, forces=forces, stress=sigma)
 
-    def single_points(self, structures: Sequence[Atoms], *, stress: bool = False) -> SinglePoints:
-        """Every row on every structure (the model rows from one batched call per chunk)."""
+    def single_points(
+        self, structures: Sequence[Atoms], *, stress: bool = False, skip_failures: bool = False
+    ) -> SinglePoints:
+        """Every row on every structure (the model rows from one batched call per chunk).
+
+        With ``skip_failures``, a structure the oracle cannot do (an SCF that does not converge
+        at a dimer's short separation, say) gets NaN oracle energy, forces and stress instead of
+        raising; the caller drops it from every row (the model's values are kept).
+        """
         structures = list(structures)
         e, f, s = self._model(structures, stress)
         k, n = self.k, len(structures)
         energy = np.zeros((self.n_rows, n))
         energy[:k], energy[k] = e, e.mean(axis=0)
         forces = []
+        failures: list[str] = []
         stresses = np.zeros((self.n_rows, n, 6)) if stress else None
         for i, atoms in enumerate(structures):
-            ref = self.oracle_single(atoms, stress=stress)
+            try:
+                ref = self.oracle_single(atoms, stress=stress)
+            except Exception as exc:
+                if not skip_failures:
+                    raise
+                log.info("oracle failed on %s: %s", atoms.get_chemical_formula(), exc)
+                failures.append(f"{type(exc).__name__}: {exc}")
+                nan = np.full((len(atoms), 3), np.nan)
+                ref = RowResult(energy=float("nan"), forces=nan, stress=None)
             energy[k + 1, i] = ref.energy
             forces.append(np.concatenate([f[i], f[i].mean(axis=0)[None], ref.forces[None]]))
             if stresses is not None:
                 stresses[:k, i], stresses[k, i] = s[:, i], s[:, i].mean(axis=0)
                 stresses[k + 1, i] = ref.stress if ref.stress is not None else np.nan
-        return SinglePoints(energy=energy, forces=forces, stress=stresses)
+        return SinglePoints(energy=energy, forces=forces, stress=stresses, failures=failures)
 
     def evaluate_rows(
         self, items: Sequence[tuple[Atoms, int]], *, stress: bool = False
