@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms, units
@@ -55,13 +56,33 @@ def seed_labels(spec: CampaignSpec) -> list[str]:
             or "-".join(getattr(seed, "symbols", ()))
         )
         labels.append(f"{seed.kind} {detail}")
-    repeated = Counter(labels)  # still equal (two bulk Cu entries): number them
+    repeated = Counter(labels)  # still equal: tell them apart by size, else number them
+    for i, seed in enumerate(seeds):
+        size = _size_text(seed)
+        if repeated[labels[i]] > 1 and size:
+            labels[i] = f"{labels[i]} {size}"
+    repeated = Counter(labels)
     seen: Counter[str] = Counter()
     for i, label in enumerate(labels):
         if repeated[label] > 1:
             seen[label] += 1
             labels[i] = f"{label} #{seen[label]}"
     return labels
+
+
+def _size_text(seed: Any) -> str | None:
+    """What sets the size of a seed entry's structures: a dimer's separations, a cluster's
+    radius, a crystal's supercell (None when nothing does).
+    """
+    if getattr(seed, "distances_A", None):
+        d = seed.distances_A
+        return f"{min(d):g}–{max(d):g} Å"
+    if getattr(seed, "radius_A", None) is not None:
+        return f"r {seed.radius_A:g} Å"
+    cell = getattr(seed, "supercell", None)
+    if cell is not None and tuple(cell) != (1, 1, 1):
+        return "×".join(map(str, cell))
+    return None
 
 
 def _thermalise(

@@ -34,7 +34,9 @@ Families:
   molecule's atoms): coordination number (CN, first-shell neighbours); the coordination deficit
   (the element's bulk CN in the data, taken as the 95th percentile of its CNs, minus the atom's
   CN, floored at 0) and the distance to the nearest under-coordinated atom (0 for a defect or
-  surface atom itself, capped at :data:`DEFECT_DISTANCE_CAP_A`).
+  surface atom itself, capped at :data:`DEFECT_DISTANCE_CAP_A`); for an atom with no
+  first-shell neighbour only, ``isolation_A``, its distance to the nearest atom (separated ion
+  pairs, evaporated atoms: what only long-range terms see beyond a model's cutoff).
 - ``bonds`` (structures outside molecules: a molecule's bond lengths follow its bond orders,
   which the molecular family names): per atom ``bond_stretch_A``, the mean over its first-shell
   bonds of d - d_ref(pair type), Å, and per structure ``bond_distortion_A``, the root mean
@@ -442,17 +444,33 @@ def _coordination(ctx: FeatureContext) -> FeatureBlock:
             rows = slice(offset, offset + n)
             distance[rows] = _defect_distances(atoms, deficit[rows])
         offset += n
+    isolated = ext & (cn == 0)
     cn[~ext] = np.nan
     numeric = FeatureKind.NUMERIC
-    return _block(
-        {
-            "coordination": cn,
-            "coordination_deficit": deficit,
-            "defect_distance_A": np.round(distance, 2),
-        },
-        {},
-        {"coordination": numeric, "coordination_deficit": numeric, "defect_distance_A": numeric},
-    )
+    atom = {
+        "coordination": cn,
+        "coordination_deficit": deficit,
+        "defect_distance_A": np.round(distance, 2),
+        "isolation_A": np.round(_isolation(ctx, isolated), 2),
+    }
+    return _block(atom, {}, dict.fromkeys(atom, numeric))
+
+
+def _isolation(ctx: FeatureContext, isolated: np.ndarray) -> np.ndarray:
+    """(n_atoms,) distance, Å, from each atom without a first-shell neighbour to the nearest
+    other atom (an ion pair pulled apart, an atom evaporated from a cluster); NaN for every
+    bonded atom. Beyond a short-range model's cutoff only long-range terms see such an atom.
+    """
+    out = np.full(len(isolated), np.nan)
+    for k, atoms in enumerate(ctx.structures):
+        rows = np.flatnonzero((ctx.system_idx == k) & isolated)
+        if len(rows) == 0 or len(atoms) < 2:
+            continue
+        local = rows - np.flatnonzero(ctx.system_idx == k)[0]
+        d = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+        np.fill_diagonal(d, np.inf)
+        out[rows] = d[local].min(axis=1)
+    return out
 
 
 def _neighbours(ctx: FeatureContext) -> FeatureBlock:

@@ -36,6 +36,7 @@ FEATURE_WORDS: dict[str, tuple[str, str, float]] = {
     "coordination": ("coordination", "", 1.0),
     "coordination_deficit": ("coordination deficit", "", 1.0),
     "defect_distance_A": ("distance to a defect", "Å", 1.0),
+    "isolation_A": ("isolated atom's nearest-neighbour distance", "Å", 1.0),
     "bond_stretch_A": ("mean bond stretch", "Å", 1.0),
     "bond_distortion_A": ("RMS bond deviation of the structure", "Å", 1.0),
     "density_g_cm3": ("density", "g/cm³", 1.0),
@@ -67,6 +68,7 @@ FEATURE_RANK: dict[str, int] = {
     "coordination": 2,
     "coordination_deficit": 2,
     "defect_distance_A": 2,
+    "isolation_A": 2,
     "environment": 5,
 }
 PREFIX_RANK = {"group:": 0, "shell_frac:": 1, "nb_count:": 1, "comp_frac:": 2, "bond_": 3}
