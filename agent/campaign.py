@@ -850,6 +850,38 @@ class Campaign:
                 return reason
             it, nxt = it + 1, 0
 
+    # ------------------------------------------------------------------ after the loop
+    def remediate(self) -> dict[str, Any] | None:
+        """Run (or continue) the spec's remediation experiment on the finished loop, into
+        ``RUN/remedies`` (:mod:`chemgap.agent.remedies`); None when the spec asks for none.
+
+        An arm refused for want of data the loop did not produce (no failure region to
+        target, say) does not fail the finished campaign: the refusal is logged and kept in
+        ``remedies/refused.txt``.
+        """
+        from chemgap.agent.errors import RemedyRefused
+        from chemgap.agent.remedies import REMEDIES_DIR, run_experiment
+
+        cfg = self.spec.remediation
+        if not cfg.remedies or self.store.state.status != RunStatus.DONE:
+            return None
+        refused = self.store.root / REMEDIES_DIR / "refused.txt"
+
+        def forward(event: str, payload: dict[str, Any]) -> None:
+            self.report("remedy", {"event": event, **payload})
+
+        self.report("remedy", {"event": "start", "remedies": [str(r) for r in cfg.remedies]})
+        try:
+            summary = run_experiment(self.store.root, cfg, executor=self.executor, report=forward)
+        except RemedyRefused as exc:
+            log.warning("remediation experiment refused: %s", exc)
+            refused.parent.mkdir(exist_ok=True)
+            atomic_write_text(refused, f"{exc}\n")
+            return None
+        refused.unlink(missing_ok=True)
+        self.report("remedy", {"event": "done", "summary": summary})
+        return summary
+
 
 def preflight(spec: Any) -> None:
     """Refuse, in one sentence, a campaign that cannot run, before anything is written: an
@@ -865,6 +897,10 @@ def preflight(spec: Any) -> None:
         check_backend(spec.oracle)
     except ValueError as exc:
         raise BadInput(f"oracle: {exc}") from None
+    if spec.remediation.remedies:
+        from chemgap.agent.remedies.arms import check_spec
+
+        check_spec(spec)
     if spec.probes.names:
         from chemgap.agent.probes import ProbeSystem, check_probes
 
@@ -892,6 +928,7 @@ def run_campaign(
         campaign = Campaign(store, report=report, num_cpus=num_cpus, executor=executor)
         try:
             reason = campaign.run()
+            campaign.remediate()
         except KeyboardInterrupt:
             store.write_state(status=RunStatus.INTERRUPTED, elapsed_s=campaign.elapsed_s)
             raise
@@ -903,6 +940,18 @@ def run_campaign(
             )
             raise
         return reason
+
+
+def remediation_pending(store: RunStore) -> bool:
+    """Whether ``store``'s loop is done but the spec's remediation experiment is not."""
+    from chemgap.agent.remedies import REMEDIES_DIR, RESULTS_FILE
+
+    return (
+        bool(store.spec.remediation.remedies)
+        and store.state.status == RunStatus.DONE
+        and not (store.root / REMEDIES_DIR / RESULTS_FILE).exists()
+        and not (store.root / REMEDIES_DIR / "refused.txt").exists()
+    )
 
 
 def _last_probes_passed(history: list[dict[str, Any]]) -> bool:

@@ -9,3 +9,7 @@ class BadInput(ValueError):
 
 class RunDirError(BadInput):
     """A run directory that cannot be used as asked (not a chemgap run, corrupt, incompatible)."""
+
+
+class RemedyRefused(BadInput):
+    """A remediation arm whose prerequisite is missing (no regions, no probes, no source model)."""

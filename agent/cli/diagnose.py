@@ -410,12 +410,27 @@ def diagnose(
     help="Copy exemplar structures (extxyz) here (with --region: that region's only).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the whole regions.json.")
+@click.option(
+    "--remedies", is_flag=True, help="Show the run's remediation experiment (chemgap remedy)."
+)
 @handles_errors
-def inspect(run: Path, region_id: str | None, export_dir: Path | None, as_json: bool) -> None:
+def inspect(
+    run: Path, region_id: str | None, export_dir: Path | None, as_json: bool, remedies: bool
+) -> None:
     """Failure regions of RUN (or a diagnose output folder), ranked by severity, and the
-    campaign's last probe run.
+    campaign's last probe run; with --remedies, its remediation experiment.
     """
     from chemgap.agent.cli.probe import print_probes
+
+    if remedies:
+        from chemgap.agent.cli.remedy import load_remedies, print_remedies
+
+        summary = load_remedies(run)
+        if as_json:
+            click.echo(json.dumps(summary, indent=1))
+        else:
+            print_remedies(summary)
+        return
     from chemgap.agent.diagnostics.diagnose import export_exemplars, load_regions
     from chemgap.agent.summary import probe_summary
 

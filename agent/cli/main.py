@@ -26,7 +26,7 @@ HARMLESS_WARNINGS = (
 )
 # commands that import mace (a cuequivariance notice on CPU machines) or start Ray
 MODEL_COMMANDS = frozenset(
-    {"run", "resume", "train", "predict", "explore", "diagnose", "label", "probe"}
+    {"run", "resume", "train", "predict", "explore", "diagnose", "label", "probe", "remedy"}
 )
 
 
@@ -151,6 +151,7 @@ def _register() -> None:
     from chemgap.agent.cli.explore import explore
     from chemgap.agent.cli.label import label
     from chemgap.agent.cli.probe import probe
+    from chemgap.agent.cli.remedy import remedy
     from chemgap.agent.cli.run import resume, run
     from chemgap.agent.cli.train import predict, train
 
@@ -163,6 +164,7 @@ def _register() -> None:
     main.add_command(diagnose)
     main.add_command(inspect)
     main.add_command(probe)
+    main.add_command(remedy)
 
 
 _register()

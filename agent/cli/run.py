@@ -39,6 +39,7 @@ class Reporter:
         self.progress = progress
         self.n_members = n_members
         self.task: Any = None
+        self.remedies: Any = None
 
     def __call__(self, event: str, payload: dict[str, Any]) -> None:
         """Handle one campaign event (``step``, ``label`` or ``iteration``) and its payload."""
@@ -54,6 +55,22 @@ class Reporter:
             case "iteration":
                 self._close()
                 self.progress.console.print(_iteration_table(payload))
+            case "remedy":
+                self._close()
+                self._remedy(payload)
+
+    def _remedy(self, payload: dict[str, Any]) -> None:
+        from chemgap.agent.cli.remedy import ExperimentReporter, print_remedies
+
+        event = payload.pop("event")
+        if event == "start":
+            names = ", ".join(payload["remedies"])
+            self.progress.console.print(f"remediation experiment: {names}")
+            self.remedies = ExperimentReporter(self.progress)
+        elif event == "done":
+            print_remedies(payload["summary"])
+        elif self.remedies is not None:
+            self.remedies(event, payload)
 
     def _close(self) -> None:
         if self.task is not None:
@@ -277,16 +294,20 @@ def run(campaign: str, out: Path | None, sets: Overrides, address: str | None) -
 @handles_errors(resumable=True)
 def resume(run_dir: Path, address: str | None) -> None:
     """Continue the campaign in RUN from its last finished step."""
-    from chemgap.agent.campaign import preflight
+    from chemgap.agent.campaign import preflight, remediation_pending
     from chemgap.agent.store import RunStore
 
     store = RunStore.open(run_dir)
-    if store.state.status == "done":
+    pending = remediation_pending(store)
+    if store.state.status == "done" and not pending:
         console.print(f"{run_dir} is already done: {store.state.stop_reason}")
         return
     preflight(store.spec)
-    console.print(
-        f"resuming {store.spec.name} at iteration {store.state.iteration} "
-        f"(last finished step: {store.state.step})"
-    )
+    if pending:
+        console.print(f"the loop of {run_dir} is done; continuing its remediation experiment")
+    else:
+        console.print(
+            f"resuming {store.spec.name} at iteration {store.state.iteration} "
+            f"(last finished step: {store.state.step})"
+        )
     _drive(store, address)

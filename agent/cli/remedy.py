@@ -1,0 +1,204 @@
+"""``chemgap remedy``: remediation experiments on a run; the table ``inspect --remedies`` shows."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich import box
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from chemgap.agent.cli.common import console, handles_errors
+from chemgap.agent.errors import BadInput
+from chemgap.campaigns.spec import RemedyName
+from chemgap.models.config import LongRange
+
+# arm, repeats, F MAE ID, F MAE OOD, Δ OOD, calls, train s: 80 columns with padding
+_COLUMNS = (
+    ("arm", 16, "left"),
+    ("n", 2, "right"),
+    ("F MAE ID", 11, "right"),
+    ("F MAE OOD", 11, "right"),
+    ("Δ OOD", 7, "right"),
+    ("calls", 5, "right"),
+    ("train s", 7, "right"),
+)
+
+
+def remedies_table(rows: list[tuple[str, ...]], title: str | None = None) -> Table:
+    """The remediation table (:func:`chemgap.agent.remedies.table_rows`); fits 80 columns."""
+    table = Table(
+        title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False
+    )
+    for name, width, justify in _COLUMNS:
+        table.add_column(name, max_width=width, overflow="fold", justify=justify)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_remedies(summary: dict[str, Any]) -> None:
+    """An experiment's summary: the arms table, its caption, and who fixed each region."""
+    from chemgap.agent.remedies import region_rows, table_rows
+
+    s = summary["settings"]
+    title = (
+        f"remedies from iteration {s['iteration']} · budget {s['budget']} oracle calls per "
+        f"data arm · {s['repeats']} repeats"
+    )
+    console.print(remedies_table(table_rows(summary), title))
+    console.print(
+        "force MAE per component, meV/Å, mean ± 95 % CI over repeats · Δ OOD: change of the "
+        "OOD force MAE against the arm's control (random for data arms, baseline for model "
+        "arms), paired by repeat; * p < 0.05",
+        style="dim",
+    )
+    regions = region_rows(summary)
+    if regions:
+        table = Table(
+            title="flagged regions: error inside them",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+        )
+        table.add_column("region", max_width=44, overflow="fold")
+        table.add_column("lowest error", max_width=16)
+        table.add_column("fixed by", max_width=16)
+        for row in regions:
+            table.add_row(*row, style="" if row[2] == "none" else "green")
+        console.print(table)
+
+
+def load_remedies(run: Path) -> dict[str, Any]:
+    """``results.json`` of RUN's experiment (RUN may also be the experiment directory)."""
+    from chemgap.agent.remedies import REMEDIES_DIR, RESULTS_FILE
+
+    for path in (run / REMEDIES_DIR / RESULTS_FILE, run / RESULTS_FILE):
+        if path.exists():
+            return json.loads(path.read_text())
+    raise BadInput(
+        f"{run}: no remediation experiment has finished there (run: chemgap remedy {run} "
+        "--remedy random --remedy region)"
+    )
+
+
+def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected sizes like 10,20,40 (got {value!r})") from None
+
+
+class ExperimentReporter:
+    """Turns the experiment's events into progress bars with an ETA."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, event: str, payload: dict[str, Any]) -> None:
+        """Handle one experiment event (``stage``, ``label`` or ``cell``) and its payload."""
+        if event == "stage":
+            name = payload["stage"]
+            if name == "explore":
+                self.progress.console.print(f"exploring the pool of repeat {payload['repeat']}")
+            elif name in ("label", "train"):
+                what = "labelling" if name == "label" else "training arms"
+                self.tasks[name] = self.progress.add_task(what, total=payload["n"])
+        elif event in ("label", "cell"):
+            task = self.tasks.get("label" if event == "label" else "train")
+            if task is not None:
+                self.progress.update(task, completed=payload["done"])
+
+
+@click.command("remedy")
+@click.argument("run", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "--remedy",
+    "remedies",
+    multiple=True,
+    type=click.Choice([r.value for r in RemedyName]),
+    help="Arm to compare; repeat for several (default: the spec's remediation.remedies).",
+)
+@click.option("--budget", type=int, default=None, help="Oracle calls per data arm and repeat.")
+@click.option("--repeats", type=int, default=None, help="Repeats (seeds) per arm.")
+@click.option("--members", type=int, default=None, help="Ensemble size of every arm.")
+@click.option("--max-epochs", type=int, default=None, help="Epoch cap of every arm.")
+@click.option(
+    "--sizes",
+    callback=_sizes,
+    default=None,
+    help="Training-set sizes for the model arms, e.g. 10,20,40 (a data-size sweep).",
+)
+@click.option("--iteration", type=int, default=None, help="Base iteration (default: the last).")
+@click.option("--element-map", default=None, help="transfer: e.g. Si=Ge.")
+@click.option(
+    "--transfer-from",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="transfer: model directory (default: the run's iteration 1).",
+)
+@click.option(
+    "--long-range",
+    type=click.Choice([v.value for v in LongRange if v != LongRange.NONE]),
+    default=None,
+    help="long_range: the terms added (default coulomb).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Experiment directory (default RUN/remedies; the same one continues it).",
+)
+@click.option("--address", default=None, metavar="HOST:PORT", help="Ray cluster to run on.")
+@handles_errors(resumable=True)
+def remedy(run: Path, out: Path | None, address: str | None, **changes: Any) -> None:
+    """Compare remediation strategies on RUN: which fix makes the model transfer?
+
+    Every arm starts from the same iteration of RUN; data arms (uncertainty, diverse, region,
+    probe, cell_size) spend the same oracle budget against random frames of the same
+    trajectories, model arms (transfer, long_range, deeper, observations) are compared with
+    the base model retrained on the same data. Each arm is repeated with different seeds
+    and scored on the run's test set; the table gives mean ± 95 % CI and each arm's change
+    against its control.
+    """
+    from chemgap.agent.remedies import experiment_config, prepare_experiment
+    from chemgap.agent.runtime import ray_runtime
+
+    if changes.get("transfer_from") is not None:
+        changes["transfer_from"] = str(changes["transfer_from"].resolve())
+    experiment = prepare_experiment(run, experiment_config(run, **changes), out)
+    t0 = time.monotonic()
+    with ray_runtime(address) as info:
+        if info.dashboard_url:
+            console.print(f"Ray dashboard: {info.dashboard_url}")
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        with progress:
+            experiment.executor, experiment.report = info.executor, ExperimentReporter(progress)
+            summary = experiment.run()
+    print_remedies(summary)
+    console.print(
+        f"[bold green]done[/] after {time.monotonic() - t0:.0f} s · results in {experiment.out}"
+    )

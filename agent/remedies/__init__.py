@@ -1,0 +1,42 @@
+"""Remediation experiments: which fix makes the model transfer?
+
+Remedies compared head to head from one base (a run's iteration), at an equal oracle budget
+for the data remedies, on the run's fixed test set, over repeats with 95 % confidence
+intervals: :mod:`.arms` (the registry), :mod:`.pool` (what the data remedies label),
+:mod:`.runner` (arms × repeats as tasks, resumable), :mod:`.results` (the statistics).
+"""
+
+from chemgap.agent.remedies.arms import ARMS, BASELINE, Arm, ArmKind, arms_of, check_arms
+from chemgap.agent.remedies.base import Base
+from chemgap.agent.remedies.results import region_rows, summarise, table_rows
+from chemgap.agent.remedies.runner import (
+    REMEDIES_DIR,
+    RESULTS_FILE,
+    Cell,
+    Experiment,
+    cells_of,
+    experiment_config,
+    prepare_experiment,
+    run_experiment,
+)
+
+__all__ = [
+    "ARMS",
+    "BASELINE",
+    "REMEDIES_DIR",
+    "RESULTS_FILE",
+    "Arm",
+    "ArmKind",
+    "Base",
+    "Cell",
+    "Experiment",
+    "arms_of",
+    "cells_of",
+    "check_arms",
+    "experiment_config",
+    "prepare_experiment",
+    "region_rows",
+    "run_experiment",
+    "summarise",
+    "table_rows",
+]

@@ -1,0 +1,189 @@
+"""Remediation experiments on a real (tiny) run: equal budgets, one pool per repeat, paired
+seeds, resuming without relabelling, refusals with exit 2, and the statistics against scipy.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from ase.io import read
+from click.testing import CliRunner
+from test_campaign import tiny_spec
+
+from chemgap.agent.campaign import run_campaign
+from chemgap.agent.cli import main
+from chemgap.agent.errors import RemedyRefused, RunDirError
+from chemgap.agent.remedies import (
+    BASELINE,
+    Base,
+    arms_of,
+    prepare_experiment,
+    run_experiment,
+)
+from chemgap.agent.remedies.pool import pick_random
+from chemgap.agent.remedies.results import mean_ci, paired
+from chemgap.agent.runtime import RayExecutor
+from chemgap.agent.store import RunStore, structure_key
+from chemgap.campaigns.spec import RemediationConfig, parse_spec
+
+BUDGET, REPEATS = 3, 2
+
+
+def _cfg(**changes) -> RemediationConfig:
+    settings = dict(
+        remedies=["uncertainty", "deeper"], budget=BUDGET, repeats=REPEATS, members=1,
+        max_epochs=2,
+    )  # fmt: skip
+    return RemediationConfig(**(settings | changes))
+
+
+def _label_rows(db) -> list[int]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [r[0] for r in con.execute("SELECT id FROM systems ORDER BY id")]
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished one-iteration EMT Cu campaign (bulk in distribution, vacancies out)."""
+    spec = parse_spec(tiny_spec(max_iterations=1))
+    store = RunStore.create(tmp_path_factory.mktemp("remedy") / "run", spec)
+    assert run_campaign(store) == "iteration cap (1)"
+    return store.root
+
+
+@pytest.fixture(scope="module")
+def experiment(tiny_run, ray_session):
+    """The experiment uncertainty + deeper (with their controls random and baseline), its
+    cells as Ray tasks.
+    """
+    summary = run_experiment(tiny_run, _cfg(), executor=RayExecutor())
+    return tiny_run / "remedies", summary
+
+
+def test_controls_are_added_to_the_arms():
+    names = [a.name for a in arms_of(_cfg())]
+    assert names == [BASELINE, "random", "uncertainty", "deeper"]
+    assert [a.name for a in arms_of(_cfg(remedies=["region"]))] == ["random", "region"]
+    assert [a.name for a in arms_of(_cfg(remedies=["long_range"]))] == [BASELINE, "long_range"]
+
+
+def test_every_data_arm_spends_the_same_budget_from_the_same_pool(experiment):
+    out, summary = experiment
+    pools = []
+    for r in range(REPEATS):
+        folder = out / "plan" / f"r{r}"
+        pool = {structure_key(a) for a in read(folder / "pool.extxyz", ":")}
+        pools.append(pool)
+        for arm in ("random", "uncertainty"):
+            chosen = read(folder / f"{arm}.extxyz", ":")
+            assert len(chosen) == BUDGET
+            assert {structure_key(a) for a in chosen} <= pool  # drawn from the shared pool
+        # uncertainty took the most uncertain frames of the pool
+        unc = sorted(a.info["uncertainty"] for a in read(folder / "pool.extxyz", ":"))
+        picked = [a.info["uncertainty"] for a in read(folder / "uncertainty.extxyz", ":")]
+        assert min(picked) >= unc[-BUDGET - 3]
+    assert pools[0] != pools[1]  # each repeat explores with its own seed
+    rows = {row["arm"]: row for row in summary["arms"]}
+    assert rows["random"]["metrics"]["oracle_calls"]["values"] == [BUDGET] * REPEATS
+    assert rows["uncertainty"]["metrics"]["oracle_calls"]["values"] == [BUDGET] * REPEATS
+    assert rows["deeper"]["metrics"]["oracle_calls"]["values"] == [0] * REPEATS
+    # the data arms trained on the base data plus their budget
+    base = Base.from_run(out.parent)
+    assert rows["random"]["metrics"]["n_train"]["values"] == [len(base.train) + BUDGET] * REPEATS
+
+
+def test_shortfall_is_refused_not_padded(experiment):
+    out, _ = experiment
+    pool = read(out / "plan" / "r0" / "pool.extxyz", ":")
+    with pytest.raises(RemedyRefused, match="budget of"):
+        pick_random(pool, len(pool) + 1, np.random.default_rng(0))
+
+
+def test_repeats_share_the_base_and_pair_the_seeds(experiment):
+    out, summary = experiment
+    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+    assert len(cells) == 4 * REPEATS
+    seeds = {(c["arm"], c["repeat"]): c["seed"] for c in cells}
+    for r in range(REPEATS):
+        assert len({s for (arm, rep), s in seeds.items() if rep == r}) == 1  # paired arms
+    assert seeds[("baseline", 0)] != seeds[("baseline", 1)]
+    settings = json.loads((out / "experiment.json").read_text())
+    assert settings["iteration"] == 1 and settings["run"] == str(out.parent)
+    deeper = json.loads((out / "cells" / "deeper-r0" / "models" / "ensemble.json").read_text())
+    assert deeper["model"]["num_interactions"] == 3  # the base model has 2
+    rows = {row["arm"]: row for row in summary["arms"]}
+    for row in rows.values():
+        for part in ("force_mae_id", "force_mae_ood"):
+            assert 0 < row["metrics"][part]["mean"] < 5, (row["arm"], part)
+    assert rows["uncertainty"]["control"] == "random"
+    assert rows["deeper"]["control"] == BASELINE
+    vs = rows["deeper"]["vs_control"]["force_mae_ood"]
+    base_vals = rows[BASELINE]["metrics"]["force_mae_ood"]["values"]
+    deep_vals = rows["deeper"]["metrics"]["force_mae_ood"]["values"]
+    assert vs["diff"] == pytest.approx(np.mean(np.subtract(deep_vals, base_vals)))
+
+
+def test_a_killed_experiment_resumes_without_relabelling(experiment, tiny_run):
+    out, summary = experiment
+    labels = _label_rows(out / "labels.db")
+    assert 0 < len(labels) <= 2 * BUDGET * REPEATS  # a frame two arms chose is labelled once
+    (out / "cells" / "uncertainty-r1.json").unlink()  # as if killed while training it
+    (out / "results.json").unlink()
+    again = run_experiment(tiny_run, _cfg())
+    assert _label_rows(out / "labels.db") == labels  # no structure labelled again
+    assert (out / "cells" / "uncertainty-r1.json").exists()
+    assert [r["arm"] for r in again["arms"]] == [r["arm"] for r in summary["arms"]]
+    with pytest.raises(RunDirError, match="other settings"):
+        prepare_experiment(tiny_run, _cfg(budget=BUDGET + 1))
+
+
+def test_inspect_remedies_fits_80_columns(experiment, tiny_run):
+    result = CliRunner().invoke(main, ["inspect", str(tiny_run), "--remedies"])
+    assert result.exit_code == 0, result.output
+    assert "uncertainty" in result.output and "deeper" in result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--remedy", "probe"], "no probe structures"),
+        (["--remedy", "transfer"], "element map"),
+        (["--remedy", "region", "--iteration", "7"], "has not finished"),
+        (["--remedy", "random", "--budget", "0"], "remediation.budget"),
+        ([], "name at least one remedy"),
+    ],
+)
+def test_a_missing_prerequisite_exits_2_with_one_sentence(tiny_run, tmp_path, args, words):
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(main, ["remedy", str(tiny_run), "-o", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert words in result.output and "Traceback" not in result.output
+    assert not out.exists()  # refused before anything is written
+
+
+def test_inspect_without_an_experiment_exits_2(tmp_path):
+    spec = parse_spec(tiny_spec())
+    store = RunStore.create(tmp_path / "fresh", spec)
+    result = CliRunner().invoke(main, ["inspect", str(store.root), "--remedies"])
+    assert result.exit_code == 2 and "no remediation experiment" in result.output
+
+
+def test_statistics_match_scipy(rng):
+    from scipy import stats
+
+    a, c = rng.normal(1.0, 0.2, 6), rng.normal(1.2, 0.2, 6)
+    mean, half = mean_ci(a)
+    lo, hi = stats.t.interval(0.95, len(a) - 1, loc=a.mean(), scale=stats.sem(a))
+    assert mean == pytest.approx(a.mean()) and half == pytest.approx((hi - lo) / 2)
+    out = paired(a, c)
+    assert out["p"] == pytest.approx(stats.ttest_rel(a, c).pvalue)
+    assert out["diff"] == pytest.approx(np.mean(a - c))
+    assert out["rel"] == pytest.approx(np.mean(a - c) / c.mean())
+    assert np.isnan(mean_ci(np.array([1.0]))[1])
