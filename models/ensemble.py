@@ -515,11 +515,12 @@ def _transfer_source(
     data: list[Atoms],
     valid: list[Atoms],
     refit_e0: bool,
+    elements: Sequence[str] | None = None,
 ) -> _Source:
     from .transfer import refit_atomic_energies, transfer_model
 
     source = init_from if isinstance(init_from, Ensemble) else Ensemble.load(init_from)
-    target_elements = element_list([*data, *valid])
+    target_elements = list(elements) if elements else element_list([*data, *valid])
     models = []
     for m in source.members:
         tm = transfer_model(m, source.model_cfg, element_map or {}, target_elements=target_elements)
@@ -645,7 +646,7 @@ def train_ensemble(
             raise ValueError("valid: no labelled structures in the validation set")
     source = None
     if init_from is not None:
-        source = _transfer_source(init_from, element_map, data, valid_set, refit_e0)
+        source = _transfer_source(init_from, element_map, data, valid_set, refit_e0, elements)
         model_cfg = source.ensemble.model_cfg
         stats = _stats_of(source.models[0])
     else:

@@ -66,13 +66,15 @@ def _source_index(
     for s in element_map:
         if s not in src_syms:
             raise ValueError(f"element map: source element {s} is not in the model ({src_syms})")
-    image: dict[str, str] = {}  # target symbol -> source symbol
-    for s in src_syms:
-        t = element_map.get(s, s)
-        if t in image and image[t] != s:
+    image: dict[str, str] = {}  # target symbol -> source symbol: the map first, then identity
+    for s, t in element_map.items():
+        if t in image:
             raise ValueError(f"element map: {image[t]} and {s} both map to {t}")
         image[t] = s
-    wanted = list(target_elements) if target_elements else list(image)
+    for s in src_syms:  # a source element keeps its own weights where the map names no other
+        image.setdefault(s, s)
+    default = list(dict.fromkeys(element_map.get(s, s) for s in src_syms))
+    wanted = list(target_elements) if target_elements else default
     missing = [t for t in wanted if t not in image]
     if missing:
         raise ValueError(
@@ -92,8 +94,10 @@ def transfer_model(
 ) -> torch.nn.Module:
     """A model for the target elements initialised from ``source`` through ``element_map``.
 
-    Elements of the source not named in the map keep their identity; ``target_elements``
-    (default: the image of all source elements) chooses which end up in the target model.
+    A target element named in the map starts from its source element (``Si=Ge``: Ge from Si,
+    also when the source model has an untrained Ge of its own); every other target element
+    starts from itself. ``target_elements`` (default: the image of all source elements)
+    chooses which end up in the target model.
     """
     if isinstance(element_map, str):
         element_map = parse_element_map(element_map)

@@ -20,6 +20,11 @@ REDUCED = {
     "ensemble.wall_time_s": "30",
     "exploration.walkers": "4",
     "exploration.steps": "30",
+    # the built-in transfer experiment after the loop, at one size, once, tiny
+    "remediation.repeats": "1",
+    "remediation.sizes": "[6]",
+    "remediation.members": "1",
+    "remediation.max_epochs": "5",
 }
 
 
@@ -45,3 +50,13 @@ def test_si_ge_transfer_names_the_ge_region_of_its_si_model(tmp_path):
     top = payload["regions"][0]
     assert top["rule"] == "element = Ge", [r["rule"] for r in payload["regions"]]
     assert top["q_value"] < 0.05 and top["ratio"] > 2.0
+    # the remediation section ran after the loop: transfer (Si -> Ge) against scratch
+    results = json.loads((store.root / "remedies" / "results.json").read_text())
+    arms = {(row["arm"], row["size"]) for row in results["arms"]}
+    assert arms == {("baseline", 6), ("transfer", 6)}
+    transfer = json.loads(
+        (
+            store.root / "remedies" / "cells" / "transfer-n6-r0" / "models" / "ensemble.json"
+        ).read_text()
+    )
+    assert transfer["element_map"] == "Si=Ge" and transfer["init_from"].endswith("001/models")

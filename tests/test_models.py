@@ -270,6 +270,31 @@ def test_transfer_maps_every_element_indexed_weight():
     np.testing.assert_allclose(b.forces_mean, a.forces_mean, atol=1e-10)
 
 
+def test_transfer_into_a_model_that_already_has_the_target_element():
+    """A campaign's members know Ge before any Ge label: Si=Ge must start Ge from Si's
+    weights (not refuse, not keep the untrained Ge) and keep Si as it was.
+    """
+    cfg = SMALL.model_copy(update={"dtype": "float64"})
+    stats = DataStats(
+        z_table=[14, 32], atomic_energies=[-4.0, -3.0], avg_num_neighbors=4.0, shift=0.0, scale=1.0
+    )
+    source = build_model(cfg, stats, seed=2)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    target = transfer_model(source, cfg, "Si=Ge", target_elements=["Si", "Ge"])
+    assert target.atomic_numbers.tolist() == [14, 32]
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    si.rattle(0.05, seed=1)
+    ge = si.copy()
+    ge.numbers[:] = 32
+    before = Ensemble([source], model_cfg=cfg).predict([si])
+    after = Ensemble([target], model_cfg=cfg).predict([si, ge])
+    np.testing.assert_allclose(after.energy_mean, np.repeat(before.energy_mean, 2), rtol=1e-10)
+    np.testing.assert_allclose(after.forces_mean[: len(si)], before.forces_mean, atol=1e-10)
+    np.testing.assert_allclose(after.forces_mean[len(si) :], before.forces_mean, atol=1e-10)
+
+
 def test_transfer_si_to_ge_starts_lower(tmp_path):
     si_train = diamond_cells("Si", 5.431, 20, seed=0)
     ge = diamond_cells("Ge", 5.658, 12, seed=1)

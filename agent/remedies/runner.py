@@ -133,7 +133,7 @@ def train_cell(payload: dict[str, Any]) -> dict[str, Any]:
         valid=payload["holdout"],
         init_from=t.init_from,
         element_map=t.element_map,
-        elements=None if t.init_from else payload["elements"],
+        elements=payload["elements"],
     )
     train_s = time.perf_counter() - t0
     test = payload["test"]
