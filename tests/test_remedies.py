@@ -187,3 +187,24 @@ def test_statistics_match_scipy(rng):
     assert out["diff"] == pytest.approx(np.mean(a - c))
     assert out["rel"] == pytest.approx(np.mean(a - c) / c.mean())
     assert np.isnan(mean_ci(np.array([1.0]))[1])
+
+
+def test_the_specs_remediation_section_runs_after_the_loop(tmp_path):
+    raw = tiny_spec(max_iterations=1)
+    raw["remediation"] = {"remedies": ["deeper"], "repeats": 1, "members": 1, "max_epochs": 2}
+    store = RunStore.create(tmp_path / "run", parse_spec(raw))
+    events: list[str] = []
+    run_campaign(store, report=lambda e, p: events.append(p.get("event", e)))
+    results = json.loads((store.root / "remedies" / "results.json").read_text())
+    assert [row["arm"] for row in results["arms"]] == [BASELINE, "deeper"]
+    assert events.count("start") == 1 and events[-1] == "done"
+
+
+def test_a_remediation_that_can_never_run_is_refused_before_the_campaign(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    raw = tiny_spec() | {"remediation": {"remedies": ["transfer"]}}
+    spec.write_text(json.dumps(raw))  # JSON is YAML
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", str(spec), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "remediation.remedies: transfer" in result.output and not out.exists()
