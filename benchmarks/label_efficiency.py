@@ -10,7 +10,8 @@ the test set is drawn with it too, the walkers, the training):
   stopped for being uncertain) and the batch is drawn uniformly from them: random frames of the
   same kind of trajectories, not random among the uncertain ones.
 
-Probes are switched off so every label comes from the strategy under test. For each run the
+Probes are switched off so every label comes from the strategy under test (and the spec's
+remediation experiment too). For each run the
 learning curve is the out-of-distribution test force MAE after each iteration against the
 oracle calls spent on training labels (the test set's calls excluded). The target error is
 ``--target`` eV/Å, or by default the mean final OOD error of the random runs; the calls a
@@ -56,6 +57,7 @@ def run_one(args: argparse.Namespace, strategy: str, seed: int) -> list[dict]:
             "budget.max_oracle_calls=10000",
             "budget.wall_time_s=36000",
             "probes.names=[]",
+            "remediation.remedies=[]",
             *(ALL_FRAMES if strategy == "random" else []),
         ]
         chemgap = str(Path(sys.executable).with_name("chemgap"))

@@ -24,12 +24,13 @@ from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import RemedyName
 from chemgap.models.config import LongRange
 
-# arm, repeats, F MAE ID, F MAE OOD, Δ OOD, calls, train s: 80 columns with padding
+# arm, repeats, F MAE ID and its change, F MAE OOD and its change, calls, train s: 80 columns
 _COLUMNS = (
-    ("arm", 16, "left"),
+    ("arm", 15, "left"),
     ("n", 2, "right"),
-    ("F MAE ID", 11, "right"),
-    ("F MAE OOD", 11, "right"),
+    ("F MAE ID", 9, "right"),
+    ("Δ ID", 7, "right"),
+    ("F MAE OOD", 9, "right"),
     ("Δ OOD", 7, "right"),
     ("calls", 5, "right"),
     ("train s", 7, "right"),
@@ -53,30 +54,30 @@ def print_remedies(summary: dict[str, Any]) -> None:
     from chemgap.agent.remedies import region_rows, table_rows
 
     s = summary["settings"]
-    title = (
-        f"remedies from iteration {s['iteration']} · budget {s['budget']} oracle calls per "
-        f"data arm · {s['repeats']} repeats"
-    )
+    title = f"remedies from iteration {s['iteration']} · {s['repeats']} repeats"
+    if any(row["kind"] == "data" or row["arm"] == "random" for row in summary["arms"]):
+        title += f" · {s['budget']} oracle calls per data arm"
     console.print(remedies_table(table_rows(summary), title))
     console.print(
-        "force MAE per component, meV/Å, mean ± 95 % CI over repeats · Δ OOD: change of the "
-        "OOD force MAE against the arm's control (random for data arms, baseline for model "
-        "arms), paired by repeat; * p < 0.05",
+        "force MAE per component, meV/Å, mean ± 95 % CI over repeats · Δ: change against "
+        "the arm's control (random for data arms, baseline for model arms), paired by "
+        "repeat; * p < 0.05",
         style="dim",
     )
     regions = region_rows(summary)
     if regions:
         table = Table(
-            title="flagged regions: error inside them",
+            title="flagged regions: mean force-error norm inside them, meV/Å",
             title_justify="left",
             box=box.SIMPLE_HEAD,
             show_edge=False,
         )
-        table.add_column("region", max_width=44, overflow="fold")
-        table.add_column("lowest error", max_width=16)
-        table.add_column("fixed by", max_width=16)
+        table.add_column("region", max_width=30, overflow="fold")
+        table.add_column("lowest error", max_width=18, overflow="fold")
+        table.add_column("its control", max_width=14, overflow="fold")
+        table.add_column("fixed by", max_width=12, overflow="fold")
         for row in regions:
-            table.add_row(*row, style="" if row[2] == "none" else "green")
+            table.add_row(*row, style="" if row[3] == "none" else "green")
         console.print(table)
 
 

@@ -231,20 +231,22 @@ def _delta(vs: dict[str, Any] | None) -> str:
 
 def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     """Rows of the remediation table (strings): arm, repeats, test force MAE ID and OOD in
-    meV/Å (mean ± 95 % CI), the OOD change against the arm's control (``*``: p < 0.05),
-    oracle calls and training seconds per repeat.
+    meV/Å (mean ± 95 % CI), each with its change against the arm's control (``*``: p < 0.05;
+    ``control`` on the controls' rows), oracle calls and training seconds per repeat.
     """
     rows = []
     for row in summary["arms"]:
-        m = row["metrics"]
+        m, vs = row["metrics"], row["vs_control"]
+        control = row["control"] is None
         name = row["arm"] + (f" n={row['size']}" if row["size"] else "")
         rows.append(
             (
                 name,
                 str(len(row["repeats"])),
                 _pm(m["force_mae_id"], 1000),
+                "control" if control else _delta(vs.get("force_mae_id")),
                 _pm(m["force_mae_ood"], 1000),
-                _delta(row["vs_control"].get("force_mae_ood")) or "control",
+                "control" if control else _delta(vs.get("force_mae_ood")),
                 f"{m['oracle_calls']['mean']:.0f}",
                 f"{m['train_s']['mean']:.0f}",
             )
@@ -252,11 +254,23 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
-def region_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Per flagged region: its rule, the arm with the lowest error inside it, and the arm that
-    fixed it (significantly below its control), or ``none``.
+def region_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Per flagged region: its rule, the arm with the lowest error inside it and that error,
+    its control's error there (mean force-error norm, meV/Å), and the arm that fixed it
+    (significantly below its control) or ``none``.
     """
-    return [
-        (r["rule"] or r["id"], r["best"] or "–", r["fixed_by"] or "none")
-        for r in summary["regions"]
-    ]
+    rows = {(r["arm"] + (f" n={r['size']}" if r["size"] else "")): r for r in summary["arms"]}
+    out = []
+    for region in summary["regions"]:
+        name = f"region:{region['id']}"
+        best = rows.get(region["best"] or "")
+        best_text, control_text = "–", "–"
+        if best is not None:
+            best_text = f"{region['best']} {1000 * best['metrics'][name]['mean']:.0f}"
+            ctrl_key = (best["control"] or "") + (f" n={best['size']}" if best["size"] else "")
+            ctrl = rows.get(ctrl_key)
+            if ctrl is not None:
+                control_text = f"{ctrl_key} {1000 * ctrl['metrics'][name]['mean']:.0f}"
+        out.append((region["rule"] or region["id"], best_text, control_text,
+                    region["fixed_by"] or "none"))  # fmt: skip
+    return out
