@@ -136,3 +136,20 @@ def test_the_checker_sees_a_cycle_and_a_private_import(tmp_path):
     b.write_text("import chemgap.models.a\n")
     assert _imports("chemgap.models.a", a) == [("chemgap.models.b", ["_helper"], 1)]
     assert _imports("chemgap.models.b", b) == [("chemgap.models.a", [], 1)]
+
+
+def test_every_package_is_installed():
+    """A non-editable install ships only the packages pyproject.toml lists: each folder with an
+    ``__init__.py`` must be one of them (a new subpackage left out imports only from a clone).
+    """
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(["chemgap", top, *init.parent.relative_to(ROOT / folder).parts])
+        for top, folder in PACKAGES.items()
+        for init in (ROOT / folder).rglob("__init__.py")
+    }
+    assert found - listed == set(), f"not in pyproject.toml's packages: {sorted(found - listed)}"
