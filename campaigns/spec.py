@@ -786,6 +786,15 @@ class RemediationConfig(_Section):
     )
     stress_weight: float = Field(1.0, gt=0, description="observations: loss weight of stress")
     cell_repeat: int = Field(2, ge=2, le=4, description="cell_size: supercell repetitions")
+    probes: list[ProbeName] = Field(
+        default_factory=list,
+        description="probes every arm's ensemble is scored on (|model − oracle| per metric)",
+    )
+
+    @field_validator("probes")
+    @classmethod
+    def _unique_probes(cls, value: list[ProbeName]) -> list[ProbeName]:
+        return list(dict.fromkeys(value))
 
     @field_validator("remedies")
     @classmethod

@@ -21,6 +21,7 @@ from chemgap.agent.remedies import (
     Base,
     arms_of,
     prepare_experiment,
+    probe_rows,
     run_experiment,
 )
 from chemgap.agent.remedies.pool import pick_random
@@ -35,7 +36,7 @@ BUDGET, REPEATS = 3, 2
 def _cfg(**changes) -> RemediationConfig:
     settings = dict(
         remedies=["uncertainty", "deeper"], budget=BUDGET, repeats=REPEATS, members=1,
-        max_epochs=2,
+        max_epochs=2, probes=["eos"],
     )  # fmt: skip
     return RemediationConfig(**(settings | changes))
 
@@ -129,6 +130,31 @@ def test_repeats_share_the_base_and_pair_the_seeds(experiment):
     assert vs["diff"] == pytest.approx(np.mean(np.subtract(deep_vals, base_vals)))
 
 
+def test_every_arm_is_scored_on_the_same_probe(experiment):
+    """The arms differ only by their models: the oracle's EOS is the same for every cell, the
+    error is |model − oracle| of each, and the summary's probe rows average them.
+    """
+    out, summary = experiment
+    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+    by_label: dict[str, list[dict]] = {}
+    for cell in cells:
+        for metric in cell["probes"]:
+            by_label.setdefault(metric["label"], []).append(metric)
+    assert "eos: B0" in by_label and all(len(v) == len(cells) for v in by_label.values())
+    for metrics in by_label.values():
+        assert len({m["oracle"] for m in metrics}) == 1  # one oracle curve for every arm
+        for m in metrics:
+            want = abs(m["model"] - m["oracle"])
+            assert m["error"] == pytest.approx(want / abs(m["oracle"]) if m["relative"] else want)
+    rows = {row["arm"]: row for row in summary["arms"]}
+    b0 = [m["error"] for m in by_label["eos: B0"] if m in by_label["eos: B0"]]
+    deeper = rows["deeper"]["metrics"]["probe:eos: B0"]
+    assert len(deeper["values"]) == REPEATS and np.isfinite(deeper["mean"])
+    assert min(b0) <= deeper["mean"] <= max(b0)
+    assert rows["deeper"]["vs_control"]["probe:eos: B0"]["n"] == REPEATS
+    assert any(r[1] == "eos: B0" for r in probe_rows(summary))
+
+
 def test_a_killed_experiment_resumes_without_relabelling(experiment, tiny_run):
     out, summary = experiment
     labels = _label_rows(out / "labels.db")
@@ -208,3 +234,15 @@ def test_a_remediation_that_can_never_run_is_refused_before_the_campaign(tmp_pat
     result = CliRunner().invoke(main, ["run", str(spec), "-o", str(out)])
     assert result.exit_code == 2, result.output
     assert "remediation.remedies: transfer" in result.output and not out.exists()
+
+
+def test_a_probe_that_cannot_score_the_arms_is_refused():
+    import yaml
+
+    from chemgap.agent.remedies.arms import check_spec
+    from chemgap.campaigns.builtin import builtin_path
+
+    raw = yaml.safe_load(builtin_path("organics-xtb").read_text())
+    spec = parse_spec(raw | {"remediation": {"remedies": ["random"], "probes": ["eos"]}})
+    with pytest.raises(RemedyRefused, match=r"remediation\.probes: .*eos.*crystal"):
+        check_spec(spec)

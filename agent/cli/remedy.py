@@ -21,7 +21,7 @@ from rich.table import Table
 
 from chemgap.agent.cli.common import console, handles_errors
 from chemgap.agent.errors import BadInput
-from chemgap.campaigns.spec import RemedyName
+from chemgap.campaigns.spec import ProbeName, RemedyName
 from chemgap.models.config import LongRange
 
 # arm, repeats, F MAE ID and its change, F MAE OOD and its change, calls, train s: 80 columns
@@ -51,7 +51,7 @@ def remedies_table(rows: list[tuple[str, ...]], title: str | None = None) -> Tab
 
 def print_remedies(summary: dict[str, Any]) -> None:
     """An experiment's summary: the arms table, its caption, and who fixed each region."""
-    from chemgap.agent.remedies import region_rows, table_rows
+    from chemgap.agent.remedies import probe_rows, region_rows, table_rows
 
     s = summary["settings"]
     title = f"remedies from iteration {s['iteration']} · {s['repeats']} repeats"
@@ -78,6 +78,21 @@ def print_remedies(summary: dict[str, Any]) -> None:
         table.add_column("fixed by", max_width=12, overflow="fold")
         for row in regions:
             table.add_row(*row, style="" if row[3] == "none" else "green")
+        console.print(table)
+    probes = probe_rows(summary)
+    if probes:
+        table = Table(
+            title="probes: |model − oracle| (relative errors in %)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+        )
+        table.add_column("arm", max_width=15, overflow="fold")
+        table.add_column("metric", max_width=32, overflow="fold")
+        table.add_column("error", justify="right", max_width=18)
+        table.add_column("Δ", justify="right", max_width=7)
+        for row in probes:
+            table.add_row(*row)
         console.print(table)
 
 
@@ -145,6 +160,13 @@ class ExperimentReporter:
     help="Training-set sizes for the model arms, e.g. 10,20,40 (a data-size sweep).",
 )
 @click.option("--iteration", type=int, default=None, help="Base iteration (default: the last).")
+@click.option(
+    "--probe",
+    "probes",
+    multiple=True,
+    type=click.Choice([p.value for p in ProbeName]),
+    help="Score every arm on this probe too (|model − oracle|); repeat for several.",
+)
 @click.option("--element-map", default=None, help="transfer: e.g. Si=Ge.")
 @click.option(
     "--transfer-from",

@@ -8,7 +8,7 @@ intervals: :mod:`.arms` (the registry), :mod:`.pool` (what the data remedies lab
 
 from chemgap.agent.remedies.arms import ARMS, BASELINE, Arm, ArmKind, arms_of, check_arms
 from chemgap.agent.remedies.base import Base
-from chemgap.agent.remedies.results import region_rows, summarise, table_rows
+from chemgap.agent.remedies.results import probe_rows, region_rows, summarise, table_rows
 from chemgap.agent.remedies.runner import (
     REMEDIES_DIR,
     RESULTS_FILE,
@@ -35,6 +35,7 @@ __all__ = [
     "check_arms",
     "experiment_config",
     "prepare_experiment",
+    "probe_rows",
     "region_rows",
     "run_experiment",
     "summarise",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from chemgap.agent.errors import RemedyRefused
+from chemgap.agent.errors import BadInput, RemedyRefused
 from chemgap.agent.remedies.base import Base
 from chemgap.campaigns.spec import RemediationConfig, RemedyName
 from chemgap.common.keys import STRESS_KEY
@@ -202,6 +202,7 @@ def check_arms(base: Base, cfg: RemediationConfig) -> list[Arm]:
         why = arm.refusal(base, cfg)
         if why:
             raise RemedyRefused(f"remedy {arm.name}: {why}")
+    _check_probes(base.spec, cfg)
     return arms
 
 
@@ -233,6 +234,19 @@ def check_spec(spec: Any) -> None:
     for name in sorted(names & set(why)):
         if why[name]:
             raise RemedyRefused(f"remediation.remedies: {name}: {why[name]}")
+    _check_probes(spec, cfg)
+
+
+def _check_probes(spec: Any, cfg: RemediationConfig) -> None:
+    """Refuse probes that cannot score the arms on this campaign's system and oracle."""
+    if not cfg.probes:
+        return
+    from chemgap.agent.probes import check_probes
+
+    try:
+        check_probes(spec.system, spec.probes, oracle=spec.oracle, names=cfg.probes)
+    except BadInput as err:
+        raise RemedyRefused(f"remediation.probes: {err}") from None
 
 
 def training(arm: Arm, base: Base, cfg: RemediationConfig) -> Training:

@@ -84,6 +84,9 @@ def cell_metrics(cell: dict[str, Any], masks: dict[str, list[bool]]) -> dict[str
     for rid, mask in masks.items():
         m = np.asarray(mask, dtype=bool)
         out[f"region:{rid}"] = float(err[m].mean()) if m.any() and len(m) == len(err) else np.nan
+    for probe in cell.get("probes", []):
+        error = probe.get("error")
+        out[f"probe:{probe['label']}"] = float("nan") if error is None else float(error)
     for key in ("oracle_calls", "oracle_s", "train_s", "n_train"):
         out[key] = float(cell.get(key, 0.0))
     return out
@@ -146,10 +149,13 @@ def summarise(
     for cell in cells:
         groups.setdefault(_group_key(cell), []).append(cell)
     table = {}
+    units: dict[str, str] = {}
     for key, members in groups.items():
         members = sorted(members, key=lambda c: c["repeat"])
         metrics = [cell_metrics(c, masks) for c in members]
-        names = list(metrics[0])
+        names = list(dict.fromkeys(n for m in metrics for n in m))
+        for cell in members:
+            units |= {p["label"]: p.get("unit", "") for p in cell.get("probes", [])}
         table[key] = {
             "arm": members[0]["arm"],
             "size": members[0].get("size"),
@@ -158,9 +164,13 @@ def summarise(
             "repeats": [c["repeat"] for c in members],
             "metrics": {
                 n: dict(
-                    zip(("mean", "ci"), mean_ci(np.array([m[n] for m in metrics])), strict=True)
+                    zip(
+                        ("mean", "ci"),
+                        mean_ci(np.array([m.get(n, np.nan) for m in metrics])),
+                        strict=True,
+                    )
                 )
-                | {"values": [m[n] for m in metrics]}
+                | {"values": [m.get(n, np.nan) for m in metrics]}
                 for n in names
             },
         }
@@ -172,6 +182,7 @@ def summarise(
         "arms": list(table.values()),
         "regions": out_regions,
         "metric_names": {n: text for n, (_, text) in METRICS.items()},
+        "probe_units": units,
     }
 
 
@@ -274,3 +285,34 @@ def region_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out.append((region["rule"] or region["id"], best_text, control_text,
                     region["fixed_by"] or "none"))  # fmt: skip
     return out
+
+
+def probe_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Per arm and probe metric: |model − oracle| (mean ± 95 % CI over repeats, with its unit;
+    relative errors in %) and its change against the arm's control (``*``: p < 0.05).
+    """
+    units = summary.get("probe_units", {})
+    out = []
+    for row in summary["arms"]:
+        name = row["arm"] + (f" n={row['size']}" if row["size"] else "")
+        for label, unit in units.items():
+            metric = row["metrics"].get(f"probe:{label}")
+            if metric is None:
+                continue
+            scale, shown = (100.0, "%") if unit == "" else (1.0, f" {unit}")
+            value = _pm_sig(metric, scale) + (shown if np.isfinite(metric["mean"]) else "")
+            change = (
+                "control"
+                if row["control"] is None
+                else _delta(row["vs_control"].get(f"probe:{label}"))
+            )
+            out.append((name, label, value, change))
+    return out
+
+
+def _pm_sig(metric: dict[str, Any], scale: float) -> str:
+    """``mean±ci`` to three significant figures (the CI to two)."""
+    mean, ci = metric["mean"] * scale, metric["ci"] * scale
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.3g}" + (f"±{ci:.2g}" if np.isfinite(ci) else "")

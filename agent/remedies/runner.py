@@ -139,13 +139,60 @@ def train_cell(payload: dict[str, Any]) -> dict[str, Any]:
     test = payload["test"]
     pred = ens.predict(test, calibrated=False)
     hold = ens.predict(payload["holdout"], calibrated=False)
-    return {
+    out = {
         "test": score_test_set(Residuals.from_prediction(pred, test), test),
         "holdout": score(hold, payload["holdout"]).to_dict(),
         "atom_error": force_error_norms(pred.forces_mean, reference_forces(test)).tolist(),
         "train_s": round(train_s, 3),
         "n_train": len(payload["train"]),
     }
+    if payload.get("probes"):
+        out["probes"] = probe_scores(ens, payload["probes"])
+    return out
+
+
+def probe_scores(ensemble: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """Score one arm's ensemble on the experiment's probes (the same oracle, system, settings
+    and MD seed for every arm, so the arms differ only by their models).
+
+    Args:
+        ensemble: the arm's trained ensemble.
+        request: ``names``, ``oracle``, ``system``, ``cfg`` (the probes section), ``seed``,
+            ``temperatures_K`` (see :meth:`Experiment._probes`).
+
+    Returns:
+        One dict per metric compared with the oracle by its error (``label``, ``unit``,
+        ``model``, ``oracle``, ``error`` = |model − oracle| in ``unit``, or relative for a
+        relative-error metric, ``passed``); a probe that raised gives ``{"label", "error":
+        None, "raised"}``.
+    """
+    from chemgap.agent.probes import Judge, run_probes
+
+    report = run_probes(
+        ensemble, request["oracle"], request["system"], request["cfg"],
+        seed=int(request["seed"]), names=request["names"],
+        temperatures_K=request["temperatures_K"],
+    )  # fmt: skip
+    out: list[dict[str, Any]] = []
+    for result in report.results:
+        if result.error:
+            out.append({"label": result.name, "error": None, "raised": result.error})
+            continue
+        for m in result.metrics:
+            if m.oracle is None or m.judge not in (Judge.ERROR, Judge.RELATIVE_ERROR):
+                continue
+            relative = m.judge == Judge.RELATIVE_ERROR
+            error = abs(m.model - m.oracle)
+            if relative:
+                error = error / abs(m.oracle) if m.oracle else error
+            out.append(
+                {
+                    "label": f"{result.name}: {m.label}", "unit": "" if relative else m.unit,
+                    "model": m.model, "oracle": m.oracle, "error": error,
+                    "relative": relative, "passed": m.passed,
+                }
+            )  # fmt: skip
+    return out
 
 
 class Experiment:
@@ -353,6 +400,20 @@ class Experiment:
             return 1
         return max(1, os.cpu_count() or 1)
 
+    def _probes(self) -> dict[str, Any] | None:
+        """What :func:`probe_scores` needs, or None when no probe scores the arms."""
+        if not self.cfg.probes:
+            return None
+        spec = self.base.spec
+        return {
+            "names": [str(n) for n in self.cfg.probes],
+            "oracle": spec.oracle,
+            "system": spec.system,
+            "cfg": spec.probes,
+            "seed": spec.seed,
+            "temperatures_K": list(spec.exploration.temperatures_K),
+        }
+
     def train(self) -> None:
         """Train and score every cell without a result file, as tasks; write each result as
         it arrives.
@@ -377,6 +438,7 @@ class Experiment:
                 "seed": self.base.spec.seed * 1000 + TRAIN_KEY + cell.repeat,
                 "out_dir": str(folder / cell.key / "models"),
                 "threads": self._threads(),
+                "probes": self._probes(),
             }
             tasks.append(Task(fn=train_cell, args=(payload,), name=f"remedy {cell.key}"))
         self.report("stage", {"stage": "train", "n": len(tasks)})
