@@ -23,7 +23,8 @@ Published results disagree: query by committee matched random with 10 % of the d
 cu-defects is ≤ 0.5.
 
 Usage: python benchmarks/label_efficiency.py [--campaign cu-defects] [--seeds 0,1,2]
-       [--iterations 6] [--batch 4] [--out runs/label_efficiency] [--target EV_PER_A]
+       [--iterations 6] [--batch 4] [--members K] [--out runs/label_efficiency]
+       [--target EV_PER_A]
 Prints one line per run, the curves and the calls table, and ``label_efficiency: X`` last.
 """
 
@@ -59,6 +60,7 @@ def run_one(args: argparse.Namespace, strategy: str, seed: int) -> list[dict]:
             "probes.names=[]",
             "remediation.remedies=[]",
             *(ALL_FRAMES if strategy == "random" else []),
+            *([f"ensemble.members={args.members}"] if args.members else []),
         ]
         chemgap = str(Path(sys.executable).with_name("chemgap"))
         cmd = [chemgap, "resume" if out.exists() else "run"]
@@ -96,6 +98,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--iterations", type=int, default=6)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--members", type=int, default=None, help="ensemble size (default: spec's)")
     p.add_argument("--out", default="runs/label_efficiency")
     p.add_argument("--target", type=float, default=None, help="OOD force MAE to reach, eV/Å")
     args = p.parse_args()
