@@ -11,6 +11,7 @@ iteration i:  train      iterations/NNN/models/           (K members as Ray task
               select     iterations/NNN/selection.extxyz  (the batch the oracle will label)
               label      data.db, one row per result as it arrives
               evaluate   state.json history: validation MAE, accurate fraction; stop or go on
+              (report)   RUN/report.html (:mod:`chemgap.agent.report`), also after the experiment
 ```
 
 Probes (:mod:`chemgap.agent.probes`, the spec's ``probes`` section) run on the iteration's
@@ -53,6 +54,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from chemgap.agent.report import try_write_report
 from chemgap.agent.store import RunStatus, RunStore, atomic_write_text
 from chemgap.agent.summary import PROBES_FILE  # at the run's root too: the last probe run
 from chemgap.agent.testset import TEST_SPLIT
@@ -844,6 +846,7 @@ class Campaign:
         while True:
             for step in STEPS[nxt:]:
                 getattr(self, f"step_{step}")(it)
+            try_write_report(self.store.root)  # RUN/report.html; a failure is only a warning
             reason = self.store.state.stop_reason
             if reason:
                 log.info("stopping: %s", reason)
@@ -857,7 +860,7 @@ class Campaign:
 
         An arm refused for want of data the loop did not produce (no failure region to
         target, say) does not fail the finished campaign: the refusal is logged and kept in
-        ``remedies/refused.txt``.
+        ``remedies/refused.txt``. ``RUN/report.html`` is rewritten after the experiment.
         """
         from chemgap.agent.errors import RemedyRefused
         from chemgap.agent.remedies import REMEDIES_DIR, run_experiment
@@ -877,9 +880,11 @@ class Campaign:
             log.warning("remediation experiment refused: %s", exc)
             refused.parent.mkdir(exist_ok=True)
             atomic_write_text(refused, f"{exc}\n")
-            return None
-        refused.unlink(missing_ok=True)
-        self.report("remedy", {"event": "done", "summary": summary})
+            summary = None
+        else:
+            refused.unlink(missing_ok=True)
+            self.report("remedy", {"event": "done", "summary": summary})
+        try_write_report(self.store.root)  # with the experiment; a failure is only a warning
         return summary
 
 

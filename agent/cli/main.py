@@ -152,6 +152,7 @@ def _register() -> None:
     from chemgap.agent.cli.label import label
     from chemgap.agent.cli.probe import probe
     from chemgap.agent.cli.remedy import remedy
+    from chemgap.agent.cli.report import report
     from chemgap.agent.cli.run import resume, run
     from chemgap.agent.cli.train import predict, train
 
@@ -165,6 +166,7 @@ def _register() -> None:
     main.add_command(inspect)
     main.add_command(probe)
     main.add_command(remedy)
+    main.add_command(report)
 
 
 _register()

@@ -201,6 +201,7 @@ def remedy(run: Path, out: Path | None, address: str | None, **changes: Any) -> 
     against its control.
     """
     from chemgap.agent.remedies import experiment_config, prepare_experiment
+    from chemgap.agent.report import try_write_report
     from chemgap.agent.runtime import ray_runtime
 
     if changes.get("transfer_from") is not None:
@@ -225,3 +226,5 @@ def remedy(run: Path, out: Path | None, address: str | None, **changes: Any) -> 
     console.print(
         f"[bold green]done[/] after {time.monotonic() - t0:.0f} s · results in {experiment.out}"
     )
+    if (report := try_write_report(run, remedies=experiment.out)) is not None:
+        console.print(f"report: {report}")

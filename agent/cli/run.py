@@ -18,6 +18,7 @@ from chemgap.agent.cli.diagnose import provenance_lines
 from chemgap.agent.cli.options import Overrides, address_option, load_campaign, overrides_option
 from chemgap.agent.cli.probe import print_probes
 from chemgap.agent.evaluation import quality_text
+from chemgap.agent.report import REPORT_FILE
 
 STEP_TEXT = {
     "train": "training {n_members} members on {n} structures",
@@ -254,6 +255,8 @@ def _drive(store, address: str | None) -> None:
             )
     console.print(f"[bold green]done[/] after {time.monotonic() - t0:.0f} s: {reason}")
     print_summary(store.summary(), store.root)
+    if (report := store.root / REPORT_FILE).exists():
+        console.print(f"  report:   {report} (open it in a browser; works offline)")
     console.print(f"  regions:  chemgap inspect {store.root}")
     console.print(f"  state:    chemgap status {store.root}")
     console.print(f"  data:     ase db {store.root / 'data.db'}")
