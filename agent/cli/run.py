@@ -48,6 +48,8 @@ class Reporter:
             case "step":
                 self._close()
                 it, step = payload["iteration"], payload["step"]
+                if step == "probe" and not payload.get("n"):
+                    return  # no probe due this iteration: no bar
                 text = STEP_TEXT[step].format(n=payload.get("n", 0), n_members=self.n_members)
                 total = {"label": payload.get("n"), "train": None}.get(step)
                 self.task = self.progress.add_task(f"iter {it} · {text}", total=total or None)
