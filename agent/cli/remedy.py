@@ -66,34 +66,32 @@ def print_remedies(summary: dict[str, Any]) -> None:
     )
     regions = region_rows(summary)
     if regions:
-        table = Table(
-            title="flagged regions: mean force-error norm inside them, meV/Å",
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-            show_edge=False,
-        )
-        table.add_column("region", max_width=30, overflow="fold")
-        table.add_column("lowest error", max_width=18, overflow="fold")
-        table.add_column("its control", max_width=14, overflow="fold")
-        table.add_column("fixed by", max_width=12, overflow="fold")
+        table = _small_table(
+            "flagged regions: mean force-error norm inside them, meV/Å",
+            [("region", 30, "left"), ("lowest error", 18, "left"), ("its control", 14, "left"),
+             ("fixed by", 12, "left")],
+        )  # fmt: skip
         for row in regions:
             table.add_row(*row, style="" if row[3] == "none" else "green")
         console.print(table)
     probes = probe_rows(summary)
     if probes:
-        table = Table(
-            title="probes: |model − oracle| (relative errors in %)",
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-            show_edge=False,
-        )
-        table.add_column("arm", max_width=15, overflow="fold")
-        table.add_column("metric", max_width=32, overflow="fold")
-        table.add_column("error", justify="right", max_width=18)
-        table.add_column("Δ", justify="right", max_width=7)
+        table = _small_table(
+            "probes: |model − oracle| (relative errors in %)",
+            [("arm", 15, "left"), ("metric", 32, "left"), ("error", 18, "right"),
+             ("Δ", 7, "right")],
+        )  # fmt: skip
         for row in probes:
             table.add_row(*row)
         console.print(table)
+
+
+def _small_table(title: str, columns: list[tuple[str, int, str]]) -> Table:
+    """A titled table without edges; columns as (header, max width, justify), folding."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
+    for header, width, justify in columns:
+        table.add_column(header, max_width=width, justify=justify, overflow="fold")
+    return table
 
 
 def load_remedies(run: Path) -> dict[str, Any]:

@@ -39,6 +39,11 @@ class Section:
     reason: str = ""
     content: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def not_run(cls, id: str, title: str, reason: str) -> Section:
+        """A section whose data the run has not produced (shown as "not run: reason")."""
+        return cls(id=id, title=title, available=False, reason=reason)
+
 
 @dataclass(kw_only=True)
 class Report:
@@ -207,11 +212,8 @@ def _learning(b: _Builder) -> Section:
     history = b.data["history"]
     key = b.figure("learning", figures.learning_curve(history))
     if key is None:
-        return Section(
-            id="learning-curves",
-            title="Learning curves",
-            available=False,
-            reason="no iteration has finished yet",
+        return Section.not_run(
+            "learning-curves", "Learning curves", "no iteration has finished yet"
         )
     rows = [
         (
@@ -245,12 +247,7 @@ def _learning(b: _Builder) -> Section:
 def _parity(b: _Builder) -> Section:
     key = b.figure("parity", figures.parity(b.data["test"]))
     if key is None:
-        return Section(
-            id="parity",
-            title="Parity",
-            available=False,
-            reason="no ensemble has been scored on a test set yet",
-        )
+        return Section.not_run("parity", "Parity", "no ensemble has been scored on a test set yet")
     return Section(id="parity", title="Parity", content={"figure": key})
 
 
@@ -299,12 +296,7 @@ def _calibration(b: _Builder) -> Section:
     checks = (cal or {}).get("checks") or {}
     bars = b.figure("coverage", figures.coverage(checks))
     if scatter is None and bars is None:
-        return Section(
-            id="calibration",
-            title="Calibration",
-            available=False,
-            reason="no ensemble has been calibrated yet",
-        )
+        return Section.not_run("calibration", "Calibration", "no ensemble has been calibrated yet")
     header = (
         "data",
         "atoms",
@@ -358,9 +350,7 @@ def _region_rows(regions: list[dict[str, Any]]) -> list[tuple[str, ...]]:
 def _regions(b: _Builder) -> Section:
     payload = b.data["regions"]
     if payload is None:
-        return Section(
-            id="regions", title="Failure regions", available=False, reason="no diagnosis yet"
-        )
+        return Section.not_run("regions", "Failure regions", "no diagnosis yet")
     regions = payload.get("regions") or []
     resolved = b.data["summary"]["resolved"]
     b.views = region_views(regions)
@@ -429,12 +419,7 @@ def _split_row(s: dict[str, Any]) -> tuple[str, ...]:
 def _splits(b: _Builder) -> Section:
     splits = (b.data["regions"] or {}).get("splits") or []
     if not splits:
-        return Section(
-            id="splits",
-            title="Biased splits",
-            available=False,
-            reason="no split in the last diagnosis",
-        )
+        return Section.not_run("splits", "Biased splits", "no split in the last diagnosis")
     header = (
         "split",
         "what",
@@ -495,11 +480,10 @@ def _probe_rows(probe: dict[str, Any]) -> list[tuple[str, ...]]:
 def _probes(b: _Builder) -> Section:
     payload = b.data["probes"]
     if payload is None:
-        return Section(
-            id="probes",
-            title="Probes",
-            available=False,
-            reason="no probe run (the spec's probes section names none, or none ran yet)",
+        return Section.not_run(
+            "probes",
+            "Probes",
+            "no probe run (the spec's probes section names none, or none ran yet)",
         )
     items = []
     for k, probe in enumerate(payload.get("probes") or []):
@@ -533,11 +517,8 @@ def _probes(b: _Builder) -> Section:
 def _remediation(b: _Builder) -> Section:
     rem = b.data["remedies"]
     if rem is None:
-        return Section(
-            id="remediation",
-            title="Remediation",
-            available=False,
-            reason="no remediation experiment has finished",
+        return Section.not_run(
+            "remediation", "Remediation", "no remediation experiment has finished"
         )
     if "refused" in rem:
         return Section(id="remediation", title="Remediation", content={"refused": rem["refused"]})
