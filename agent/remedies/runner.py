@@ -163,8 +163,8 @@ def probe_scores(ensemble: Any, request: dict[str, Any]) -> list[dict[str, Any]]
     Returns:
         One dict per metric compared with the oracle by its error (``label``, ``unit``,
         ``model``, ``oracle``, ``error`` = |model − oracle| in ``unit``, or relative for a
-        relative-error metric, ``passed``); a probe that raised gives ``{"label", "error":
-        None, "raised"}``.
+        relative-error metric, None against a zero oracle value, ``passed``); a probe that
+        raised gives ``{"label", "error": None, "raised"}``.
     """
     from chemgap.agent.probes import Judge, run_probes
 
@@ -182,9 +182,9 @@ def probe_scores(ensemble: Any, request: dict[str, Any]) -> list[dict[str, Any]]
             if m.oracle is None or m.judge not in (Judge.ERROR, Judge.RELATIVE_ERROR):
                 continue
             relative = m.judge == Judge.RELATIVE_ERROR
-            error = abs(m.model - m.oracle)
-            if relative:
-                error = error / abs(m.oracle) if m.oracle else error
+            error: float | None = abs(m.model - m.oracle)
+            if relative:  # undefined against a zero oracle value: no score, not a wrong one
+                error = error / abs(m.oracle) if m.oracle else None
             out.append(
                 {
                     "label": f"{result.name}: {m.label}", "unit": "" if relative else m.unit,
