@@ -888,16 +888,22 @@ class Campaign:
         return summary
 
 
-def preflight(spec: Any) -> None:
+def preflight(spec: Any, *, trust_code: bool = False) -> None:
     """Refuse, in one sentence, a campaign that cannot run, before anything is written: an
-    oracle whose backend is missing, probes that cannot run on the system or with the oracle.
+    ``ase`` oracle the user did not trust (:func:`chemgap.oracle.require_trust`; checked before
+    anything is imported), an oracle whose backend is missing, probes that cannot run on the
+    system or with the oracle.
 
     Raises:
         BadInput: naming the section, the value and what is allowed.
     """
     from chemgap.agent.errors import BadInput
-    from chemgap.oracle import check_backend
+    from chemgap.oracle import UntrustedCode, check_backend, require_trust
 
+    try:
+        require_trust(spec.oracle, trust_code)
+    except UntrustedCode as exc:
+        raise BadInput(str(exc)) from None
     try:
         check_backend(spec.oracle)
     except ValueError as exc:

@@ -9,7 +9,9 @@ from chemgap.oracle.backends import check_backend, cost_model, make_calculator
 from chemgap.oracle.config import (
     OracleConfig,
     OracleName,
+    UntrustedCode,
     check_elements,
+    require_trust,
     supported_elements,
 )
 from chemgap.oracle.labelling import label_batch, label_one
@@ -21,11 +23,13 @@ __all__ = [
     "LabelSummary",
     "OracleConfig",
     "OracleName",
+    "UntrustedCode",
     "check_backend",
     "check_elements",
     "cost_model",
     "label_batch",
     "label_one",
     "make_calculator",
+    "require_trust",
     "supported_elements",
 ]

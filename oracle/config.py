@@ -210,6 +210,32 @@ class OracleConfig(BaseModel):
         return self
 
 
+TRUST_FLAG = "--trust-code"
+
+
+class UntrustedCode(ValueError):
+    """A configuration that would import and run code it names, without the user's consent."""
+
+
+def require_trust(config: OracleConfig, trusted: bool) -> None:
+    """Refuse an ``ase`` oracle unless the user opted in to running the code it names.
+
+    The ``ase`` backend imports ``params.calculator`` (and puts ``params.python_path`` on
+    ``sys.path``): a spec naming one runs code of its author's choosing, so, like
+    ``trust_remote_code`` elsewhere, it runs only when asked for explicitly (:data:`TRUST_FLAG`).
+
+    Raises:
+        UntrustedCode: ``config`` is an ``ase`` oracle and ``trusted`` is False.
+    """
+    if OracleName(config.name) != OracleName.ASE or trusted:
+        return
+    named = config.params.get("calculator")
+    raise UntrustedCode(
+        f"oracle.name: 'ase' imports and runs the calculator the spec names ({named!r}), "
+        f"code not shipped with chemgap; pass {TRUST_FLAG} if you trust it"
+    )
+
+
 def supported_elements(config: OracleConfig) -> frozenset[str] | None:
     """Elements ``config``'s backend can label, or None when it cannot be known in advance."""
     match OracleName(config.name):

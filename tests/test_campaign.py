@@ -251,6 +251,7 @@ def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray
             str(spec_path),
             "--out",
             str(run_dir),
+            "--trust-code",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -35,7 +35,10 @@ def test_unsupported_element_is_bad_input(tmp_path):
         (("--oracle", "xtb", "--param", "method=GFN3"), "GFN3"),
         (("--oracle", "xtb", "--d3"), "d3"),
         (("--oracle", "ase", "--param", "calculator=nowhere"), "module:Class"),
-        (("--oracle", "ase", "--param", "calculator=no_such_module_xyz:Calc"), "no_such_module"),
+        (
+            ("--oracle", "ase", "--trust-code", "--param", "calculator=no_such_module_xyz:Calc"),
+            "no_such_module",
+        ),
         (("--oracle", "emt", "--param", "oops"), "KEY=VALUE"),
     ],
 )
@@ -45,6 +48,26 @@ def test_bad_oracle_settings_are_bad_input(tmp_path, args, needle):
     result = invoke(str(src), "-o", str(tmp_path / "out.xyz"), *args)
     assert result.exit_code == 2, result.output
     assert needle in result.output
+
+
+def test_ase_oracle_needs_trust_code_and_imports_nothing_without_it(tmp_path):
+    """The ``ase`` oracle imports the module a user names: without --trust-code it is refused
+    (exit 2, one sentence naming the flag) before the module is imported.
+    """
+    (tmp_path / "planted.py").write_text(
+        f"open({str(tmp_path / 'imported')!r}, 'w').close()\n"
+        "from ase.calculators.emt import EMT as Calc\n"
+    )
+    src = tmp_path / "cu.xyz"
+    ase.io.write(src, bulk("Cu", "fcc", 3.6))
+    args = [str(src), "-o", str(tmp_path / "out.xyz"), "--oracle", "ase"]
+    args += ["--param", "calculator=planted:Calc", "--param", f"python_path=[{tmp_path}]"]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "--trust-code" in text and "planted:Calc" in text
+    assert "Traceback" not in text
+    assert not (tmp_path / "imported").exists() and not (tmp_path / "out.xyz").exists()
 
 
 def test_missing_input_is_bad_input(tmp_path):
@@ -83,7 +106,7 @@ def test_close_pair_never_reaches_the_calculator(ray_session, tmp_path):
     ase.io.write(src, Atoms("Cu2", positions=[(0, 0, 0), (0, 0, 0.1)]))
     result = invoke(
         str(src), "-o", str(out), "--oracle", "ase",
-        "--param", f"calculator={SPEC}",
+        "--trust-code", "--param", f"calculator={SPEC}",
         "--param", f"python_path=[{HERE}]",
         "--param", f"kwargs={{marker: {marker}}}",
     )  # fmt: skip
@@ -97,7 +120,7 @@ def test_injected_failing_calculator_run_finishes_and_counts(ray_session, tmp_pa
     ase.io.write(src, [bulk("Cu", "fcc", a) for a in (3.5, 3.6, 3.7)])
     result = invoke(
         str(src), "-o", str(out), "--oracle", "ase",
-        "--param", f"calculator={SPEC}",
+        "--trust-code", "--param", f"calculator={SPEC}",
         "--param", f"python_path=[{HERE}]",
         "--param", "kwargs={behaviour: raise}",
         "--timeout", "30",

@@ -10,7 +10,14 @@ from typing import IO, Any
 import click
 
 from chemgap.agent.cli.common import console, handles_errors
-from chemgap.agent.cli.options import Overrides, build_sections, overrides_option, ray_options
+from chemgap.agent.cli.options import (
+    Overrides,
+    build_sections,
+    overrides_option,
+    ray_options,
+    require_trusted,
+    trust_code_option,
+)
 from chemgap.agent.errors import BadInput
 from chemgap.common.keys import ENERGY_KEY, FORCES_KEY, STATUS_KEY, STRESS_KEY
 from chemgap.oracle.config import OracleConfig, OracleName, check_elements
@@ -158,6 +165,7 @@ def _report(summary: Any, total: int, output_path: Path) -> None:
     "--index", default=":", show_default=True, help="Which structures of IN (ASE index syntax)."
 )
 @click.option("--format", "fmt", default=None, help="Format of IN (default: from the name).")
+@trust_code_option
 @ray_options()
 @handles_errors
 def label(
@@ -171,6 +179,7 @@ def label(
     max_retries: int,
     index: str,
     fmt: str | None,
+    trust_code: bool,
     address: str | None,
     num_cpus: int | None,
     dashboard: bool,
@@ -179,7 +188,8 @@ def label(
 
     Every structure is written, failures included (label_status says which category), in the
     order of IN, each as soon as it and all before it are done. The ``ase`` oracle imports the
-    calculator named by --param calculator=module:Class: that runs code of your choosing.
+    calculator named by --param calculator=module:Class: that runs code of your choosing, so it
+    needs --trust-code.
     """
     from chemgap.agent.runtime import ray_runtime
     from chemgap.oracle.labelling import label_batch
@@ -192,6 +202,7 @@ def label(
         timeout_s=timeout_s,
         max_retries=max_retries,
     )
+    require_trusted(config, trust_code)
     structures = _read(input_path, index, fmt)
     _check(config, structures, input_path, output_path)
     total = len(structures)

@@ -35,7 +35,9 @@ __all__ = [
     "num_cpus_option",
     "overrides_option",
     "ray_options",
+    "require_trusted",
     "seed_option",
+    "trust_code_option",
     "with_runtime",
 ]
 
@@ -54,6 +56,23 @@ num_cpus_option = click.option(
     type=click.IntRange(min=1),
     help="CPUs of a local Ray instance (default: all; not with --address).",
 )
+
+trust_code_option = click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Allow an 'ase' oracle to import and run the calculator class it names (code of the "
+    "spec author's choosing, as with trust_remote_code).",
+)
+
+
+def require_trusted(config: Any, trust_code: bool) -> None:
+    """:func:`chemgap.oracle.require_trust` as a :class:`BadInput` (exit 2, one sentence)."""
+    from chemgap.oracle.config import UntrustedCode, require_trust
+
+    try:
+        require_trust(config, trust_code)
+    except UntrustedCode as exc:
+        raise BadInput(str(exc)) from None
 
 
 def dashboard_option(default: bool = False) -> Callable[[F], F]:

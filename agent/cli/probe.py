@@ -10,7 +10,12 @@ from rich import box
 from rich.table import Table
 
 from chemgap.agent.cli.common import console, handles_errors
-from chemgap.agent.cli.options import Overrides, overrides_option, seed_option
+from chemgap.agent.cli.options import (
+    Overrides,
+    overrides_option,
+    seed_option,
+    trust_code_option,
+)
 from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import ProbeName
 from chemgap.oracle.config import OracleName
@@ -98,6 +103,7 @@ def print_probes(probes: dict[str, Any] | None) -> None:
 )
 @overrides_option(help="Probe setting, e.g. --set vacancy.sizes=[2,3] (repeatable).")
 @seed_option(default=None, help="MD seed (default: the spec's seed, else 0).")
+@trust_code_option
 @handles_errors
 def probe(
     model_dir: Path,
@@ -108,6 +114,7 @@ def probe(
     out: Path,
     sets: Overrides,
     seed: int | None,
+    trust_code: bool,
 ) -> None:
     """Probe the physics of the ensemble in MODEL_DIR against the oracle.
 
@@ -130,6 +137,7 @@ def probe(
             overrides=sets.under("probes").values,
             seed=seed,
             temperatures_K=list(temperatures) or None,
+            trust_code=trust_code,
         )
     console.print(probes_table(report.rows()))
     n_pass = sum(r.passed is True for r in report.results)

@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from chemgap.agent.cli.common import console, handles_errors
+from chemgap.agent.cli.options import require_trusted, trust_code_option
 from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import ProbeName, RemedyName
 from chemgap.models.config import LongRange
@@ -187,8 +188,11 @@ class ExperimentReporter:
     help="Experiment directory (default RUN/remedies; the same one continues it).",
 )
 @click.option("--address", default=None, metavar="HOST:PORT", help="Ray cluster to run on.")
+@trust_code_option
 @handles_errors(resumable=True)
-def remedy(run: Path, out: Path | None, address: str | None, **changes: Any) -> None:
+def remedy(
+    run: Path, out: Path | None, address: str | None, trust_code: bool, **changes: Any
+) -> None:
     """Compare remediation strategies on RUN: which fix makes the model transfer?
 
     Every arm starts from the same iteration of RUN; data arms (uncertainty, diverse, region,
@@ -205,6 +209,7 @@ def remedy(run: Path, out: Path | None, address: str | None, **changes: Any) -> 
     if changes.get("transfer_from") is not None:
         changes["transfer_from"] = str(changes["transfer_from"].resolve())
     experiment = prepare_experiment(run, experiment_config(run, **changes), out)
+    require_trusted(experiment.base.spec.oracle, trust_code)
     t0 = time.monotonic()
     with ray_runtime(address) as info:
         if info.dashboard_url:

@@ -15,7 +15,13 @@ from rich.table import Table
 
 from chemgap.agent.cli.common import console, handles_errors
 from chemgap.agent.cli.diagnose import provenance_lines
-from chemgap.agent.cli.options import Overrides, address_option, load_campaign, overrides_option
+from chemgap.agent.cli.options import (
+    Overrides,
+    address_option,
+    load_campaign,
+    overrides_option,
+    trust_code_option,
+)
 from chemgap.agent.cli.probe import print_probes
 from chemgap.agent.evaluation import quality_text
 from chemgap.agent.report import REPORT_FILE
@@ -279,14 +285,17 @@ def _drive(store, address: str | None) -> None:
 )
 @overrides_option(help="Override a spec field, e.g. --set budget.max_iterations=2 (repeatable).")
 @address_option
+@trust_code_option
 @handles_errors(resumable=True)
-def run(campaign: str, out: Path | None, sets: Overrides, address: str | None) -> None:
+def run(
+    campaign: str, out: Path | None, sets: Overrides, address: str | None, trust_code: bool
+) -> None:
     """Run CAMPAIGN (a built-in name or a spec file; default cu-defects) to its end."""
     from chemgap.agent.campaign import preflight
     from chemgap.agent.store import RunStore
 
     spec = load_campaign(campaign, sets)
-    preflight(spec)
+    preflight(spec, trust_code=trust_code)
     out = out or Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     store = RunStore.create(out, spec)
     console.print(spec.summary(), soft_wrap=True)
@@ -296,8 +305,9 @@ def run(campaign: str, out: Path | None, sets: Overrides, address: str | None) -
 @click.command("resume")
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @address_option
+@trust_code_option
 @handles_errors(resumable=True)
-def resume(run_dir: Path, address: str | None) -> None:
+def resume(run_dir: Path, address: str | None, trust_code: bool) -> None:
     """Continue the campaign in RUN from its last finished step."""
     from chemgap.agent.campaign import preflight, remediation_pending
     from chemgap.agent.store import RunStore
@@ -307,7 +317,7 @@ def resume(run_dir: Path, address: str | None) -> None:
     if store.state.status == "done" and not pending:
         console.print(f"{run_dir} is already done: {store.state.stop_reason}")
         return
-    preflight(store.spec)
+    preflight(store.spec, trust_code=trust_code)
     if pending:
         console.print(f"the loop of {run_dir} is done; continuing its remediation experiment")
     else:

@@ -31,7 +31,13 @@ from chemgap.campaigns.spec import (
 )
 from chemgap.common.files import atomic_write
 from chemgap.models.contract import EnsembleModel
-from chemgap.oracle.config import OracleConfig, OracleName, check_elements
+from chemgap.oracle.config import (
+    OracleConfig,
+    OracleName,
+    UntrustedCode,
+    check_elements,
+    require_trust,
+)
 
 from . import dimer, elastic, eos, md_stability, nve_drift, rdf, surface, vacancy, vibrations
 from .context import ProbeContext
@@ -276,6 +282,7 @@ def probe_model(
     overrides: Mapping[str, str] | None = None,
     seed: int | None = None,
     temperatures_K: Sequence[float] | None = None,
+    trust_code: bool = False,
 ) -> tuple[ProbeReport, dict[str, Path]]:
     """What ``chemgap probe`` does: load a model directory, build the system and the oracle, run
     the probes and write ``probes.json`` (and ``candidates.extxyz``) into ``out_dir``.
@@ -290,10 +297,11 @@ def probe_model(
             over the spec's section (else the defaults) and typed by the schema.
         seed: MD seed (default: the spec's seed, else 0).
         temperatures_K: MD stability's temperatures (default: the spec's exploration ladder).
+        trust_code: allow an ``ase`` oracle to import the calculator it names.
 
     Raises:
-        BadInput: no model directory, no oracle, no probe named, a bad override, or anything
-            :func:`run_probes` refuses.
+        BadInput: no model directory, no oracle, an untrusted ``ase`` oracle, no probe named,
+            a bad override, or anything :func:`run_probes` refuses.
     """
     from chemgap.models.ensemble import Ensemble
 
@@ -306,6 +314,10 @@ def probe_model(
     if oracle is None and spec is None:
         raise BadInput("--oracle: name the oracle (e.g. emt) when --system is a structure file")
     oracle_config = OracleConfig(name=oracle) if oracle is not None else spec.oracle
+    try:
+        require_trust(oracle_config, trust_code)
+    except UntrustedCode as exc:
+        raise BadInput(str(exc)) from None
     cfg = _probes_section(spec, overrides or {})
     wanted = list(names) or list(cfg.names)
     if not wanted:
