@@ -55,7 +55,7 @@ import numpy as np
 from ase import Atoms
 
 from chemgap.agent.report import try_write_report
-from chemgap.agent.store import RunStatus, RunStore, atomic_write_text
+from chemgap.agent.store import RunStatus, RunStore, atomic_write_text, structure_key
 from chemgap.agent.summary import PROBES_FILE  # at the run's root too: the last probe run
 from chemgap.agent.testset import TEST_SPLIT
 from chemgap.campaigns.spec import held_out_counts
@@ -517,14 +517,21 @@ class Campaign:
         from chemgap.oracle import cost_model
 
         idir = self._idir(it)
+        known = self._known_keys()  # labelled or failed: a structure is asked about once
         explored = _read_extxyz(idir / "candidates.extxyz")
         probed = self._probe_candidates(it)
+        n_found = len(probed) + len(explored)
+        explored = [a for a in explored if structure_key(a) not in known]
+        probed = [a for a in probed if structure_key(a) not in known]
         candidates = probed + explored
+        if len(candidates) < n_found:
+            log.info("%d candidates already in data.db", n_found - len(candidates))
         left = self.spec.budget.max_oracle_calls - self.oracle_calls()
         n_batch = max(0, min(self.spec.selection.batch_size, left))
         chosen: list[Atoms] = []
         info: dict[str, Any] = {
             "candidates": len(candidates),
+            "already_in_db": n_found - len(candidates),
             "probe_candidates": len(probed),
             "batch": n_batch,
         }
@@ -563,6 +570,11 @@ class Campaign:
         _write_extxyz(idir / "selection.extxyz", chosen)
         atomic_write_text(idir / "selection.json", json.dumps(info, indent=2))
         self._finish_step(it, "select")
+
+    def _known_keys(self) -> set[str]:
+        """Structure keys of every row of data.db, labelled or failed (not pending)."""
+        rows = self.store.db.select(include_data=False)
+        return {row.get("key") for row in rows if row.get("status") != "pending"}
 
     def _roles(self, it: int, n: int) -> list[str]:
         """The split of each of ``n`` structures selected in iteration ``it``, drawn at random:
@@ -661,6 +673,7 @@ class Campaign:
         row.update(self._diagnose(it, quality))
         diag_s = time.monotonic() - t_diag
         row["elapsed_s"] = self.elapsed_s
+        row.update(_memory())
         history = [h for h in self.store.state.history if h["iteration"] != it] + [row]
         reason = self.stop_reason(history)
         seconds = {"diagnose": round(diag_s, 3)}
@@ -933,7 +946,12 @@ def run_campaign(
     runtime's; None runs everything in this process, see :mod:`chemgap.common.tasks`).
 
     A ``KeyboardInterrupt`` marks the run ``interrupted`` (resumable) and propagates; any other
-    exception marks it ``failed`` with the error as the stop reason and propagates.
+    exception marks it ``failed`` with the error as the stop reason and propagates. When that
+    record cannot be written (a full disk), the previous ``state.json`` is kept whole, a warning
+    is logged and the original exception is still the one that propagates.
+
+    Raises:
+        RunDirError: the run is driven by another process, or its directory is read-only.
     """
     with store.lock():
         campaign = Campaign(store, report=report, num_cpus=num_cpus, executor=executor)
@@ -941,10 +959,10 @@ def run_campaign(
             reason = campaign.run()
             campaign.remediate()
         except KeyboardInterrupt:
-            store.write_state(status=RunStatus.INTERRUPTED, elapsed_s=campaign.elapsed_s)
+            store.try_write_state(status=RunStatus.INTERRUPTED, elapsed_s=campaign.elapsed_s)
             raise
         except Exception as exc:
-            store.write_state(
+            store.try_write_state(
                 status=RunStatus.FAILED,
                 stop_reason=f"{type(exc).__name__}: {exc}",
                 elapsed_s=campaign.elapsed_s,
@@ -963,6 +981,25 @@ def remediation_pending(store: RunStore) -> bool:
         and not (store.root / REMEDIES_DIR / RESULTS_FILE).exists()
         and not (store.root / REMEDIES_DIR / "refused.txt").exists()
     )
+
+
+def _memory() -> dict[str, float | None]:
+    """This process's resident memory now and at its peak, MiB (``rss_mib``, ``peak_rss_mib``;
+    None where the platform does not say).
+
+    The campaign's driver only: training, exploration and labelling run in Ray workers, whose
+    memory ends with their tasks.
+    """
+    import os
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        rss: float | None = round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        rss = None
+    return {"rss_mib": rss, "peak_rss_mib": round(peak, 1)}
 
 
 def _last_probes_passed(history: list[dict[str, Any]]) -> bool:

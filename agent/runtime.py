@@ -216,16 +216,27 @@ class RayExecutor:
         return {"CPU": float(res.get("CPU", 1.0)), "GPU": float(res.get("GPU", 0.0))}
 
     def channel(self, callback: Callable[[Any], None]) -> Channel:
-        """A channel backed by a zero-CPU actor, drained while :meth:`run` waits."""
+        """A channel backed by a zero-CPU actor on the driver's node (so losing a worker node
+        never loses it), drained while :meth:`run` waits.
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         ray = self._ray()
-        actor = ray.remote(num_cpus=0)(_ChannelActor).remote()
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        actor = ray.remote(num_cpus=0)(_ChannelActor).options(scheduling_strategy=here).remote()
         self._channels.append((actor, callback))
         return _RayChannel(actor)
 
     def _drain(self) -> None:
         ray = self._ray()
-        for actor, callback in self._channels:
-            for item in ray.get(actor.drain.remote()):
+        for actor, callback in list(self._channels):
+            try:
+                items = ray.get(actor.drain.remote())
+            except ray.exceptions.RayActorError as exc:  # progress only: the tasks go on
+                log.warning("a progress channel was lost (%s); progress may be incomplete", exc)
+                self._channels.remove((actor, callback))
+                continue
+            for item in items:
                 callback(item)
 
     def _close_channels(self) -> None:

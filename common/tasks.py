@@ -38,7 +38,10 @@ class Task:
         fn: a module-level function (so Ray can ship it by reference).
         name: what the Ray dashboard shows, e.g. ``label 17/40 · xtb · iter 3``.
         num_cpus, num_gpus: resources the task asks for (ignored in-process).
-        max_retries: re-runs after the worker running it died (not after ``fn`` raised).
+        max_retries: re-runs after the worker or node running it died (not after ``fn``
+            raised). Every chemgap task may run again from its arguments (training and
+            exploration are seeded), so the default re-runs a task lost to a killed worker
+            or a lost node twice before its error comes back.
     """
 
     fn: Callable[..., Any]
@@ -47,7 +50,7 @@ class Task:
     name: str = ""
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    max_retries: int = 0
+    max_retries: int = 2
 
 
 @dataclass(kw_only=True)

@@ -255,7 +255,7 @@ def label_batch(
                 args=(clean_copy(atoms), config_json, isolate),
                 name=task_name(index, total, str(config.name), name, iteration),
                 num_cpus=config.cpus_per_call,
-                max_retries=1,  # a lost worker or node, not oracle failures (those are results)
+                max_retries=1,  # a lost worker or node (oracle failures are results): one rerun
             )
         )
         indices.append(index)

@@ -41,6 +41,7 @@ class FailureCategory(StrEnum):
     SCF_NOT_CONVERGED = "scf_not_converged"
     TIMEOUT = "timeout"
     UNSUPPORTED_ELEMENT = "unsupported_element"
+    NON_FINITE = "non_finite_result"  # NaN or inf in the energy, forces or stress returned
     CRASHED = "crashed"
 
 

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _HEADER = struct.Struct("<Q")
 STARTUP_TIMEOUT_S = 120.0
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+IN_ORACLE_CHILD = False  # True in the child process serve() runs in
 
 
 class CalculatorCache:
@@ -88,6 +89,8 @@ def serve() -> None:
     """Child side: answer ``(atoms, config_json)`` requests with an :class:`Evaluation`."""
     from chemgap.oracle.triage import classify_exception, evaluate
 
+    global IN_ORACLE_CHILD
+    IN_ORACLE_CHILD = True
     if sys.platform.startswith("linux"):
         try:
             import ctypes

@@ -1,4 +1,11 @@
-"""Contract checks every oracle must pass (DESIGN style rule 8), reusable by tests of any backend.
+"""Tools for testing oracles and what depends on them: the contract every oracle must pass, and
+an oracle that fails on purpose.
+
+:class:`FaultyCalculator` wraps a real backend (EMT by default) and, at a set rate, fails the
+way reference codes fail in production: an exception, an SCF that does not converge, a hang
+past the time limit, NaN/inf results, the process dying, or the Ray worker dying. It also
+keeps an append-only journal of its calls, outside any chemgap database, so a test can count
+what was asked of the oracle across processes and kills.
 
 :func:`check_oracle_contract` evaluates a calculator on a structure and checks that
 
@@ -13,11 +20,19 @@ A violation raises ``AssertionError`` naming the check and the size of the devia
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import BaseCalculator
+from ase.calculators.calculator import BaseCalculator, Calculator, all_changes
+
+from chemgap.oracle.results import SCFNotConverged
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
@@ -177,3 +192,155 @@ def check_oracle_contract(
         permutation_force_error=perm_f,
         stress_fd_error=stress_error,
     )
+
+
+# --------------------------------------------------------------------------- fault injection
+FAULTS = ("raise", "scf", "hang", "nan", "inf", "crash", "worker")
+"""What :class:`FaultyCalculator` can do instead of answering, and the category each becomes:
+``raise`` a RuntimeError (``crashed``); ``scf`` an SCF non-convergence (``scf_not_converged``);
+``hang`` sleep past any time limit (``timeout``); ``nan`` a NaN energy and ``inf`` infinite
+forces (``non_finite_result``); ``crash`` SIGKILL to its own process (``crashed``: the oracle
+process died); ``worker`` SIGKILL to the Ray worker running the labelling task (Ray retries the
+task; ``crashed`` when every retry dies too).
+"""
+
+
+def fault_draw(key: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by a structure key and a seed (the same in every
+    process, so a structure's fate does not depend on where or when it is labelled).
+    """
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") / 2**64
+
+
+class FaultyCalculator(Calculator):
+    """A real calculator that fails on purpose for a set fraction of structures.
+
+    Which structures fail, and how, is drawn from each structure's key
+    (:func:`chemgap.agent.store.structure_key`) and ``seed``: a structure draws
+    ``u = fault_draw(key, seed)``; it fails when ``u < rate``, with fault
+    ``faults[int(u / rate * len(faults))]``. The same structure meets the same fault in every
+    process and on every retry (unless ``once``).
+
+    Load it as an ``ase`` oracle (``calculator: chemgap.oracle.testing:FaultyCalculator``, run
+    with ``--trust-code``). ``hang``, ``crash`` and ``worker`` need the killable oracle child
+    process labelling uses inside Ray tasks; called in the caller's own process they raise
+    instead (``TimeoutError``, ``RuntimeError``) rather than hang or kill it.
+
+    Args:
+        rate: fraction of structures that fail, in [0, 1].
+        faults: the faults to draw from (see :data:`FAULTS`).
+        seed: seed of the draw.
+        inner: ``emt`` (ASE's EMT) or ``module:Class`` of the real calculator to wrap.
+        journal: append ``start KEY N_ATOMS PID`` before and ``end KEY OUTCOME`` after every
+            call to this file (one write per line, so lines from several processes interleave
+            whole).
+        hang_s: how long ``hang`` sleeps, s.
+        delay_s: seconds every call takes before answering (a stand-in for an expensive code).
+        once: fail each structure at most once: a fault is recorded as a file in this
+            directory and the next call for that structure answers (transient faults).
+    """
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress")
+
+    def __init__(
+        self,
+        rate: float = 0.2,
+        faults: tuple[str, ...] | list[str] = FAULTS,
+        seed: int = 0,
+        inner: str = "emt",
+        journal: str | None = None,
+        hang_s: float = 3600.0,
+        delay_s: float = 0.0,
+        once: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        unknown = sorted(set(faults) - set(FAULTS))
+        if unknown or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"faults must be among {FAULTS} and 0 <= rate <= 1")
+        self.rate, self.faults, self.seed = float(rate), tuple(faults), int(seed)
+        self.journal, self.hang_s, self.delay_s = journal, float(hang_s), float(delay_s)
+        self.once = Path(once) if once else None
+        self._inner = _inner_calculator(inner)
+
+    def fault_for(self, key: str) -> str | None:
+        """The fault structure ``key`` meets (None: it is answered)."""
+        u = fault_draw(key, self.seed)
+        if not self.faults or u >= self.rate:
+            return None
+        fault = self.faults[min(int(u / self.rate * len(self.faults)), len(self.faults) - 1)]
+        if self.once is not None:
+            mark = self.once / f"{key}.{fault}"
+            if mark.exists():
+                return None
+            self.once.mkdir(parents=True, exist_ok=True)
+            mark.touch()
+        return fault
+
+    def _log(self, line: str) -> None:
+        if self.journal:
+            fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, (line + "\n").encode())
+            finally:
+                os.close(fd)
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: list[str] | tuple[str, ...] = ("energy",),
+        system_changes: list[str] = all_changes,
+    ) -> None:
+        """Answer like the inner calculator, or fail as drawn (ASE ``Calculator`` interface)."""
+        from chemgap.agent.store import structure_key
+
+        super().calculate(atoms, properties, system_changes)
+        key = structure_key(self.atoms)
+        self._log(f"start {key} {len(self.atoms)} {os.getpid()}")
+        fault = self.fault_for(key)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        try:
+            self._inject(fault)
+            self._inner.calculate(self.atoms, properties, all_changes)
+            self.results = dict(self._inner.results)
+            self.results.setdefault("free_energy", self.results["energy"])
+            if fault == "nan":
+                self.results["energy"] = float("nan")
+            elif fault == "inf":
+                self.results["forces"] = np.full((len(self.atoms), 3), np.inf)
+        finally:
+            self._log(f"end {key} {fault or 'ok'}")
+
+    def _inject(self, fault: str | None) -> None:
+        from chemgap.oracle import sandbox
+
+        isolated = sandbox.IN_ORACLE_CHILD
+        match fault:
+            case "raise":
+                raise RuntimeError("injected fault: the reference code stopped with an error")
+            case "scf":
+                raise SCFNotConverged("injected fault: SCF not converged in 100 cycles")
+            case "hang" if isolated:
+                time.sleep(self.hang_s)
+            case "hang":
+                raise TimeoutError("injected fault: hang (raised, not slept, in-process)")
+            case "crash" if isolated:
+                os.kill(os.getpid(), signal.SIGKILL)
+            case "worker" if isolated and os.environ.get("RAY_RAYLET_PID"):
+                os.kill(os.getppid(), signal.SIGKILL)  # the Ray worker that started this child
+                time.sleep(60)  # this child dies with its parent (PR_SET_PDEATHSIG)
+            case "crash" | "worker":
+                raise RuntimeError(f"injected fault: {fault} (raised, not killed, in-process)")
+
+
+def _inner_calculator(inner: str) -> BaseCalculator:
+    if inner == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    import importlib
+
+    module, _, name = inner.partition(":")
+    return getattr(importlib.import_module(module), name)()

@@ -144,7 +144,8 @@ def evaluate(calc: BaseCalculator, atoms: Atoms) -> Evaluation:
     """Call ``calc`` on a copy of ``atoms`` and check the results are finite.
 
     Stress is asked for when the cell is periodic in all three directions and the calculator
-    implements it. Any exception becomes a categorised failure (never raised).
+    implements it. Any exception becomes a categorised failure (never raised); a NaN or inf in
+    what came back is ``non_finite_result``.
     """
     work = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     work.info.update({k: v for k, v in atoms.info.items() if not k.startswith(LABEL_PREFIX)})
@@ -174,5 +175,5 @@ def evaluate(calc: BaseCalculator, atoms: Atoms) -> Evaluation:
     elif stress is not None and (stress.shape != (6,) or not np.all(np.isfinite(stress))):
         problem = "non-finite stress"
     if problem:
-        return Evaluation(failure=FailureCategory.CRASHED, message=problem, seconds=seconds)
+        return Evaluation(failure=FailureCategory.NON_FINITE, message=problem, seconds=seconds)
     return Evaluation(energy=energy, forces=forces, stress=stress, seconds=seconds)

@@ -98,7 +98,7 @@ def test_unsupported_elements():
 
 @pytest.mark.parametrize(
     ("behaviour", "category"),
-    [("raise", "crashed"), ("nan", "crashed"), ("scf", "scf_not_converged")],
+    [("raise", "crashed"), ("nan", "non_finite_result"), ("scf", "scf_not_converged")],
 )
 def test_calculator_failures_are_categorised(behaviour, category):
     result = label_one(with_behaviour(bulk("Cu"), behaviour), programmable(max_retries=2))

@@ -1,0 +1,145 @@
+"""Reliability: a campaign against an oracle that fails 20 % of the time, and one whose Ray
+workers are killed mid-task, both end ``done`` with every failure categorised in data.db.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+from test_campaign import rows, tiny_spec
+
+from chemgap.agent.campaign import run_campaign
+from chemgap.agent.runtime import RayExecutor
+from chemgap.agent.store import RunStore
+from chemgap.campaigns.spec import parse_spec
+from chemgap.oracle.results import FailureCategory
+from chemgap.oracle.testing import FAULTS, FaultyCalculator
+
+FAULTY = "chemgap.oracle.testing:FaultyCalculator"
+CATEGORY = {
+    None: "ok",
+    "raise": "crashed",
+    "scf": "scf_not_converged",
+    "hang": "timeout",
+    "nan": "non_finite_result",
+    "inf": "non_finite_result",
+    "crash": "crashed",
+    "worker": "crashed",  # the labelling task's worker died on every try
+}
+
+
+def faulty_oracle(journal: Path, **kwargs) -> dict:
+    return {
+        "name": "ase",
+        "params": {
+            "calculator": FAULTY,
+            "kwargs": {"journal": str(journal), "hang_s": 120, **kwargs},
+        },
+        "timeout_s": 4.0,
+    }
+
+
+def messages(db: Path) -> dict[str, str]:
+    """Structure key -> stored failure message."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        q = """SELECT k.value, s.data FROM systems s
+               JOIN text_key_values k ON k.id = s.id AND k.key = 'key'"""
+        return {key: str(data) for key, data in con.execute(q)}
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+def test_campaign_with_20_percent_oracle_faults_completes_and_categorises_each(
+    tmp_path, ray_session
+):
+    """20 % of structures meet one of the seven faults (exception, SCF, hang past the time
+    limit, NaN, inf, the oracle process killed, the Ray worker killed). The campaign ends
+    ``done``; every row of data.db carries exactly the category its fault maps to (recomputed
+    from the structure's key, independently of the campaign); no structure is asked about
+    twice; every failure has a message.
+
+    Broken variants caught: a fault that aborts the campaign (a NaN raised, a dead worker not
+    turned into a result); a hang that blocks past the time limit; a failure stored as ``ok``
+    or under the wrong category; a failed structure selected and labelled again.
+    """
+    journal = tmp_path / "calls.txt"
+    kwargs = {"rate": 0.2, "seed": 4}
+    spec = parse_spec(tiny_spec(faulty_oracle(journal, **kwargs), max_iterations=2))
+    store = RunStore.create(tmp_path / "run", spec)
+    assert run_campaign(store, num_cpus=2, executor=RayExecutor()) == "iteration cap (2)"
+    assert RunStore.open(tmp_path / "run").state.status == "done"
+
+    found = rows(tmp_path / "run" / "data.db")
+    keys = [key for _, key, _ in found]
+    assert len(keys) == len(set(keys))  # nobody asked twice
+    judge = FaultyCalculator(**kwargs)
+    expected = {key: CATEGORY[judge.fault_for(key)] for key in keys}
+    assert {key: status for _, key, status in found} == expected
+    failed = Counter(status for status in expected.values() if status != "ok")
+    assert sum(failed.values()) >= 3 and len(failed) >= 2, failed
+    assert set(failed) <= {c.value for c in FailureCategory}
+    text = messages(tmp_path / "run" / "data.db")
+    assert all(text[key] not in ("", "{}") for key, s in expected.items() if s != "ok")
+    # labels: every structure asked for, and the only calls beyond one per structure are the
+    # labelling task's rerun after its worker was killed
+    lines = journal.read_text().splitlines()
+    started = Counter(line.split()[1] for line in lines if line.startswith("start"))
+    assert set(started) == set(keys)
+    assert all(n == 1 or judge.fault_for(k) == "worker" for k, n in started.items())
+
+
+def _killer(kinds: tuple[str, ...], killed: dict[str, int], stop: threading.Event) -> None:
+    """Kill (SIGKILL) the Ray worker running the first task of each kind, once per kind, as
+    the OOM killer or a pre-empted machine would.
+    """
+    while not stop.is_set():
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            title = " ".join(proc.info["cmdline"] or [])
+            for kind in kinds:
+                if kind not in killed and title.startswith(f"ray::{kind}"):
+                    time.sleep(0.5)  # mid-task, not at its start
+                    try:
+                        proc.kill()
+                        killed[kind] = proc.info["pid"]
+                    except psutil.NoSuchProcess:
+                        pass
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_killed_ray_workers_are_retried_and_the_campaign_completes(tmp_path, ray_session):
+    """The worker of a labelling task, of a training member and of an exploration group is
+    killed mid-task: Ray reruns each, and the campaign ends ``done`` with every label ``ok``.
+
+    Broken variants caught: a task without retries (the campaign fails on WorkerCrashedError),
+    a killed label recorded as a failure although its rerun succeeded.
+    """
+    journal = tmp_path / "calls.txt"
+    oracle = faulty_oracle(journal, rate=0.0, delay_s=1.0)
+    spec = parse_spec(tiny_spec(oracle, max_iterations=1))
+    store = RunStore.create(tmp_path / "run", spec)
+    killed: dict[str, int] = {}
+    stop = threading.Event()
+    kinds = ("label", "train member", "explore walkers")
+    thread = threading.Thread(target=_killer, args=(kinds, killed, stop), daemon=True)
+    thread.start()
+    try:
+        assert run_campaign(store, num_cpus=2, executor=RayExecutor()) == "iteration cap (1)"
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert set(killed) == set(kinds), killed
+    statuses = Counter(status for _, _, status in rows(tmp_path / "run" / "data.db"))
+    assert statuses == {"ok": 8 + 4 + 4}, statuses
+
+
+def test_fault_names_cover_the_categories():
+    assert set(CATEGORY) - {None} == set(FAULTS)
