@@ -859,12 +859,23 @@ class Campaign:
         while True:
             for step in STEPS[nxt:]:
                 getattr(self, f"step_{step}")(it)
+            self._record_cluster(it)
             try_write_report(self.store.root)  # RUN/report.html; a failure is only a warning
             reason = self.store.state.stop_reason
             if reason:
                 log.info("stopping: %s", reason)
                 return reason
             it, nxt = it + 1, 0
+
+    def _record_cluster(self, it: int | str) -> None:
+        """RUN/cluster.json: the Ray nodes and where iteration ``it``'s tasks ran (or the
+        experiment's, ``"remedies"``); a Ray executor only: in-process runs have no cluster.
+        """
+        from chemgap.agent.runtime import CLUSTER_FILE
+
+        record = getattr(self.executor, "record", None)
+        if record is not None:
+            record(self.store.root / CLUSTER_FILE, it)
 
     # ------------------------------------------------------------------ after the loop
     def remediate(self) -> dict[str, Any] | None:
@@ -897,6 +908,7 @@ class Campaign:
         else:
             refused.unlink(missing_ok=True)
             self.report("remedy", {"event": "done", "summary": summary})
+        self._record_cluster("remedies")  # the experiment's tasks
         try_write_report(self.store.root)  # with the experiment; a failure is only a warning
         return summary
 

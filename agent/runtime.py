@@ -8,12 +8,14 @@ in-process, whether or not a Ray instance happens to be up.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from chemgap.agent.errors import BadInput
@@ -22,6 +24,7 @@ from chemgap.common.tasks import Channel, Done, Task
 log = logging.getLogger(__name__)
 
 NAMESPACE = "chemgap"
+CLUSTER_FILE = "cluster.json"  # RUN/cluster.json: the nodes and where each iteration's tasks ran
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +82,45 @@ def probe_address(address: str, timeout_s: float = 3.0) -> None:
         ) from exc
 
 
+TOKEN_HELP = (
+    "copy the head node's ~/.ray/auth_token to this machine (or set RAY_AUTH_TOKEN) and "
+    "export RAY_AUTH_MODE=token"
+)
+
+
+def use_token_if_present() -> bool:
+    """Turn Ray's token authentication on for a connection to a cluster when a token is at
+    hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``) and the user has
+    not chosen a mode (``RAY_AUTH_MODE``); returns whether the mode is ``token``.
+
+    ``ray start --head`` turns token authentication on by default, but Ray's ``ray.init`` sends
+    the token to an explicit address only when ``RAY_AUTH_MODE=token``: without this, the
+    default cluster would refuse chemgap's ``--address``.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        return True
+    return False
+
+
+def _connect_error(address: str, exc: BaseException) -> str:
+    """One sentence for a failed connection to ``address``."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    if "InvalidAuthToken" in text or "Authentication" in text:
+        return (
+            f"--address: the Ray cluster at {address!r} refused chemgap's authentication "
+            f"token (Ray's token authentication is on there); {TOKEN_HELP}"
+        )
+    return (
+        f"--address: no Ray cluster answers at {address!r} ({exc}); start one with "
+        "'ray start --head' or leave --address out for a local instance"
+    )
+
+
 @contextmanager
 def ray_runtime(
     address: str | None = None,
@@ -110,6 +152,7 @@ def ray_runtime(
         probe_address(address)
         if num_cpus is not None or num_gpus is not None:
             raise BadInput("--num-cpus/--num-gpus apply to a local instance, not with --address")
+        use_token_if_present()
         try:
             ctx = ray.init(
                 address=address,
@@ -118,13 +161,11 @@ def ray_runtime(
                 configure_logging=False,
             )
         except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise BadInput(
-                f"--address: no Ray cluster answers at {address!r} ({exc}); start one with "
-                "'ray start --head' or leave --address out for a local instance"
-            ) from exc
+            raise BadInput(_connect_error(address, exc)) from exc
         started = False
     else:
         ctx = ray.init(
+            address="local",  # a new instance, even when this machine runs a cluster
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             include_dashboard=dashboard,
@@ -175,15 +216,32 @@ class _RayChannel:
         self._actor.put.remote(item)
 
 
-_REMOTES: dict[Callable[..., Any], Any] = {}
-
-
-def _remote(fn: Callable[..., Any]) -> Any:
+def _run_placed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[str, Any]:
+    """Body of every chemgap Ray task: ``fn``'s value with the id of the node it ran on."""
     import ray
 
-    if fn not in _REMOTES:
-        _REMOTES[fn] = ray.remote(fn)
-    return _REMOTES[fn]
+    return ray.get_runtime_context().get_node_id(), fn(*args, **kwargs)
+
+
+_REMOTE: list[Any] = []
+
+
+def _remote() -> Any:
+    import ray
+
+    if not _REMOTE:
+        _REMOTE.append(ray.remote(_run_placed))
+    return _REMOTE[0]
+
+
+def task_kind(name: str) -> str:
+    """What a task does, from its name: ``label 3/8 · emt · iter 2`` -> ``label``."""
+    words = []
+    for word in name.split():
+        if any(c.isdigit() for c in word) or word == "·":
+            break
+        words.append(word)
+    return " ".join(words) or name
 
 
 class RayExecutor:
@@ -201,6 +259,51 @@ class RayExecutor:
     def __init__(self, poll_s: float = 0.5):
         self.poll_s = poll_s
         self._channels: list[tuple[Any, Callable[[Any], None]]] = []
+        self.placements: list[tuple[str, str]] = []  # (task name, node id) of finished tasks
+        self._recorded = 0  # placements already in a record()
+
+    def record(self, path: Path, iteration: int | str) -> None:
+        """Add the tasks finished since the last record to ``path`` (``cluster.json``) under
+        ``iteration``, with the nodes as they are now (nodes seen before and gone since stay,
+        marked not alive); atomic, and never fatal (a warning when it cannot be written).
+        """
+        from chemgap.common.files import atomic_write_text
+
+        try:
+            now = self.cluster(since=self._recorded)
+            self._recorded = len(self.placements)
+            old = json.loads(path.read_text()) if path.exists() else {}
+            nodes = {k: {**v, "alive": False} for k, v in old.get("nodes", {}).items()}
+            nodes.update(now["nodes"])
+            tasks = old.get("tasks", {})
+            mine = tasks.setdefault(str(iteration), {})
+            for node, kinds in now["tasks"].items():
+                for kind, n in kinds.items():
+                    mine.setdefault(node, {})[kind] = mine.get(node, {}).get(kind, 0) + n
+            atomic_write_text(path, json.dumps({"nodes": nodes, "tasks": tasks}, indent=1))
+        except (OSError, ValueError) as exc:
+            log.warning("could not record the cluster in %s: %s", path, exc)
+
+    def cluster(self, since: int = 0) -> dict[str, Any]:
+        """The cluster's nodes and where this executor's finished tasks ran (from task
+        ``since`` on): ``{"nodes": {node id: {"address", "alive", "cpus", "gpus"}}, "tasks":
+        {node id: {kind: count}}}``.
+        """
+        ray = self._ray()
+        nodes = {
+            n["NodeID"]: {
+                "address": n.get("NodeManagerAddress"),
+                "alive": bool(n.get("Alive")),
+                "cpus": float(n.get("Resources", {}).get("CPU", 0.0)),
+                "gpus": float(n.get("Resources", {}).get("GPU", 0.0)),
+            }
+            for n in ray.nodes()
+        }
+        tasks: dict[str, dict[str, int]] = {}
+        for name, node in self.placements[since:]:
+            per = tasks.setdefault(node, {})
+            per[task_kind(name)] = per.get(task_kind(name), 0) + 1
+        return {"nodes": nodes, "tasks": tasks}
 
     @staticmethod
     def _ray() -> Any:
@@ -257,14 +360,14 @@ class RayExecutor:
         try:
             for i, task in enumerate(tasks):
                 ref = (
-                    _remote(task.fn)
+                    _remote()
                     .options(
                         name=task.name or task.fn.__name__,
                         num_cpus=task.num_cpus,
                         num_gpus=task.num_gpus,
                         max_retries=task.max_retries,
                     )
-                    .remote(*task.args, **task.kwargs)
+                    .remote(task.fn, *task.args, **task.kwargs)
                 )
                 pending[ref] = i
             waiting = list(pending)
@@ -285,6 +388,8 @@ class RayExecutor:
                     except ray.exceptions.RayError as exc:
                         yield Done(index=index, error=exc)
                     else:
+                        node, value = value
+                        self.placements.append((tasks[index].name, node))
                         yield Done(index=index, value=value)
         finally:
             for ref in pending:

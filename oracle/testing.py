@@ -232,9 +232,10 @@ class FaultyCalculator(Calculator):
         faults: the faults to draw from (see :data:`FAULTS`).
         seed: seed of the draw.
         inner: ``emt`` (ASE's EMT) or ``module:Class`` of the real calculator to wrap.
-        journal: append ``start KEY N_ATOMS PID`` before and ``end KEY OUTCOME`` after every
-            call to this file (one write per line, so lines from several processes interleave
-            whole).
+        journal: append ``start KEY N_ATOMS PID WHERE`` before and ``end KEY OUTCOME`` after
+            every call to this file (one write per line, so lines from several processes
+            interleave whole); WHERE is ``child`` in labelling's oracle process, ``direct``
+            when called in-process (a probe's reference curve, say).
         hang_s: how long ``hang`` sleeps, s.
         delay_s: seconds every call takes before answering (a stand-in for an expensive code).
         once: fail each structure at most once: a fault is recorded as a file in this
@@ -297,7 +298,10 @@ class FaultyCalculator(Calculator):
 
         super().calculate(atoms, properties, system_changes)
         key = structure_key(self.atoms)
-        self._log(f"start {key} {len(self.atoms)} {os.getpid()}")
+        from chemgap.oracle import sandbox
+
+        where = "child" if sandbox.IN_ORACLE_CHILD else "direct"
+        self._log(f"start {key} {len(self.atoms)} {os.getpid()} {where}")
         fault = self.fault_for(key)
         if self.delay_s:
             time.sleep(self.delay_s)

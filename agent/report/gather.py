@@ -32,6 +32,7 @@ import numpy as np
 from ase import Atoms
 
 from chemgap.agent.diagnostics import REGIONS_DIR, REGIONS_FILE
+from chemgap.agent.runtime import CLUSTER_FILE
 from chemgap.agent.store import ITERATIONS_DIR, SPEC_FILE, RunStore, run_status
 from chemgap.agent.summary import PROBES_FILE
 
@@ -253,6 +254,7 @@ def gather(root: str | Path, remedies: str | Path | None = None) -> dict[str, An
             "versions": _versions(root),
             "timings": _timings(state),
             "time": status["time"],
+            "cluster": read_json(root / CLUSTER_FILE),
         },
     }
 

@@ -573,6 +573,26 @@ def _versions(versions: dict[str, Any]) -> list[tuple[str, str, str]]:
     ]
 
 
+def _cluster(cluster: dict | None) -> str:
+    """``2 nodes (1 + 1 CPUs, 0 GPUs); tasks per node: 41, 37`` from cluster.json."""
+    if not cluster or not cluster.get("nodes"):
+        return "not recorded (the run ran in-process or before chemgap recorded it)"
+    nodes = cluster["nodes"]
+    per_node = dict.fromkeys(nodes, 0)
+    for per_iteration in cluster.get("tasks", {}).values():
+        for node, kinds in per_iteration.items():
+            per_node[node] = per_node.get(node, 0) + sum(kinds.values())
+    cpus = " + ".join(f"{v['cpus']:g}" for v in nodes.values())
+    gpus = sum(v.get("gpus", 0) for v in nodes.values())
+    lost = sum(not v.get("alive", True) for v in nodes.values())
+    return (
+        f"{len(nodes)} node{'s' * (len(nodes) != 1)} ({cpus} CPUs, {gpus:g} GPUs"
+        + (f"; {lost} lost or stopped since" if lost else "")
+        + "); tasks per node: "
+        + ", ".join(str(n) for n in per_node.values())
+    )
+
+
 def _metadata(b: _Builder) -> Section:
     d = b.data
     run, meta = d["run"], d["meta"]
@@ -595,7 +615,7 @@ def _metadata(b: _Builder) -> Section:
             ),
         ),
         ("labels", f"{run['labels']['ok']} ok, {run['labels']['failed']} failed"),
-        ("Ray cluster", "not recorded in the run directory"),
+        ("Ray cluster", _cluster(meta.get("cluster"))),
     ]
     return Section(
         id="metadata",
