@@ -9,6 +9,17 @@ RUN/
   iterations/NNN/  member checkpoints, calibration, exploration summary, selection
 ```
 
+Files and directories of a run are never group or world writable (group and others may read
+them, so users can share runs): creating or opening a store adds ``0o022`` to the process umask
+(:func:`chemgap.common.files.restrict_umask`; a local Ray instance started afterwards, and its
+workers, inherit it).
+
+A run on a read-only directory can still be read (``status``, ``inspect``, ``report -o``);
+driving it (:meth:`RunStore.lock`) refuses with a :class:`~chemgap.agent.errors.RunDirError`
+saying so before anything is written. On a full disk every write fails whole: ``state.json`` is
+replaced atomically and ``data.db`` rolls the failed row back, both raising ``OSError(ENOSPC)``
+naming the file.
+
 ``ase db RUN/data.db`` lists the structures; labels are stored as the row's single-point results
 (so ``energy`` and ``fmax`` show up there) and come back under the label keys of
 :mod:`chemgap.common.keys` in ``atoms.info`` / ``atoms.arrays`` with no calculator attached.
@@ -24,6 +35,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from enum import StrEnum
@@ -46,7 +58,13 @@ from chemgap.agent.diagnostics import REGIONS_FILE
 from chemgap.agent.errors import RunDirError
 from chemgap.agent.summary import campaign_summary, learning_curve, probe_summary, time_budget
 from chemgap.campaigns.spec import CampaignSpec, dump_spec, parse_spec
-from chemgap.common.files import atomic_write_text
+from chemgap.common.files import (
+    atomic_write_text,
+    make_dirs,
+    raise_if_disk_full,
+    restrict_umask,
+    why_unwritable,
+)
 from chemgap.common.keys import ENERGY_KEY, FORCES_KEY, STRESS_KEY
 
 log = logging.getLogger(__name__)
@@ -195,8 +213,14 @@ class RunStore:
     # ------------------------------------------------------------------ create / open
     @classmethod
     def create(cls, root: str | Path, spec: CampaignSpec) -> RunStore:
-        """Make a new run directory for ``spec``. ``root`` must be missing or empty."""
+        """Make a new run directory for ``spec``. ``root`` must be missing or empty.
+
+        Raises:
+            RunDirError: ``root`` holds something else, or it (or the directory it would be
+                made in) cannot be written.
+        """
         root = Path(root)
+        restrict_umask()
         if root.exists():
             if not root.is_dir():
                 raise RunDirError(f"{root} is a file, not a run directory")
@@ -210,12 +234,17 @@ class RunStore:
                     f"{root} is a non-empty directory that is not a chemgap run; "
                     "refusing to write into it (choose an empty or new --out)"
                 )
-        (root / ITERATIONS_DIR).mkdir(parents=True, exist_ok=True)
-        state = RunState(chemgap_version=_version(), campaign=spec.name)
-        atomic_write_text(root / SPEC_FILE, dump_spec(spec))
-        store = cls(root, spec, state)
-        store.db.count()  # creates data.db with its tables
-        store.write_state()  # last: a directory with state.json is a complete run
+        _require_creatable(root)
+        made_root = not root.exists()
+        store = cls(root, spec, RunState(chemgap_version=_version(), campaign=spec.name))
+        try:
+            make_dirs(root / ITERATIONS_DIR)
+            atomic_write_text(root / SPEC_FILE, dump_spec(spec))
+            store.db.count()  # creates data.db with its tables
+            store.write_state()  # last: a directory with state.json is a complete run
+        except BaseException:  # a full disk, say: leave the directory as it was found
+            _remove_partial(root, made_root)
+            raise
         log.info("created run %s", root)
         return store
 
@@ -223,9 +252,12 @@ class RunStore:
     def open(cls, root: str | Path) -> RunStore:
         """Open an existing run; refuse (``RunDirError``) anything that is not a readable one.
 
-        Opening reads only: nothing in the directory changes until the caller writes.
+        Opening reads only: nothing in the directory changes until the caller writes (the
+        process umask loses group/world write, see the module's docstring). A read-only run
+        opens; :meth:`lock` (driving it) refuses.
         """
         root = Path(root)
+        restrict_umask()
         state = read_state(root)
         try:
             import yaml
@@ -242,12 +274,54 @@ class RunStore:
 
     # ------------------------------------------------------------------ state
     def write_state(self, **changes: Any) -> RunState:
-        """Apply ``changes`` to the state and write ``state.json`` atomically."""
+        """Apply ``changes`` to the state and write ``state.json`` atomically.
+
+        Raises:
+            OSError: the file could not be written (a full disk: ``ENOSPC``); ``state.json``
+                and :attr:`state` are then left as they were.
+        """
         data = self.state.model_dump()
         data.update(changes, updated=time.time(), pid=os.getpid(), host=socket.gethostname())
-        self.state = RunState.model_validate(data)
-        atomic_write_text(self.root / STATE_FILE, self.state.model_dump_json(indent=2) + "\n")
-        return self.state
+        state = RunState.model_validate(data)
+        atomic_write_text(self.root / STATE_FILE, state.model_dump_json(indent=2) + "\n")
+        self.state = state
+        return state
+
+    def try_write_state(self, **changes: Any) -> bool:
+        """:meth:`write_state`, but a failed write is logged instead of raised.
+
+        For recording how a run ended while another error propagates (on a full disk the
+        record itself may not fit): that error stays the one the caller sees, and the previous
+        ``state.json`` stays whole.
+
+        Returns:
+            True when ``state.json`` was written.
+        """
+        try:
+            self.write_state(**changes)
+        except OSError as exc:
+            log.warning(
+                "could not record %s in %s (%s); it keeps its previous state",
+                changes.get("status", "the state"),
+                self.root / STATE_FILE,
+                exc,
+            )
+            return False
+        return True
+
+    def require_writable(self) -> None:
+        """Refuse (``RunDirError``) when the run directory cannot be written.
+
+        Raises:
+            RunDirError: the directory is on a read-only file system or not writable by this
+                user; nothing was written.
+        """
+        reason = why_unwritable(self.root)
+        if reason is not None:
+            raise RunDirError(
+                f"{self.root} is read-only ({reason}), so chemgap cannot continue the run "
+                "there; copy the directory somewhere writable and resume the copy"
+            )
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -255,7 +329,12 @@ class RunStore:
 
         ``state.json`` is read again once the lock is held: the state the holder acts on is
         never one read before another driver's last write.
+
+        Raises:
+            RunDirError: another process drives the run, or its directory is read-only
+                (:meth:`require_writable`).
         """
+        self.require_writable()
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -307,7 +386,11 @@ class RunStore:
         data = {}
         if msg := atoms.info.get("label_message"):
             data["message"] = str(msg)
-        return self.db.write(row_atoms, key_value_pairs=kvp, data=data)
+        try:
+            return self.db.write(row_atoms, key_value_pairs=kvp, data=data)
+        except sqlite3.OperationalError as exc:  # rolled back: the database holds no half row
+            raise_if_disk_full(exc, self.root / DB_FILE)
+            raise
 
     def has(self, atoms: Atoms) -> bool:
         """True when data.db already holds this structure (any status but pending)."""
@@ -333,8 +416,36 @@ class RunStore:
         """``iterations/NNN`` of ``iteration`` (made unless ``create`` is False)."""
         path = self.root / ITERATIONS_DIR / f"{iteration:03d}"
         if create:
-            path.mkdir(parents=True, exist_ok=True)
+            make_dirs(path)
         return path
+
+
+def _remove_partial(root: Path, made_root: bool) -> None:
+    """Remove what a failed :meth:`RunStore.create` wrote (its own files only, in a directory
+    that was missing or empty), and ``root`` itself when it made it.
+    """
+    import shutil
+
+    with contextlib.suppress(OSError):
+        shutil.rmtree(root / ITERATIONS_DIR, ignore_errors=True)
+        for name in (SPEC_FILE, STATE_FILE, DB_FILE, f"{DB_FILE}-journal", f"{DB_FILE}-wal"):
+            (root / name).unlink(missing_ok=True)
+        if made_root:
+            root.rmdir()
+
+
+def _require_creatable(root: Path) -> None:
+    """Refuse (``RunDirError``) a run directory that could not be written: ``root`` itself when
+    it exists, else the nearest directory above it that does.
+    """
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        return  # mkdir says what is wrong
+    reason = why_unwritable(existing)
+    if reason is None:
+        return
+    where = "it" if existing == root else str(existing)
+    raise RunDirError(f"cannot write the run directory {root}: {where} is read-only ({reason})")
 
 
 def _kvp_value(value: Any) -> Any:
@@ -417,8 +528,6 @@ def is_locked(root: Path) -> bool:
 
 def label_counts(db_path: Path) -> dict[str, int]:
     """``{"ok": n, "failed": n}`` from a data.db, read-only (a missing db counts zero)."""
-    import sqlite3
-
     counts = {"ok": 0, "failed": 0}
     if not db_path.exists():
         return counts

@@ -32,7 +32,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from .build import DataStats, build_for_loading
 from .config import ModelConfig
 from .contract import EnsembleModel
-from .io import ENSEMBLE_FILE, read_json
+from .io import ENSEMBLE_FILE, load_member_stem, read_json
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +45,25 @@ def load_member_file(path: str | Path, device: str | torch.device = "cpu") -> to
     """One member from ``member_KK.model`` or ``member_KK.pt``.
 
     With the member's ``member_KK.json`` beside it, the member is rebuilt from its metadata and
-    the weights-only state dict is loaded (the safe path); otherwise the whole-model pickle is
-    loaded (``weights_only=False``: only load files you trust).
+    the state dict is loaded with ``torch.load(weights_only=True)`` (the safe path); otherwise
+    the whole-model pickle is loaded (``weights_only=False``, with a warning: only load files
+    you trust). See :func:`chemgap.models.io.load_member_stem`.
 
     Raises:
         FileNotFoundError: neither file exists.
+        ValueError: ``member_KK.pt`` holds more than weights.
     """
-    import mace  # noqa: F401  (registers the classes a pickle names)
-
-    path = Path(path)
-    stem = path.with_suffix("")
-    meta_file, pt, pickled = (stem.with_suffix(s) for s in (".json", ".pt", ".model"))
-    if meta_file.exists() and pt.exists():
+    stem = Path(path).with_suffix("")
+    meta_file = stem.with_suffix(".json")
+    rebuild = None
+    if meta_file.exists():
         meta = read_json(meta_file)
         if "model" in meta and "stats" in meta:
-            model = build_for_loading(ModelConfig(**meta["model"]), DataStats(**meta["stats"]))
-            model.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
-            return model.to(device).eval()
-    if not pickled.exists():
-        raise FileNotFoundError(2, "no such member file", str(pickled))
-    model = torch.load(pickled, map_location=device, weights_only=False)
-    return model.to(device).eval()
+
+            def rebuild() -> torch.nn.Module:
+                return build_for_loading(ModelConfig(**meta["model"]), DataStats(**meta["stats"]))
+
+    return load_member_stem(stem, rebuild, device)
 
 
 def _config_of(path: Path, model: torch.nn.Module) -> ModelConfig:

@@ -14,6 +14,16 @@ A model directory holds, per member ``k``:
   versions;
 
 and ``ensemble.json`` (configs, element list, data hash, member files, calibration).
+
+Loading reads only the directory (or files) it is given — no download, no cache, no path
+taken from the metadata. A member is rebuilt from ``member_KK.json`` and its weights loaded
+from ``member_KK.pt`` with ``torch.load(weights_only=True)``, which cannot run code; the
+whole-model ``member_KK.model`` is unpickled (``weights_only=False``, which can run code) only
+when that is impossible — no metadata or no ``.pt``, or a state dict that does not fit — and a
+warning then names the file: load such directories only when you trust them.
+
+Every file is written atomically (:func:`chemgap.common.files.atomic_write`): a full disk leaves
+no half-written member, and no file is group or world writable.
 """
 
 from __future__ import annotations
@@ -21,13 +31,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import pickle
 import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from chemgap.common.files import atomic_write
+from chemgap.common.files import atomic_write, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +75,7 @@ def write_json(path: Path, obj: Any) -> None:
     rename, fsync of the directory).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     atomic_write(
         path, lambda fh: json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
     )
@@ -94,48 +105,110 @@ def model_to_bytes(model: torch.nn.Module) -> bytes:
 
 
 def model_from_bytes(data: bytes) -> torch.nn.Module:
-    """A model serialised by :func:`model_to_bytes`."""
+    """A model serialised by :func:`model_to_bytes`.
+
+    Unpickles (``weights_only=False``): only for bytes chemgap itself produced in this run
+    (members travelling between Ray workers and the driver), never for a file's content.
+    """
     import mace  # noqa: F401  (registers the classes the pickle names)
 
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def save_member(model: torch.nn.Module, directory: Path, k: int, metadata: dict) -> Path:
-    """Write ``member_KK.model`` (whole model), ``member_KK.pt`` (state dict) and ``.json``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write ``member_KK.model`` (whole model), ``member_KK.pt`` (state dict) and ``.json``,
+    each atomically (a failed write, a full disk among others, leaves no partial file).
+    """
+    directory = make_dirs(directory)
     stem = member_stem(k)
     model = model.cpu().eval()
-    torch.save(model, directory / f"{stem}.model")
-    torch.save(model.state_dict(), directory / f"{stem}.pt")
+    atomic_write(directory / f"{stem}.model", lambda fh: torch.save(model, fh), binary=True)
+    atomic_write(
+        directory / f"{stem}.pt", lambda fh: torch.save(model.state_dict(), fh), binary=True
+    )
     write_json(directory / f"{stem}.json", {"format": FORMAT_VERSION, **metadata})
     return directory / f"{stem}.model"
+
+
+def unpickle_model(path: Path, device: str | torch.device, why: str) -> torch.nn.Module:
+    """Unpickle the whole-model file ``path`` (``weights_only=False``), warning that it must be
+    trusted.
+
+    Args:
+        path: a ``member_KK.model`` file.
+        device: torch device to map the model to.
+        why: why the weights-only path could not be taken (for the warning).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    import mace  # noqa: F401  (registers the classes the pickle names)
+
+    if not path.exists():
+        raise FileNotFoundError(2, "no such member file", str(path))
+    log.warning(
+        "%s; unpickling %s instead (weights_only=False: the file can run code, so load it only "
+        "if you trust it)",
+        why,
+        path,
+    )
+    model = torch.load(path, map_location=device, weights_only=False)
+    return model.to(device).eval()
 
 
 def load_member(
     directory: Path, k: int, rebuild: Any | None = None, device: str | torch.device = "cpu"
 ) -> torch.nn.Module:
-    """Load member ``k``: rebuild + weights-only state dict when possible, else the pickle.
+    """Load member ``k`` of model directory ``directory`` (nothing outside it is read); see
+    :func:`load_member_stem`.
+    """
+    return load_member_stem(Path(directory) / member_stem(k), rebuild, device)
 
-    ``rebuild``: a zero-argument callable returning a fresh model of the right architecture
-    (from the metadata); without it, or if the state dict does not fit, the whole-model file is
-    unpickled (``weights_only=False``: only load model directories you trust).
+
+def load_member_stem(
+    stem: Path, rebuild: Any | None = None, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Load the member whose files are ``STEM.pt`` / ``STEM.model``: rebuild + weights-only
+    state dict when possible, else the pickle.
+
+    Args:
+        stem: the member's path without suffix (``models/member_03``).
+        rebuild: a zero-argument callable returning a fresh model of the right architecture
+            (from the metadata). With it and ``STEM.pt`` present, the weights are loaded
+            with ``torch.load(weights_only=True)``; without either, or when the ``.pt`` is
+            unreadable or does not fit, ``STEM.model`` is unpickled with a warning
+            (:func:`unpickle_model`).
+        device: torch device for the member.
+
+    Raises:
+        ValueError: ``STEM.pt`` holds objects other than tensors (torch refuses it weights-only);
+            the ``.model`` is then not unpickled either.
+        FileNotFoundError: the member's files are missing.
     """
     import mace  # noqa: F401
 
-    directory = Path(directory)
-    stem = member_stem(k)
-    pt = directory / f"{stem}.pt"
-    if rebuild is not None and pt.exists():
-        try:
-            model = rebuild()
-            state = torch.load(pt, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-            return model.to(device).eval()
-        except (RuntimeError, KeyError, ValueError) as exc:
-            log.warning("%s: weights-only load failed (%s); unpickling the model file", pt, exc)
-    path = directory / f"{stem}.model"
-    if not path.exists():
-        raise FileNotFoundError(2, "no such member file", str(path))
-    model = torch.load(path, map_location=device, weights_only=False)
+    pt, pickled = stem.with_name(stem.name + ".pt"), stem.with_name(stem.name + ".model")
+    if rebuild is None or not pt.exists():
+        missing = "no metadata (member JSON with stats)" if rebuild is None else f"no {pt.name}"
+        return unpickle_model(pickled, device, f"{stem}: cannot load weights-only ({missing})")
+    try:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # more than tensors in it: never unpickle the rest
+        raise ValueError(
+            f"{pt} holds more than weights (torch refused to load it weights-only); "
+            "not loading this model"
+        ) from exc
+    except RuntimeError as exc:  # truncated or not a torch file
+        return unpickle_model(pickled, device, f"{pt} is unreadable ({_first_line(exc)})")
+    try:
+        model = rebuild()
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        why = f"{pt} does not fit the member rebuilt from its metadata ({_first_line(exc)})"
+        return unpickle_model(pickled, device, why)
     return model.to(device).eval()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from chemgap.agent.cli.common import console, handles_errors
 from chemgap.agent.cli.options import Overrides, load_campaign, overrides_option
+from chemgap.common.files import restrict_umask
 
 # warnings of the stack that say nothing about the user's run (shown with -vv)
 HARMLESS_WARNINGS = (
@@ -62,6 +63,9 @@ def main(verbose: int) -> None:
     molecular dynamics, labels uncertain structures with a reference calculator and ties the
     errors to chemical features.
     """
+    # files chemgap writes are never group or world writable, whatever the user's umask: it
+    # loses 0o022 here, before any Ray instance starts, so the workers inherit it
+    restrict_umask()
     _configure_logging(verbose)
     ctx = click.get_current_context()
     if verbose < 2 and ctx.invoked_subcommand in MODEL_COMMANDS:
