@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.chemgap-installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint clean
+.PHONY: install run test test-fast lint reliability clean
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The reliability suite (long; CI runs a quick version inside `make test`): 20 random kills,
+# a campaign with 20 % oracle faults, fuzzed specs and structure files, Ray faults, resources.
+reliability: install
+	$(BIN)/python -m pytest -q tests/test_reliability.py tests/test_cluster.py \
+		tests/test_resources.py tests/test_security.py tests/test_fault_oracle.py
+	$(BIN)/python benchmarks/reliability/fuzz.py
+	$(BIN)/python benchmarks/reliability/faults.py --rate 0.2
+	$(BIN)/python benchmarks/reliability/kill_resume.py --kills 20
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -107,6 +107,22 @@ def use_token_if_present() -> bool:
     return False
 
 
+def _keep_token_auth() -> None:
+    """Keep Ray's token authentication on for a local instance, whatever ``RAY_AUTH_MODE``
+    says (a warning when it said otherwise): its GCS and raylet listen on the machine's
+    addresses, and without the token anyone who reaches them can run code on it.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
+        log.warning(
+            "RAY_AUTH_MODE=%s ignored: chemgap's local Ray keeps token authentication on", mode
+        )
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from ray._raylet import Config
+
+    Config.initialize("")  # Ray caches the mode it read at import
+
+
 def _connect_error(address: str, exc: BaseException) -> str:
     """One sentence for a failed connection to ``address``."""
     text = f"{exc} {exc.__cause__ or ''}"
@@ -164,6 +180,7 @@ def ray_runtime(
             raise BadInput(_connect_error(address, exc)) from exc
         started = False
     else:
+        _keep_token_auth()
         ctx = ray.init(
             address="local",  # a new instance, even when this machine runs a cluster
             num_cpus=num_cpus,

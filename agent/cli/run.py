@@ -317,6 +317,7 @@ def resume(run_dir: Path, address: str | None, trust_code: bool) -> None:
     if store.state.status == "done" and not pending:
         console.print(f"{run_dir} is already done: {store.state.stop_reason}")
         return
+    store.require_writable()  # before Ray starts
     preflight(store.spec, trust_code=trust_code)
     if pending:
         console.print(f"the loop of {run_dir} is done; continuing its remediation experiment")

@@ -634,7 +634,7 @@ def write_regions(result: DiagnosisResult, out_dir: str | Path) -> Path:
 
     Stale exemplars of resolved regions go with the old folder.
     """
-    from chemgap.common.files import atomic_write_text
+    from chemgap.common.files import atomic_write_text, current_umask
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -642,6 +642,7 @@ def write_regions(result: DiagnosisResult, out_dir: str | Path) -> Path:
     _tidy(out)
     text = json.dumps(result.to_dict(), indent=1) + "\n"
     new = Path(tempfile.mkdtemp(prefix=_NEW_PREFIX, dir=out))
+    os.chmod(new, 0o777 & ~current_umask())  # mkdtemp makes it 0700: readable like the rest
     try:
         write_exemplars(new, result.exemplars)
         _fsync_dir(new)

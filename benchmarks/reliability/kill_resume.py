@@ -270,6 +270,32 @@ def _check_after_kill(run: Path, tally: Tally) -> None:
         tally.seen |= set(db_keys(db))
 
 
+def next_target(
+    remaining: list[tuple[int, str]], wanted: int, rng: np.random.Generator
+) -> tuple[tuple[int, str] | None, list[tuple[int, str]]]:
+    """The next slot to kill in, and the slots after it: selection sampling (Knuth's Algorithm
+    S) of ``wanted`` slots from ``remaining`` in order, so the kills spread over the run and
+    slots a kill overshot are made up for by the ones left.
+    """
+    for i, slot in enumerate(remaining):
+        if rng.random() * (len(remaining) - i) < wanted:
+            return slot, remaining[i + 1 :]
+    return None, []
+
+
+def _kill_within(run: Path, target: tuple[int, str], proc: subprocess.Popen, wait: float) -> None:
+    """Kill ``proc`` after ``wait`` seconds, or as soon as the run leaves ``target``."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if order(phase(run)) > order(target):
+                break
+        except (json.JSONDecodeError, OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    _kill(proc)
+
+
 def kill_and_resume(
     workdir: Path,
     kills: int,
@@ -279,28 +305,31 @@ def kill_and_resume(
 ) -> dict:
     """Run the campaign in ``workdir``, killing it ``kills`` times; the figures as a dict.
 
-    ``targets``: the (iteration, step) of each kill instead of slots drawn at random.
+    Each kill targets a slot (an iteration's step) drawn in order from the slots the run has
+    not passed; it lands a random fraction of the step's typical duration into the step, or
+    at the start of the next one when the step ends first. ``targets``: the slots to kill in,
+    instead of drawn ones.
     """
     rng = np.random.default_rng(seed)
     journal, spec, run, log = (workdir / n for n in ("calls.txt", "spec.yaml", "run", "log.txt"))
     spec.write_text(yaml.safe_dump(campaign_spec(journal, iterations)))
-    if targets is None:
-        every = slots(iterations)
-        picks = sorted(rng.choice(len(every), size=min(kills, len(every)), replace=False))
-        targets = [every[i] for i in picks] + [every[-1]] * max(0, kills - len(every))
+    remaining = list(targets) if targets is not None else slots(iterations)
     tally = Tally()
     t0 = time.monotonic()
-    first = True
-    for target in targets:
-        proc = _start(run, spec, first, log)
-        first = False
+    while len(tally.kills) < kills and remaining:
+        now = phase(run)
+        remaining = [slot for slot in remaining if order(slot) >= order(now)]
+        if targets is not None:
+            target, remaining = (remaining[0], remaining[1:]) if remaining else (None, [])
+        else:
+            target, remaining = next_target(remaining, kills - len(tally.kills), rng)
+        if target is None:
+            break
+        proc = _start(run, spec, not (run / "state.json").exists(), log)
         if not _wait_for(run, target, proc, limit=600):
             break  # the run finished before reaching the target
-        time.sleep(rng.uniform(0.0, typical_seconds(run, target[1])))
+        _kill_within(run, target, proc, rng.uniform(0.0, typical_seconds(run, target[1])))
         landed = phase(run)
-        if proc.poll() is not None:
-            break
-        _kill(proc)
         tally.kills.append(landed)
         print(f"kill {len(tally.kills):2d}: {landed[1]} of iteration {landed[0]}", flush=True)
         _check_after_kill(run, tally)
@@ -308,9 +337,7 @@ def kill_and_resume(
     for _ in range(3):
         if phase(run)[1] == "finished":
             break
-        proc = _start(run, spec, first, log)
-        first = False
-        proc.wait(timeout=3600)
+        _start(run, spec, not (run / "state.json").exists(), log).wait(timeout=3600)
     return figures(run, journal, tally, time.monotonic() - t0)
 
 
