@@ -11,6 +11,8 @@ Every model forbids unknown keys. :func:`load_spec` collects *every* problem of 
 
 from __future__ import annotations
 
+import re
+import reprlib
 import typing
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -131,7 +133,7 @@ class MoleculeSeed(_SeedBase):
             from ase.collections import g2
 
             if self.name not in g2.names:
-                raise ValueError(f"name {self.name!r} is not in ASE's G2 collection")
+                raise ValueError(f"name {_short(self.name)} is not in ASE's G2 collection")
         return self
 
     def elements(self, base_dir: Path) -> set[str]:
@@ -155,7 +157,7 @@ class DimerSeed(_SeedBase):
     def _known(cls, value: tuple[str, str]) -> tuple[str, str]:
         for s in value:
             if s not in _ELEMENTS:
-                raise ValueError(f"unknown element {s!r}")
+                raise ValueError(f"unknown element {_short(s)}")
         return value
 
     @field_validator("distances_A")
@@ -193,11 +195,11 @@ class FileSeed(_SeedBase):
 
         path = self.resolve(base_dir)
         if not path.is_file():
-            raise ValueError(f"file {str(path)!r} does not exist")
+            raise ValueError(f"file {_short(str(path), 120)} does not exist")
         try:
             images = read(path, index=self.index, format=self.format)
         except Exception as exc:
-            raise ValueError(f"ASE cannot read {str(path)!r}: {exc}") from exc
+            raise ValueError(f"ASE cannot read {_short(str(path), 120)}: {_one_line(exc)}") from exc
         images = images if isinstance(images, list) else [images]
         return {s for atoms in images for s in atoms.get_chemical_symbols()}
 
@@ -363,7 +365,7 @@ class SelectionConfig(_Section):
     def _quota_elements(cls, value: dict[str, int]) -> dict[str, int]:
         for element, n in value.items():
             if element not in _ELEMENTS:
-                raise ValueError(f"unknown element {element!r}")
+                raise ValueError(f"unknown element {_short(element)}")
             if n < 0:
                 raise ValueError(f"quota for {element} must be >= 0")
         return value
@@ -446,7 +448,7 @@ class DiagnosticsConfig(_Section):
     @classmethod
     def _known_holdout_element(cls, value: str | None) -> str | None:
         if value is not None and value not in _ELEMENTS:
-            raise ValueError(f"unknown element {value!r}")
+            raise ValueError(f"unknown element {_short(value)}")
         return value
 
 
@@ -715,7 +717,7 @@ class ProbesConfig(_Section):
             for metric, override in metrics.items():
                 if metric not in known:
                     raise ValueError(
-                        f"{probe} has no metric {metric!r}; it has: {', '.join(known)}"
+                        f"{probe} has no metric {_short(metric)}; it has: {', '.join(known)}"
                     )
                 merged = known[metric].model_dump() | override.model_dump(exclude_none=True)
                 Bound(**merged)  # good == bad is refused here
@@ -897,10 +899,10 @@ def _formula_symbols(formula: str) -> list[str]:
     try:
         symbols = string2symbols(formula)
     except Exception as exc:
-        raise ValueError(f"cannot parse formula {formula!r}") from exc
+        raise ValueError(f"cannot parse formula {_short(formula)}") from exc
     unknown = sorted(set(symbols) - _ELEMENTS)
     if unknown or not symbols:
-        raise ValueError(f"unknown element(s) in formula {formula!r}: {', '.join(unknown)}")
+        raise ValueError(f"unknown element(s) in formula {_short(formula)}: {', '.join(unknown)}")
     return symbols
 
 
@@ -910,21 +912,66 @@ def _smiles_symbols(smiles: str) -> list[str]:
     RDLogger.DisableLog("rdApp.*")
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
-        raise ValueError(f"RDKit cannot parse SMILES {smiles!r}")
+        raise ValueError(f"RDKit cannot parse SMILES {_short(smiles)}")
     mol = Chem.AddHs(mol)
     return [a.GetSymbol() for a in mol.GetAtoms()]
 
 
+def _bounded_repr() -> reprlib.Repr:
+    """A ``repr`` that stops early: a spec's value may be an alias bomb (9 levels of 9 aliases,
+    a billion items) or refer to itself, and only its first characters are shown.
+    """
+    out = reprlib.Repr()
+    out.maxlevel, out.maxdict, out.maxlist, out.maxtuple, out.maxset = 3, 4, 6, 6, 6
+    out.maxstring = out.maxother = out.maxlong = 60
+    return out
+
+
+_REPR = _bounded_repr()
+
+
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    """``repr(value)`` in at most ``limit`` characters, in time independent of its size."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a repr that raises: say what it is
+        text = f"a {type(value).__name__}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(text: Any, limit: int = 160) -> str:
+    """``str(text)`` on one line, at most ``limit`` characters (a library's error message)."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+_LONG_LITERAL = re.compile(r"'[^'\n]{57,}'|\"[^\"\n]{57,}\"")
+
+
+def _clip_message(msg: str, limit: int = 300) -> str:
+    """A validator's message with long quoted values shortened (the sentence around them kept),
+    on one line, at most ``limit`` characters.
+    """
+    msg = _LONG_LITERAL.sub(lambda m: m.group(0)[:28] + "..." + m.group(0)[-28:], msg)
+    return _one_line(msg, limit)
+
+
+def _path_part(part: Any) -> str:
+    """One component of a problem's path: as given, or as its short repr when it holds a control
+    character, a dot, a colon or a space that would break the ``path: message`` line (or is
+    longer than 40 characters).
+    """
+    text = str(part)
+    if text and len(text) <= 40 and text.isprintable() and not any(c in text for c in ".: "):
+        return text
+    return _short(part)
 
 
 def _format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
     """One ``path.to.field: message (got VALUE)`` line per pydantic error, under ``prefix``."""
     problems = []
     for err in exc.errors(include_url=False):
-        loc = [str(p) for p in err["loc"]]
+        loc = [_path_part(p) for p in err["loc"]]
         # drop the tag pydantic inserts for tagged unions (seeds.0.bulk.a -> seeds.0.a)
         loc = [
             p
@@ -932,7 +979,7 @@ def _format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
             if not (i > 0 and loc[i - 1].isdigit() and p in _SEED_KINDS)
         ]
         path = ".".join([prefix, *loc] if prefix else loc) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = _clip_message(err["msg"].removeprefix("Value error, "))
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         problems.append(f"{path}: {msg} (got {_short(err.get('input'))})")
@@ -961,8 +1008,8 @@ def _semantic_problems(spec: CampaignSpec, base_dir: Path) -> list[str]:
     for element in spec.selection.per_element_quota:
         if elements and element not in elements:
             problems.append(
-                f"selection.per_element_quota.{element}: no seed structure contains {element} "
-                f"(got {element!r})"
+                f"selection.per_element_quota.{_path_part(element)}: no seed structure "
+                f"contains {element} (got {_short(element)})"
             )
     return problems + _initial_set_problems(spec) + _test_set_problems(spec, base_dir)
 
@@ -1014,7 +1061,10 @@ def held_out_counts(system: SystemConfig, n: int) -> tuple[int, int]:
 def _test_set_problems(spec: CampaignSpec, base_dir: Path) -> list[str]:
     path = spec.test_set.resolve(base_dir)
     if path is not None and not path.is_file():
-        return [f"test_set.file: file {str(path)!r} does not exist (got {spec.test_set.file!r})"]
+        return [
+            f"test_set.file: file {_short(str(path), 120)} does not exist "
+            f"(got {_short(spec.test_set.file)})"
+        ]
     return []
 
 
@@ -1222,10 +1272,14 @@ def parse_spec(
     problems = []
     if overrides:
         problems = _apply_all(data, overrides, lambda parts: _is_string_field(parts))
+    numbers = _number_problems(data)
     try:
         spec = CampaignSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(problems + _format_errors(exc), source) from None
+        flagged = {line.partition(": ")[0] for line in numbers}
+        other = [p for p in _format_errors(exc) if p.partition(": ")[0] not in flagged]
+        raise SpecError(problems + numbers + other, source) from None
+    problems += numbers
     base = base_dir or Path.cwd()
     problems += _semantic_problems(spec, base)
     if problems:
@@ -1236,6 +1290,36 @@ def parse_spec(
     if spec.test_set.file is not None:
         spec.test_set.file = str(spec.test_set.resolve(base).resolve())
     return spec
+
+
+MAX_INTEGER = 2**53
+"""The largest integer a spec takes anywhere (the largest a float64 holds exactly): no count,
+size or seed of a campaign is larger, and beyond int64 numpy and torch overflow."""
+
+
+def _number_problems(data: Any) -> list[str]:
+    """A problem line for each NaN and each integer beyond ±``MAX_INTEGER`` anywhere in
+    ``data``; each shared or self-containing container (YAML anchors) is visited once.
+    """
+    problems, seen, stack = [], set(), [((), data)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict | list):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend(((*path, k), v) for k, v in reversed(list(items)))
+            continue
+        where = ".".join(_path_part(p) for p in path) or "(top level)"
+        if isinstance(node, float) and node != node:
+            problems.append(f"{where}: not a number (NaN); give a number (got nan)")
+        elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_INTEGER:
+            problems.append(
+                f"{where}: integer too large; a spec's integers are at most 2**53 in size "
+                f"(got {_short(node)})"
+            )
+    return problems
 
 
 def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> CampaignSpec:
@@ -1260,15 +1344,40 @@ def load_spec(path: str | Path, overrides: dict[str, str] | None = None) -> Camp
         raise SpecError(
             [f"(file): expected a YAML file, not a directory (got {str(p)!r})"], str(path)
         )
+    data = _read_yaml(p, str(path))
+    return parse_spec(data, source=str(path), base_dir=p.resolve().parent, overrides=overrides)
+
+
+def _read_yaml(path: Path, source: str) -> Any:
+    """The YAML document in ``path``; a file that is no UTF-8 YAML is a :class:`SpecError`."""
     try:
-        data = yaml.safe_load(p.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(
+            [f"(file): cannot read it: {exc.strerror} (got {str(path)!r})"], source
+        ) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            [
+                f"(file): not UTF-8 text (byte {exc.start} is {raw[exc.start : exc.start + 1]!r}); "
+                f"a spec is a YAML text file (got {str(path)!r})"
+            ],
+            source,
+        ) from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise SpecError([f"(yaml): not valid YAML at {where}: {problem}"], source) from None
+    except RecursionError:
         raise SpecError(
-            [f"(yaml): not valid YAML at {where}: {getattr(exc, 'problem', exc)}"], str(path)
+            ["(yaml): nested too deeply to read (more than ~1000 levels of lists or mappings)"],
+            source,
         ) from None
-    return parse_spec(data, source=str(path), base_dir=p.resolve().parent, overrides=overrides)
 
 
 def dump_spec(spec: CampaignSpec) -> str:

@@ -1,10 +1,11 @@
 """Triage around an oracle call: reject bad inputs before it, classify what went wrong after it.
 
-Before: NaN/inf positions or cell, no atoms, elements the backend lacks, and interatomic
-distances below ``min_distance_factor`` times the sum of covalent radii (Cordero et al.,
-Dalton Trans. 2832 (2008), as tabulated in ``ase.data.covalent_radii``) — rejected without
-spending oracle time. After: exceptions mapped to a :class:`FailureCategory`, non-finite
-results rejected.
+Before: NaN/inf positions or cell, no atoms, coordinates beyond ``MAX_COORDINATE_A``, a
+periodic cell thinner than ``MIN_PERIODIC_THICKNESS_A`` along a periodic axis (a zero cell
+included), elements the backend lacks, and interatomic distances below
+``min_distance_factor`` times the sum of covalent radii (Cordero et al., Dalton Trans. 2832
+(2008), as tabulated in ``ase.data.covalent_radii``) — rejected without spending oracle
+time. After: exceptions mapped to a :class:`FailureCategory`, non-finite results rejected.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ _SCF_PATTERN = re.compile(
 _ELEMENT_PATTERN = re.compile(r"no (emt-)?potential for|no parameters? for|unsupported element")
 
 
+MAX_COORDINATE_A = 1e8
+"""Positions and cell components beyond ± this (Å) are refused: no atomistic structure is a
+centimetre across, and neighbour searches over such a span overflow or exhaust memory."""
+
+MIN_PERIODIC_THICKNESS_A = 0.5
+"""A cell thinner than this (Å) along a periodic axis is refused: a neighbour search needs
+cutoff / thickness images along that axis, which grows without bound as the cell flattens."""
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Why a structure is not sent to the oracle."""
@@ -55,10 +65,54 @@ def check_geometry(atoms: Atoms, min_distance_factor: float) -> Rejection | None
         return Rejection(
             FailureCategory.UNPHYSICAL_GEOMETRY, f"non-finite position of atom {int(bad[0])}"
         )
-    if not np.all(np.isfinite(atoms.cell.array)):
-        return Rejection(FailureCategory.UNPHYSICAL_GEOMETRY, "non-finite cell")
-    if atoms.pbc.any() and abs(atoms.cell.volume) < 1e-6 and atoms.pbc.all():
-        return Rejection(FailureCategory.UNPHYSICAL_GEOMETRY, "periodic cell has zero volume")
+    problem = extent_problem(atoms)
+    if problem is not None:
+        return Rejection(FailureCategory.UNPHYSICAL_GEOMETRY, problem)
+    return _close_pair(atoms, min_distance_factor)
+
+
+def extent_problem(atoms: Atoms) -> str | None:
+    """What makes the cell or the span of ``atoms`` unusable, or None: a non-finite cell, a
+    coordinate beyond ``MAX_COORDINATE_A``, a periodic axis thinner than
+    ``MIN_PERIODIC_THICKNESS_A`` (a zero cell vector included). Positions must be finite.
+    """
+    cell = atoms.cell.array
+    if not np.all(np.isfinite(cell)):
+        return "the cell is not finite"
+    largest = max(np.abs(atoms.positions).max(initial=0.0), np.abs(cell).max(initial=0.0))
+    if largest > MAX_COORDINATE_A:
+        return (
+            f"a coordinate is {largest:.3g} Å, beyond the ±{MAX_COORDINATE_A:g} Å positions and "
+            "cell vectors may span"
+        )
+    thickness = periodic_thickness(atoms)
+    for axis in np.flatnonzero(atoms.pbc):
+        if thickness[axis] < MIN_PERIODIC_THICKNESS_A:
+            return (
+                f"the cell is {thickness[axis]:.3g} Å thick along its periodic axis "
+                f"{'abc'[axis]}; a periodic axis needs at least {MIN_PERIODIC_THICKNESS_A:g} Å"
+            )
+    return None
+
+
+def periodic_thickness(atoms: Atoms) -> np.ndarray:
+    """(3,) Å: the distance between the cell's opposite faces along each axis (a zero cell
+    vector: 0); missing vectors of non-periodic axes are completed orthogonally first.
+    """
+    vectors = atoms.cell.array
+    lengths = np.linalg.norm(vectors, axis=1)
+    full = atoms.cell.complete().array
+    volume = abs(np.linalg.det(full))
+    out = np.zeros(3)
+    for k in range(3):
+        face = np.linalg.norm(np.cross(full[(k + 1) % 3], full[(k + 2) % 3]))
+        out[k] = volume / face if face > 0 and lengths[k] > 0 else 0.0
+    return out
+
+
+def _close_pair(atoms: Atoms, min_distance_factor: float) -> Rejection | None:
+    """The closest pair below ``min_distance_factor`` x covalent sum, as a rejection."""
+    positions = atoms.positions
     radii = min_distance_factor * covalent_radii[atoms.numbers]
     if not atoms.pbc.any() and len(atoms) <= 1000:
         # Molecules and clusters: all pairs at once (faster than a neighbour list here).

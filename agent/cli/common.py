@@ -12,6 +12,7 @@ from typing import Any, TypeVar, overload
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from chemgap.agent.errors import BadInput
 from chemgap.agent.structio import read_structures
@@ -39,8 +40,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
-    """Print one message to stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """Print one message to stderr and exit with ``code`` (the message is text: a value in it
+    that looks like rich markup, ``[/x]``, is printed as it is).
+    """
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 

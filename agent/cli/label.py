@@ -56,18 +56,10 @@ def oracle_config(params: Overrides, **fields: Any) -> OracleConfig:
 
 
 def _read(path: Path, index: str, fmt: str | None) -> list:
-    import ase.io
+    """IN's structures at ``--index``, unchecked: a bad geometry is labelled as a failure."""
+    from chemgap.agent.structio import read_file
 
-    if not path.exists():
-        raise FileNotFoundError(2, "No such file or directory", str(path))
-    try:
-        structures = ase.io.read(path, index=index, format=fmt)
-    except Exception as exc:
-        raise BadInput(f"IN: cannot read {path} as a structure file ({exc})") from None
-    structures = structures if isinstance(structures, list) else [structures]
-    if not structures:
-        raise BadInput(f"IN: {path} holds no structures at index {index!r}")
-    return structures
+    return read_file(path, "IN", index, fmt)
 
 
 def _check(config: OracleConfig, structures: list, input_path: Path, output_path: Path) -> None:

@@ -127,6 +127,11 @@ def load_system(source: str | Path) -> tuple[ProbeSystem, CampaignSpec | None]:
     from chemgap.campaigns.spec import SpecError, load_spec
 
     path = Path(source)
+    if path.is_dir():
+        raise BadInput(
+            f"--system: {path} is a directory; expected a campaign spec, a built-in campaign's "
+            "name or a structure file"
+        )
     is_yaml = path.suffix.lower() in (".yaml", ".yml")
     if path.is_file() and not is_yaml:
         from chemgap.agent.structio import read_structures
