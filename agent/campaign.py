@@ -139,6 +139,7 @@ class Campaign:
 
     def _finish_step(self, iteration: int, step: str, **changes: Any) -> None:
         took = time.monotonic() - self._step_t0
+        self._record_cluster(iteration)  # before the state: a resume redoes this step's tasks
         self.store.write_state(
             iteration=iteration,
             step=step,

@@ -281,8 +281,10 @@ class RayExecutor:
 
     def record(self, path: Path, iteration: int | str) -> None:
         """Add the tasks finished since the last record to ``path`` (``cluster.json``) under
-        ``iteration``, with the nodes as they are now (nodes seen before and gone since stay,
-        marked not alive); atomic, and never fatal (a warning when it cannot be written).
+        ``iteration``, with the cluster's nodes as they are now (on the same cluster, nodes seen
+        before and gone since stay, marked not alive; a resume on a new local instance starts
+        the node list afresh, the task counts go on); atomic, and never fatal (a warning when
+        it cannot be written).
         """
         from chemgap.common.files import atomic_write_text
 
@@ -290,21 +292,24 @@ class RayExecutor:
             now = self.cluster(since=self._recorded)
             self._recorded = len(self.placements)
             old = json.loads(path.read_text()) if path.exists() else {}
-            nodes = {k: {**v, "alive": False} for k, v in old.get("nodes", {}).items()}
+            nodes = {}
+            if old.get("address") == now["address"]:  # the same cluster: keep the nodes lost
+                nodes = {k: {**v, "alive": False} for k, v in old.get("nodes", {}).items()}
             nodes.update(now["nodes"])
             tasks = old.get("tasks", {})
             mine = tasks.setdefault(str(iteration), {})
             for node, kinds in now["tasks"].items():
                 for kind, n in kinds.items():
                     mine.setdefault(node, {})[kind] = mine.get(node, {}).get(kind, 0) + n
-            atomic_write_text(path, json.dumps({"nodes": nodes, "tasks": tasks}, indent=1))
+            record = {"address": now["address"], "nodes": nodes, "tasks": tasks}
+            atomic_write_text(path, json.dumps(record, indent=1))
         except (OSError, ValueError) as exc:
             log.warning("could not record the cluster in %s: %s", path, exc)
 
     def cluster(self, since: int = 0) -> dict[str, Any]:
-        """The cluster's nodes and where this executor's finished tasks ran (from task
-        ``since`` on): ``{"nodes": {node id: {"address", "alive", "cpus", "gpus"}}, "tasks":
-        {node id: {kind: count}}}``.
+        """The cluster's GCS address, its nodes and where this executor's finished tasks ran
+        (from task ``since`` on): ``{"address", "nodes": {node id: {"address", "alive", "cpus",
+        "gpus"}}, "tasks": {node id: {kind: count}}}``.
         """
         ray = self._ray()
         nodes = {
@@ -320,7 +325,8 @@ class RayExecutor:
         for name, node in self.placements[since:]:
             per = tasks.setdefault(node, {})
             per[task_kind(name)] = per.get(task_kind(name), 0) + 1
-        return {"nodes": nodes, "tasks": tasks}
+        address = ray.get_runtime_context().gcs_address
+        return {"address": address, "nodes": nodes, "tasks": tasks}
 
     @staticmethod
     def _ray() -> Any:

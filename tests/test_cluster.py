@@ -67,6 +67,15 @@ def two_nodes():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def _finished_iteration(state: Path) -> int:
+    """The last iteration whose evaluate step is done (0 before the first)."""
+    try:
+        data = json.loads(state.read_text())
+    except json.JSONDecodeError:
+        return 0
+    return data["iteration"] if data["step"] == "evaluate" else data["iteration"] - 1
+
+
 def _kill_node(node_manager_port: int) -> int:
     """SIGKILL the second node's raylet and everything it started; returns how many died."""
     victims = []
@@ -111,7 +120,8 @@ def test_a_campaign_spreads_over_two_nodes_and_survives_losing_one(tmp_path, two
     try:
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline:
-            if cluster.exists() and "1" in json.loads(cluster.read_text())["tasks"]:
+            state = run / "state.json"
+            if state.exists() and _finished_iteration(state) >= 1:
                 break
             time.sleep(0.1)
         assert proc.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]

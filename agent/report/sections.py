@@ -581,7 +581,8 @@ def _cluster(cluster: dict | None) -> str:
     per_node = dict.fromkeys(nodes, 0)
     for per_iteration in cluster.get("tasks", {}).values():
         for node, kinds in per_iteration.items():
-            per_node[node] = per_node.get(node, 0) + sum(kinds.values())
+            if node in per_node:  # the nodes of this cluster (a resume may have used others)
+                per_node[node] += sum(kinds.values())
     cpus = " + ".join(f"{v['cpus']:g}" for v in nodes.values())
     gpus = sum(v.get("gpus", 0) for v in nodes.values())
     lost = sum(not v.get("alive", True) for v in nodes.values())
