@@ -1,14 +1,15 @@
 """A campaign against an oracle that fails on a set fraction of structures, in every way
 reference codes fail: does it complete, and is every failure categorised?
 
-The kill/resume campaign (EMT copper, 3 iterations, probes and a remediation experiment) runs
+The kill/resume campaign (EMT copper; here 5 iterations of 16 labels, the EOS probe every
+iteration and a remediation experiment: about 100 oracle calls) runs
 through the CLI with :class:`chemgap.oracle.testing.FaultyCalculator` as its oracle: at
 ``--rate`` (default 0.2) a structure meets one of seven faults (an exception, an SCF that does
 not converge, a hang past the 5 s time limit, a NaN energy, infinite forces, the oracle process
 killed, the Ray worker killed). Which structure meets which fault is fixed by its key, so the
 category each row of data.db should carry is recomputed here, independently of the campaign.
 
-    python benchmarks/reliability/faults.py --rate 0.2 --seed 0
+    python benchmarks/reliability/faults.py --rate 0.2 --seed 0 [--iterations 5] [--batch 16]
 
 The figure comes last: ``faults: rate R, N oracle calls, F failed, categorised F (100 %),
 wrong category: 0, asked twice: 0, run: done``.
@@ -58,14 +59,14 @@ def statuses(db: Path) -> list[tuple[str, str, str]]:
         con.close()
 
 
-def fault_campaign(workdir: Path, rate: float, seed: int, iterations: int) -> dict:
+def fault_campaign(workdir: Path, rate: float, seed: int, iterations: int, batch: int) -> dict:
     """Run the campaign with faults in ``workdir``; the figures as a dict."""
     journal, spec_path, run = workdir / "calls.txt", workdir / "spec.yaml", workdir / "run"
     spec = campaign_spec(journal, iterations)
     kwargs = {"rate": rate, "seed": seed, "journal": str(journal), "hang_s": 120}
     spec["oracle"]["params"]["kwargs"] = kwargs
     spec["oracle"]["timeout_s"] = 5.0
-    spec["selection"]["batch_size"] = 8
+    spec["selection"]["batch_size"] = batch
     spec_path.write_text(yaml.safe_dump(spec))
     t0 = time.monotonic()
     with (workdir / "log.txt").open("w") as log:
@@ -100,13 +101,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=16, help="labels per iteration")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chemgap-faults-") as tmp:
         workdir = args.keep or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        r = fault_campaign(workdir, args.rate, args.seed, args.iterations)
+        r = fault_campaign(workdir, args.rate, args.seed, args.iterations, args.batch)
     print(json.dumps(r, indent=2))
     share = 100 * r["categorised"] / r["failed"] if r["failed"] else 100.0
     print(
