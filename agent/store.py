@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import itertools
 import json
 import logging
@@ -65,7 +64,12 @@ from chemgap.common.files import (
     restrict_umask,
     why_unwritable,
 )
-from chemgap.common.keys import ENERGY_KEY, FORCES_KEY, STRESS_KEY
+from chemgap.common.keys import (
+    ENERGY_KEY,
+    FORCES_KEY,
+    STRESS_KEY,
+    structure_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,17 +191,6 @@ def _version() -> str:
         return version("chemgap")
     except PackageNotFoundError:  # running from a source tree
         return "0+unknown"
-
-
-def structure_key(atoms: Atoms, decimals: int = 4) -> str:
-    """Content hash of a structure (species, positions to 1e-4 Å, cell, pbc), for de-duplication."""
-    h = hashlib.sha1()
-    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
-    h.update(np.round(atoms.positions, decimals).astype(np.float64).tobytes())
-    h.update(np.round(np.asarray(atoms.cell), decimals).astype(np.float64).tobytes())
-    h.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
-    # the "s" keeps ase.db from reading a digest like "1620e00..." as a float
-    return "s" + h.hexdigest()[:20]
 
 
 class RunStore:

@@ -7,6 +7,7 @@ sign convention.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "has_labels",
     "reference_energies",
     "reference_forces",
+    "structure_key",
 ]
 
 
@@ -49,3 +51,14 @@ def reference_forces(structures: Sequence[Atoms]) -> np.ndarray:
     if not structures:
         return np.zeros((0, 3))
     return np.concatenate([np.asarray(a.arrays[FORCES_KEY], dtype=float) for a in structures])
+
+
+def structure_key(atoms: Atoms, decimals: int = 4) -> str:
+    """Content hash of a structure (species, positions to 1e-4 Å, cell, pbc), for de-duplication."""
+    h = hashlib.sha1()
+    h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.round(atoms.positions, decimals).astype(np.float64).tobytes())
+    h.update(np.round(np.asarray(atoms.cell), decimals).astype(np.float64).tobytes())
+    h.update(np.asarray(atoms.pbc, dtype=bool).tobytes())
+    # the "s" keeps ase.db from reading a digest like "1620e00..." as a float
+    return "s" + h.hexdigest()[:20]

@@ -217,7 +217,7 @@ class FaultyCalculator(Calculator):
     """A real calculator that fails on purpose for a set fraction of structures.
 
     Which structures fail, and how, is drawn from each structure's key
-    (:func:`chemgap.agent.store.structure_key`) and ``seed``: a structure draws
+    (:func:`chemgap.common.keys.structure_key`) and ``seed``: a structure draws
     ``u = fault_draw(key, seed)``; it fails when ``u < rate``, with fault
     ``faults[int(u / rate * len(faults))]``. The same structure meets the same fault in every
     process and on every retry (unless ``once``).
@@ -294,7 +294,7 @@ class FaultyCalculator(Calculator):
         system_changes: list[str] = all_changes,
     ) -> None:
         """Answer like the inner calculator, or fail as drawn (ASE ``Calculator`` interface)."""
-        from chemgap.agent.store import structure_key
+        from chemgap.common.keys import structure_key
 
         super().calculate(atoms, properties, system_changes)
         key = structure_key(self.atoms)
