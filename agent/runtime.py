@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from chemgap.agent.errors import BadInput
-from chemgap.common.tasks import Channel, Done, Task
+from chemgap.common.tasks import Channel, Done, Share, Task, thread_share
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,49 @@ class _ChannelActor:
         return out
 
 
+class _ShareActor:
+    """Ray actor counting the tasks of a :class:`~chemgap.common.tasks.Share` that run."""
+
+    def __init__(self) -> None:
+        self.keys: set[int] = set()
+
+    def join(self, key: int) -> int:
+        self.keys.add(key)
+        return len(self.keys)
+
+    def leave(self, key: int) -> int:
+        self.keys.discard(key)
+        return len(self.keys)
+
+    def running(self) -> int:
+        return len(self.keys)
+
+
+class _RayShare:
+    """What a task holds of a share: calls to the counting actor (~1 ms each)."""
+
+    def __init__(self, actor: Any, cpus: int):
+        self._actor, self.cpus = actor, int(cpus)
+
+    def join(self, key: int) -> None:
+        import ray
+
+        ray.get(self._actor.join.remote(key))
+
+    def leave(self, key: int) -> None:
+        import ray
+
+        ray.get(self._actor.leave.remote(key))
+
+    def running(self) -> int:
+        import ray
+
+        return int(ray.get(self._actor.running.remote()))
+
+    def threads(self) -> int:
+        return thread_share(self.cpus, self.running())
+
+
 class _RayChannel:
     """What a task holds: ``put`` sends to the actor (fire and forget)."""
 
@@ -278,6 +321,7 @@ class RayExecutor:
         self._channels: list[tuple[Any, Callable[[Any], None]]] = []
         self.placements: list[tuple[str, str]] = []  # (task name, node id) of finished tasks
         self._recorded = 0  # placements already in a record()
+        self._shares: list[Any] = []  # share actors, killed when the run using them ends
 
     def record(self, path: Path, iteration: int | str) -> None:
         """Add the tasks finished since the last record to ``path`` (``cluster.json``) under
@@ -353,6 +397,18 @@ class RayExecutor:
         self._channels.append((actor, callback))
         return _RayChannel(actor)
 
+    def share(self, cpus: int) -> Share:
+        """A :class:`~chemgap.common.tasks.Share` of ``cpus`` CPUs backed by a zero-CPU actor
+        on the driver's node (killed when the next :meth:`run` ends).
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray = self._ray()
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        actor = ray.remote(num_cpus=0)(_ShareActor).options(scheduling_strategy=here).remote()
+        self._shares.append(actor)
+        return _RayShare(actor, cpus)
+
     def _drain(self) -> None:
         ray = self._ray()
         for actor, callback in list(self._channels):
@@ -371,10 +427,10 @@ class RayExecutor:
         try:
             if ray.is_initialized():
                 self._drain()
-                for actor, _ in self._channels:
+                for actor in [a for a, _ in self._channels] + self._shares:
                     ray.kill(actor)
         finally:
-            self._channels = []
+            self._channels, self._shares = [], []
 
     def run(self, tasks: Sequence[Task]) -> Iterator[Done]:
         """Submit every task, then yield outcomes as they finish."""

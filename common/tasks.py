@@ -25,8 +25,11 @@ __all__ = [
     "Done",
     "Executor",
     "InProcessExecutor",
+    "LocalShare",
+    "Share",
     "Task",
     "resolve_executor",
+    "thread_share",
 ]
 
 
@@ -77,6 +80,57 @@ class Channel(Protocol):
         """Send ``item`` to the driver's callback."""
 
 
+def thread_share(cpus: int, running: int) -> int:
+    """Threads each of ``running`` tasks gets of ``cpus`` CPUs (at least one)."""
+    return max(1, int(cpus) // max(1, int(running)))
+
+
+class Share(Protocol):
+    """``cpus`` CPUs shared by a group of tasks that run at once (an ensemble's members): a
+    task joins when it starts, leaves when it ends, and asks for its share as it goes, so the
+    threads of the tasks still running grow as the others finish and no core idles while
+    work remains. Pass the share itself as a task argument.
+    """
+
+    cpus: int
+
+    def join(self, key: int) -> None:
+        """Count task ``key`` as running (a retried task joining again counts once)."""
+
+    def leave(self, key: int) -> None:
+        """Task ``key`` ended."""
+
+    def running(self) -> int:
+        """How many tasks of the group run now."""
+
+    def threads(self) -> int:
+        """A running task's share now: :func:`thread_share` of ``cpus`` by :meth:`running`."""
+
+
+class LocalShare:
+    """In-process share: tasks run one after another, so the one running has every CPU."""
+
+    def __init__(self, cpus: int):
+        self.cpus = int(cpus)
+        self._keys: set[int] = set()
+
+    def join(self, key: int) -> None:
+        """Count task ``key`` as running."""
+        self._keys.add(key)
+
+    def leave(self, key: int) -> None:
+        """Task ``key`` ended."""
+        self._keys.discard(key)
+
+    def running(self) -> int:
+        """Tasks running now (one at a time in-process)."""
+        return len(self._keys)
+
+    def threads(self) -> int:
+        """Every CPU for the one task running."""
+        return thread_share(self.cpus, self.running())
+
+
 @runtime_checkable
 class Executor(Protocol):
     """Runs tasks somewhere and reports them as they finish."""
@@ -96,6 +150,9 @@ class Executor(Protocol):
         """A :class:`Channel` whose items reach ``callback`` in the driver while :meth:`run`
         iterates (in-process: at once).
         """
+
+    def share(self, cpus: int) -> Share:
+        """A :class:`Share` of ``cpus`` CPUs for the tasks of the next :meth:`run`."""
 
 
 class _DirectChannel:
@@ -140,6 +197,10 @@ class InProcessExecutor:
     def channel(self, callback: Callable[[Any], None]) -> Channel:
         """A channel that calls ``callback`` as soon as a task puts an item."""
         return _DirectChannel(callback)
+
+    def share(self, cpus: int) -> Share:
+        """Every CPU for each task in turn."""
+        return LocalShare(cpus)
 
 
 def resolve_executor(executor: Executor | None) -> Executor:

@@ -22,7 +22,7 @@ import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from chemgap.common.tasks import Channel, Executor, Task, resolve_executor
+from chemgap.common.tasks import Channel, Executor, Share, Task, resolve_executor, thread_share
 
 from .build import DataStats, build_for_loading, compute_stats
 from .calibration import Calibration, Residuals, calibration_quality, fit_calibration
@@ -50,7 +50,7 @@ from .io import (
     write_json,
 )
 from .predict import MemberOutputs, Prediction, evaluate_members, summarise
-from .train import ProgressFn, train_member
+from .train import MemberResult, ProgressFn, train_member
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +443,9 @@ class TrainSetup:
         stats: data constants (element table, E0s, scale, shift), one for every member.
         freeze: parameter-name prefixes kept fixed while fine-tuning.
         threads: torch intra-op threads per task (None: leave torch's setting).
+        share: the CPUs the tasks share (:class:`~chemgap.common.tasks.Share`): each task's
+            threads follow it epoch by epoch, so members still running take the cores of
+            those that finished (None: ``threads`` throughout).
     """
 
     valid: list[Atoms]
@@ -451,6 +454,7 @@ class TrainSetup:
     stats: DataStats
     freeze: tuple[str, ...] = ()
     threads: int | None = None
+    share: Share | None = None
 
 
 def train_job(
@@ -465,7 +469,21 @@ def train_job(
     events go through ``channel`` (:mod:`chemgap.common.tasks`).
     """
     init = model_from_bytes(init_bytes) if init_bytes is not None else None
-    result = train_member(
+    share, key = setup.share, job.members[0]
+    if share is not None:
+        share.join(key)
+    try:
+        result = _train_job_member(job, setup, init, channel)
+    finally:
+        if share is not None:
+            share.leave(key)
+    return [model_to_bytes(m) for m in result.models], result.metrics
+
+
+def _train_job_member(
+    job: MemberJob, setup: TrainSetup, init: torch.nn.Module | None, channel: Channel | None
+) -> MemberResult:
+    return train_member(
         job.train,
         setup.model_cfg,
         setup.ens_cfg,
@@ -477,28 +495,29 @@ def train_job(
         stats=setup.stats,
         elements=[chemical_symbols[z] for z in setup.stats.z_table],  # one table for all
         freeze=setup.freeze,
-        threads=setup.threads,
+        threads=setup.share.threads if setup.share is not None else setup.threads,
         progress=channel.put if channel is not None else None,
     )
-    return [model_to_bytes(m) for m in result.models], result.metrics
 
 
 def task_resources(
     n_tasks: int, ens_cfg: EnsembleConfig, available: dict[str, float]
 ) -> tuple[float, float, int]:
-    """(num_cpus, num_gpus, torch threads) per training task from ``available`` resources.
+    """(num_cpus, num_gpus, torch threads at the start) per training task from ``available``.
 
     With GPUs each task gets ``ens_cfg.gpus_per_member`` (default an equal share, at most one)
-    and one CPU; without, the CPUs are split between the tasks that can run at once.
+    and one CPU. Without, every task runs at once (up to twice as many as there are CPUs,
+    to bound memory), each asking Ray for its fraction of the CPUs: K = 3 members on 2 cores
+    run side by side on a thread each rather than two, then one alone with a core idle; as
+    members finish, the :class:`~chemgap.common.tasks.Share` gives their cores to those left.
     """
     cpus = max(1, int(available.get("CPU", os.cpu_count() or 1)))
     gpus = float(available.get("GPU", 0.0))
     if gpus > 0:
         share = ens_cfg.gpus_per_member or min(1.0, gpus / max(n_tasks, 1))
         return 1.0, share, max(1, cpus // max(n_tasks, 1))
-    concurrent = max(1, min(n_tasks, cpus))
-    threads = max(1, cpus // concurrent)
-    return float(threads), 0.0, threads
+    concurrent = max(1, min(n_tasks, 2 * cpus))
+    return cpus / concurrent, 0.0, thread_share(cpus, concurrent)
 
 
 @dataclass(kw_only=True)
@@ -539,9 +558,12 @@ def _run_jobs(
     tag: str,
 ) -> dict[int, tuple[list[torch.nn.Module], list[dict]]]:
     """Run the member tasks on ``executor``; results keyed by each job's first member."""
-    num_cpus, num_gpus, threads = task_resources(len(jobs), setup.ens_cfg, executor.resources())
+    available = executor.resources()
+    num_cpus, num_gpus, threads = task_resources(len(jobs), setup.ens_cfg, available)
     if executor.parallel:
         setup = replace(setup, threads=threads)
+        if num_gpus == 0 and len(jobs) > 1:  # threads follow the members still running
+            setup = replace(setup, share=executor.share(int(available.get("CPU", 1))))
     channel = executor.channel(progress) if progress else None
     k_total = setup.ens_cfg.members
     tasks = []

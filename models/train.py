@@ -214,6 +214,7 @@ class _Run:
     ema: _EMA | None
     progress: ProgressFn | None
     t_start: float
+    threads: Callable[[], int] | None = None  # the member's share of the cores, per epoch
     history: list[dict] = field(default_factory=list)
     kept: list[torch.nn.Module] = field(default_factory=list)
     kept_epochs: list[int] = field(default_factory=list)
@@ -250,6 +251,7 @@ def _start_run(
     device: torch.device,
     progress: ProgressFn | None,
     t_start: float,
+    threads: Callable[[], int] | None = None,
 ) -> _Run:
     """Optimiser (Adam, AdamW with weight decay; AMSGrad), schedule and EMA for one run."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -278,6 +280,7 @@ def _start_run(
         ema=ema,
         progress=progress,
         t_start=t_start,
+        threads=threads if callable(threads) else None,
     )
     run.best_state = copy.deepcopy(run.evaluated.state_dict())
     run.cycle_start = time.perf_counter()
@@ -363,9 +366,12 @@ def _loop(run: _Run) -> tuple[int, str]:
     """Epochs until a stop criterion; returns (last epoch, stop reason)."""
     epoch, stopped = 0, "epochs"
     for epoch in range(1, run.ens_cfg.max_epochs + 1):
+        if run.threads is not None and (n := int(run.threads())) != torch.get_num_threads():
+            torch.set_num_threads(n)
         train_loss = _train_epoch(run)
         val = evaluate_loader(run.evaluated, run.valid_loader, run.ens_cfg)
         row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": run.opt.param_groups[0]["lr"]}
+        row["threads"] = torch.get_num_threads()
         run.history.append(row)
         _report(run, epoch, run.ens_cfg.max_epochs, row)
         if run.snapshot_mode:
@@ -420,7 +426,7 @@ def train_member(
     elements: Sequence[str] | None = None,
     freeze: Sequence[str] = (),
     device: str | torch.device | None = None,
-    threads: int | None = None,
+    threads: int | Callable[[], int] | None = None,
     progress: ProgressFn | None = None,
 ) -> MemberResult:
     """Train one member on labelled ``train`` (validated on ``valid`` or a random split).
@@ -439,14 +445,16 @@ def train_member(
         elements: element set of the model (default: the elements of train + valid).
         freeze: parameter-name prefixes kept fixed (see :func:`freeze_blocks`).
         device: torch device (default: CUDA when present).
-        threads: torch intra-op threads for this member (None leaves torch's setting).
+        threads: torch intra-op threads for this member (None leaves torch's setting), or a
+            callable asked before every epoch (a share of the cores that grows as other
+            members finish; each epoch's count is in the history as ``threads``).
         progress: called once per epoch with a :class:`ProgressEvent`.
 
     Returns:
         The trained model(s) on CPU in eval mode, their metrics and the training history.
     """
     t_start = time.perf_counter()
-    if threads:
+    if threads and not callable(threads):
         torch.set_num_threads(int(threads))
     dev = torch.device(device) if device is not None else pick_device()
     train, valid, z_table = _prepare(train, valid, ens_cfg, seed, elements)
@@ -478,6 +486,7 @@ def train_member(
         device=dev,
         progress=progress,
         t_start=t_start,
+        threads=threads if callable(threads) else None,
     )
     t_train = time.perf_counter()
     epoch, stopped = _loop(run)
@@ -486,6 +495,8 @@ def train_member(
     shared = {
         "stopped": stopped,
         "wall_s": time.perf_counter() - t_start,
+        "ended_at": time.time(),  # Unix time, s: when members ran side by side
+        "threads_by_epoch": [row.get("threads") for row in run.history],
         "train_s": train_s,
         "structures_per_s": run.n_seen / train_s if train_s > 0 else 0.0,
         "n_train": len(train),

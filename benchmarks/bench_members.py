@@ -1,0 +1,154 @@
+"""K ensemble members on C cores: one after another, against side by side on Ray with the
+cores shared (every member at once, threads following the members still running), against
+the former layout (C members at a time, one thread each).
+
+Data: 40 EMT-labelled 8-atom Cu cells (±2 % strain, 0.08 Å rattle); model as
+bench_training.py (8x0e+8x1o, L=1, 2 interactions, r_max 5 Å, float32), batch 8, a fixed
+number of epochs (no early stopping, no wall cap) so every layout does the same work.
+
+- sequential: ``train_ensemble`` in this process, every member with all C threads;
+- packed (chemgap's layout): Ray tasks asking for C/K CPUs each, the threads of each member
+  set epoch by epoch from the ensemble's ``Share``;
+- former: Ray tasks of ``C // min(K, C)`` CPUs and as many threads, at most C at a time.
+
+Per-member timings (start and end, relative to the start of the layout, and each epoch's
+thread count) show whether a core idles while members remain. A 1-epoch warm-up of each layout
+(imports, TorchScript, K Ray workers with mace loaded) runs first, untimed.
+
+Usage: python benchmarks/bench_members.py [--members 3] [--epochs 30] [--n 40]
+The last line is the headline: ``K members: packed xA, former xB over one after another``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def cells(n: int, seed: int) -> list:
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = bulk("Cu", cubic=True).repeat((2, 1, 1))
+        a.set_cell(a.cell * (1 + rng.uniform(-0.02, 0.02)), scale_atoms=True)
+        a.rattle(0.08, seed=int(rng.integers(2**31)))
+        a.calc = EMT()
+        e, f = a.get_potential_energy(), a.get_forces()
+        a.calc = None
+        a.info["REF_energy"], a.arrays["REF_forces"] = float(e), np.array(f)
+        out.append(a)
+    return out
+
+
+class _Fixed:
+    """The former layout's 'share': a fixed thread count, whoever runs."""
+
+    def __init__(self, threads: int):
+        self.cpus, self._threads = threads, threads
+
+    def join(self, key: int) -> None:
+        pass
+
+    def leave(self, key: int) -> None:
+        pass
+
+    def running(self) -> int:
+        return 1
+
+    def threads(self) -> int:
+        return self._threads
+
+
+def _former_resources(n_tasks, ens_cfg, available):
+    cpus = max(1, int(available.get("CPU", 1)))
+    threads = max(1, cpus // max(1, min(n_tasks, cpus)))
+    return float(threads), 0.0, threads
+
+
+def layout(name: str, data, members: int, epochs: int, out: Path) -> tuple[float, list]:
+    """Wall seconds of one layout and each member's (start, end, threads by epoch)."""
+    import chemgap.models.ensemble as ensemble_mod
+    from chemgap.agent.runtime import RayExecutor
+    from chemgap.models.config import EnsembleConfig, ModelConfig
+
+    model = ModelConfig(
+        r_max=5.0, num_channels=8, max_L=1, num_interactions=2, correlation=3, dtype="float32"
+    )
+    cfg = EnsembleConfig(
+        members=members, max_epochs=epochs, batch_size=8, lr=1e-2, patience=10_000,
+        wall_time_s=1e9, valid_fraction=0.1,
+    )  # fmt: skip
+    executor = None
+    if name != "sequential":
+        executor = RayExecutor()
+    if name == "former":
+        ensemble_mod.task_resources, original = _former_resources, ensemble_mod.task_resources
+        executor.share = lambda cpus: _Fixed(max(1, cpus // min(members, cpus)))
+    t0 = time.time()
+    try:
+        ensemble_mod.train_ensemble(data, model, cfg, out / name, seed=0, executor=executor)
+    finally:
+        if name == "former":
+            ensemble_mod.task_resources = original
+    wall = time.time() - t0
+    timings = []
+    for path in sorted((out / name).glob("member_*.json")):
+        m = json.loads(path.read_text())["metrics"]
+        start, end = m["ended_at"] - m["wall_s"] - t0, m["ended_at"] - t0
+        timings.append((start, end, m["threads_by_epoch"]))
+    return wall, timings
+
+
+def main() -> None:
+    """Parse the flags, time the three layouts, print the figures (the headline last)."""
+    import ray
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--n", type=int, default=40)
+    args = p.parse_args()
+    cpus = os.cpu_count() or 1
+    torch.set_num_threads(cpus)
+    data = cells(args.n, 0)
+    print(f"{args.members} members, {args.epochs} epochs, {args.n} 8-atom Cu cells, {cpus} CPUs")
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.get(ray.remote(lambda: 1).remote())  # the cluster is up before any clock starts
+    walls = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            # warm-up: imports, TorchScript, and K Ray workers with mace loaded, untimed
+            for name in ("sequential", "packed"):
+                layout(name, data[:8], args.members, 1, Path(tmp) / "warm")
+            for name in ("sequential", "packed", "former"):
+                wall, timings = layout(name, data, args.members, args.epochs, Path(tmp))
+                walls[name] = wall
+                print(f"{name}: {wall:.1f} s")
+                for k, (start, end, threads) in enumerate(timings):
+                    counts = sorted(set(threads))
+                    print(f"  member {k}: {start:6.1f} -> {end:6.1f} s, threads {counts}")
+    finally:
+        ray.shutdown()
+    seq = walls["sequential"]
+    print(
+        f"{args.members} members: packed x{seq / walls['packed']:.2f}, "
+        f"former x{seq / walls['former']:.2f} over one after another"
+    )
+
+
+if __name__ == "__main__":
+    main()
