@@ -195,3 +195,12 @@ def test_predict_reports_errors_against_labels(trained):
         predict, [str(root / "model"), str(root / "test.xyz"), "-o", str(root / "test.xyz")]
     )
     assert same.exit_code == 2 and "differ" in same.output
+
+
+def test_member_eta_is_the_pace_so_far_capped_by_the_wall_time():
+    from chemgap.agent.cli.train import member_eta
+
+    assert member_eta(10, 200, 20.0, 600.0) == pytest.approx(380.0)  # 190 epochs at 2 s
+    assert member_eta(10, 200, 500.0, 600.0) == pytest.approx(100.0)  # the cap comes first
+    assert member_eta(0, 200, 5.0, 600.0) == pytest.approx(595.0)  # no pace yet: the cap
+    assert member_eta(200, 200, 40.0, 600.0) == 0.0

@@ -60,9 +60,29 @@ def _check_dirs(init_from: Path | None, out_dir: Path) -> None:
         raise BadInput(f"-o: {out_dir} already holds a model; choose a new directory")
 
 
+def member_eta(epoch: int, max_epochs: int, elapsed_s: float, wall_time_s: float) -> float:
+    """Seconds a member still needs at most: its remaining epochs at the pace of those done,
+    capped by what is left of its wall-time cap (early stopping may end it sooner).
+    """
+    if epoch <= 0:
+        return max(0.0, wall_time_s - elapsed_s)
+    by_epochs = (max_epochs - epoch) * elapsed_s / epoch
+    return max(0.0, min(by_epochs, wall_time_s - elapsed_s))
+
+
+def _clock(seconds: float) -> str:
+    minutes, sec = divmod(round(seconds), 60)
+    return f"{minutes}:{sec:02d}"
+
+
 @contextlib.contextmanager
-def _member_bars(k: int) -> Iterator[Callable[[Any], None]]:
-    """A progress bar per member; yields the ``progress`` callback of ``train_ensemble``."""
+def _member_bars(k: int, wall_time_s: float) -> Iterator[Callable[[Any], None]]:
+    """A progress bar per member with an upper bound on its remaining time (from the epochs
+    done so far, capped by ``wall_time_s``); yields the ``progress`` callback of
+    ``train_ensemble``.
+    """
+    import time
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(
@@ -73,6 +93,7 @@ def _member_bars(k: int) -> Iterator[Callable[[Any], None]]:
         console=console,
     ) as bar:
         tasks: dict[int, Any] = {}
+        t0 = time.monotonic()  # the members start together (set-up included in their pace)
 
         def on_progress(event: Any) -> None:
             if event.member not in tasks:
@@ -80,7 +101,13 @@ def _member_bars(k: int) -> Iterator[Callable[[Any], None]]:
                     f"member {event.member + 1}/{k}", total=event.max_epochs, info=""
                 )
             total = event.epoch if event.done else event.max_epochs
-            info = f"valid loss {event.valid_loss:.4g}" + (" · done" if event.done else "")
+            info = f"valid loss {event.valid_loss:.4g}"
+            if event.done:
+                info += " · done"
+            else:
+                elapsed = time.monotonic() - t0
+                eta = member_eta(event.epoch, event.max_epochs, elapsed, wall_time_s)
+                info += f" · ETA ≤ {_clock(eta)}"
             bar.update(tasks[event.member], completed=event.epoch, total=total, info=info)
 
         yield on_progress
@@ -226,7 +253,7 @@ def train(
         f"from {data_path}"
     )
     runtime = with_runtime(use_ray, address, num_cpus=num_cpus, dashboard=dashboard)
-    with runtime as executor, _member_bars(ens_cfg.members) as on_progress:
+    with runtime as executor, _member_bars(ens_cfg.members, ens_cfg.wall_time_s) as on_progress:
         try:
             ens = train_ensemble(
                 structures,
