@@ -49,6 +49,66 @@ def ethanol_data(n: int, seed: int) -> list:
     return out
 
 
+def train_members(out_dir: Path, channels: int, long_range: str, device: str):
+    """The benchmark's 4-member ensemble, trained into ``out_dir`` on 48 GFN2-xTB-labelled
+    rattled ethanols (5 epochs) and moved to ``device``; prints the setup time.
+    """
+    from chemgap.models.config import EnsembleConfig, ModelConfig
+    from chemgap.models.ensemble import train_ensemble
+
+    t0 = time.perf_counter()
+    data = ethanol_data(48, 0)
+    model = ModelConfig(
+        r_max=5.0,
+        num_channels=channels,
+        max_L=1,
+        num_interactions=2,
+        correlation=3,
+        long_range=long_range,
+    )
+    ens_cfg = EnsembleConfig(members=4, max_epochs=5, batch_size=8)
+    ensemble = train_ensemble(data, model, ens_cfg, out_dir, seed=0)
+    ensemble.to(device)
+    print(f"setup (labels + 4 members, 5 epochs): {time.perf_counter() - t0:.1f} s")
+    return ensemble
+
+
+def model_line(ensemble, channels: int, long_range: str, threads: int, device: str) -> str:
+    """The line describing the members, threads and device."""
+    kind = "ScaleShiftMACE" if long_range == "none" else f"LongRangeMACE ({long_range})"
+    return (
+        f"model: {kind} {channels}x0e+{channels}x1o, L=1, 2 interactions, "
+        f"correlation 3, r_max 5 Å, {ensemble.dtype}; torch threads {threads}; "
+        f"device {device}"
+    )
+
+
+def ethanol_walkers(n: int) -> list:
+    """``n`` ethanol molecules at the ASE reference geometry, centred with 6 Å of vacuum."""
+    from ase.build import molecule
+
+    walkers = [molecule("CH3CH2OH") for _ in range(n)]
+    for w in walkers:
+        w.center(vacuum=6.0)
+    return walkers
+
+
+def exploration_config(walkers: int, steps: int):
+    """The exploration settings of the benchmark for chemgap: 300 K, 0.5 fs, friction 0.01/fs,
+    trust levels wide open (no walker stops or restarts for its uncertainty).
+    """
+    from chemgap.campaigns.spec import ExplorationConfig
+
+    return ExplorationConfig(
+        walkers=walkers,
+        steps=steps,
+        temperatures_K=[300.0],
+        timestep_fs=0.5,
+        friction_per_fs=0.01,
+        trust={"mode": "fixed", "lower": 1e3, "upper": 2e3},
+    )
+
+
 def ase_committee(model_dir: Path, long_range: str, device: str, dtype: str) -> tuple:
     """The ASE calculator of the 4 members in ``model_dir`` and its name: MACE's own
     ``MACECalculator`` committee for plain members, chemgap's ``ChemgapCalculator`` for members
@@ -86,32 +146,11 @@ def main() -> None:
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     from chemgap.agent.explore import explore
-    from chemgap.campaigns.spec import ExplorationConfig
-    from chemgap.models.config import EnsembleConfig, ModelConfig
-    from chemgap.models.ensemble import train_ensemble
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="chemgap-bench-"))
-    t0 = time.perf_counter()
-    data = ethanol_data(48, 0)
-    model = ModelConfig(
-        r_max=5.0,
-        num_channels=args.channels,
-        max_L=1,
-        num_interactions=2,
-        correlation=3,
-        long_range=args.long_range,
-    )
-    ens_cfg = EnsembleConfig(members=4, max_epochs=5, batch_size=8)
-    ensemble = train_ensemble(data, model, ens_cfg, tmp / "ens", seed=0)
-    ensemble.to(args.device)
-    print(f"setup (labels + 4 members, 5 epochs): {time.perf_counter() - t0:.1f} s")
-    kind = "ScaleShiftMACE" if args.long_range == "none" else f"LongRangeMACE ({args.long_range})"
-    print(
-        f"model: {kind} {args.channels}x0e+{args.channels}x1o, L=1, 2 interactions, "
-        f"correlation 3, r_max 5 Å, {ensemble.dtype}; torch threads {args.threads}; "
-        f"device {args.device}"
-    )
+    ensemble = train_members(tmp / "ens", args.channels, args.long_range, args.device)
+    print(model_line(ensemble, args.channels, args.long_range, args.threads, args.device))
 
     # ASE first, so nothing chemgap starts in this process (threads, Ray) can slow it down:
     # one Langevin run per walker with a committee calculator on the same 4 members
@@ -138,17 +177,8 @@ def main() -> None:
         print(f"ASE Langevin + {name} (4-model committee): {ase_rate:.1f} walker-steps/s")
 
     # chemgap: batched explorer (trust levels wide open so both do the same dynamics work)
-    cfg = ExplorationConfig(
-        walkers=args.walkers,
-        steps=args.steps,
-        temperatures_K=[300.0],
-        timestep_fs=0.5,
-        friction_per_fs=0.01,
-        trust={"mode": "fixed", "lower": 1e3, "upper": 2e3},
-    )
-    walkers = [molecule("CH3CH2OH") for _ in range(args.walkers)]
-    for w in walkers:
-        w.center(vacuum=6.0)
+    cfg = exploration_config(args.walkers, args.steps)
+    walkers = ethanol_walkers(args.walkers)
     explore(ensemble, walkers, cfg, steps=5)  # warm-up
     t = time.perf_counter()
     result = explore(ensemble, walkers, cfg, rng=np.random.default_rng(1))
