@@ -205,6 +205,19 @@ task; ``crashed`` when every retry dies too).
 """
 
 
+FAULT_CATEGORY = {
+    None: "ok",
+    "raise": "crashed",
+    "scf": "scf_not_converged",
+    "hang": "timeout",
+    "nan": "non_finite_result",
+    "inf": "non_finite_result",
+    "crash": "crashed",
+    "worker": "crashed",  # every try of the labelling task died with its worker
+}
+"""The ``label_status`` each fault (None: none) ends as in a campaign's data.db."""
+
+
 def fault_draw(key: str, seed: int) -> float:
     """A uniform number in [0, 1) fixed by a structure key and a seed (the same in every
     process, so a structure's fate does not depend on where or when it is labelled).

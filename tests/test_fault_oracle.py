@@ -8,16 +8,7 @@ from ase.build import bulk
 
 from chemgap.agent.store import structure_key
 from chemgap.oracle import OracleConfig, label_batch
-from chemgap.oracle.testing import FAULTS, FaultyCalculator, fault_draw
-
-CATEGORY = {
-    "raise": "crashed",
-    "scf": "scf_not_converged",
-    "hang": "timeout",
-    "nan": "non_finite_result",
-    "inf": "non_finite_result",
-    "crash": "crashed",
-}
+from chemgap.oracle.testing import FAULT_CATEGORY, FAULTS, FaultyCalculator, fault_draw
 
 
 def cells(n: int, seed: int = 0) -> list:
@@ -45,7 +36,7 @@ def test_fault_rate_and_mix_follow_the_settings():
     assert drawn == [f is not None for f in faults]
 
 
-@pytest.mark.parametrize("fault", sorted(CATEGORY))
+@pytest.mark.parametrize("fault", ["raise", "scf", "hang", "nan", "inf", "crash"])
 def test_each_fault_is_labelled_with_its_category(fault, tmp_path):
     """Every structure meets ``fault`` (rate 1) in the killable oracle child; the batch returns
     one result per structure with the fault's category, and the journal has every call.
@@ -60,7 +51,7 @@ def test_each_fault_is_labelled_with_its_category(fault, tmp_path):
     )
     structures = cells(2)
     summary = label_batch(structures, config, isolate=True)
-    assert summary.n_ok == 0 and summary.as_dict()["failures"] == {CATEGORY[fault]: 2}
+    assert summary.n_ok == 0 and summary.as_dict()["failures"] == {FAULT_CATEGORY[fault]: 2}
     started = [line.split()[1] for line in journal.read_text().splitlines() if "start" in line]
     assert started == [structure_key(a) for a in structures]
 

@@ -20,19 +20,10 @@ from chemgap.agent.runtime import RayExecutor
 from chemgap.agent.store import RunStore
 from chemgap.campaigns.spec import parse_spec
 from chemgap.oracle.results import FailureCategory
+from chemgap.oracle.testing import FAULT_CATEGORY as CATEGORY
 from chemgap.oracle.testing import FAULTS, FaultyCalculator
 
 FAULTY = "chemgap.oracle.testing:FaultyCalculator"
-CATEGORY = {
-    None: "ok",
-    "raise": "crashed",
-    "scf": "scf_not_converged",
-    "hang": "timeout",
-    "nan": "non_finite_result",
-    "inf": "non_finite_result",
-    "crash": "crashed",
-    "worker": "crashed",  # the labelling task's worker died on every try
-}
 
 
 def faulty_oracle(journal: Path, **kwargs) -> dict:
@@ -144,6 +135,7 @@ def test_killed_ray_workers_are_retried_and_the_campaign_completes(tmp_path, ray
 
 def test_fault_names_cover_the_categories():
     assert set(CATEGORY) - {None} == set(FAULTS)
+    assert set(CATEGORY.values()) - {"ok"} <= {c.value for c in FailureCategory}
 
 
 def _harness():

@@ -31,18 +31,8 @@ import yaml
 from kill_resume import CLI, campaign_spec, experiment_done
 
 from chemgap.oracle.results import FailureCategory
+from chemgap.oracle.testing import FAULT_CATEGORY as CATEGORY
 from chemgap.oracle.testing import FaultyCalculator
-
-CATEGORY = {
-    None: "ok",
-    "raise": "crashed",
-    "scf": "scf_not_converged",
-    "hang": "timeout",
-    "nan": "non_finite_result",
-    "inf": "non_finite_result",
-    "crash": "crashed",
-    "worker": "crashed",
-}
 
 
 def statuses(db: Path) -> list[tuple[str, str, str]]:
