@@ -1,18 +1,12 @@
-"""The campaign loop end to end: a tiny run to 'done', and a run killed while labelling, resumed."""
+"""The campaign loop end to end: a tiny run to 'done' (kills and resumes: test_reliability.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from chemgap.agent.campaign import run_campaign
@@ -20,8 +14,6 @@ from chemgap.agent.cli import main
 from chemgap.agent.runtime import RayExecutor
 from chemgap.agent.store import RunStore
 from chemgap.campaigns.spec import parse_spec
-
-TESTS = str(Path(__file__).resolve().parent)
 
 
 def tiny_spec(oracle: dict | None = None, **budget) -> dict:
@@ -219,96 +211,6 @@ def _check_test_set_kept_apart(root: Path, history: list[dict], info: dict) -> N
     assert info["time"]["per_step_s"]["train"] > 0
     loop = json.loads((root / "iterations/002/calibration.json").read_text())["loop"]
     assert loop is not None and loop["loop_structures"] == 4
-
-
-@pytest.mark.slow
-def test_killed_while_labelling_resumes_without_loss_or_duplicates(tmp_path, ray_session):
-    """A run killed (-9) while labelling resumes: no label lost, no row twice, no oracle *call*
-    twice except for the labels in flight at the kill (counted by the oracle itself in a journal
-    kept outside data.db).
-
-    Broken variants caught: a resume that relabels the selected batch from scratch (calls for
-    structures already in data.db), or that writes a label twice (duplicate rows).
-    """
-    journal = tmp_path / "oracle_calls.txt"
-    oracle = {
-        "name": "ase",
-        "params": {
-            "calculator": "test_oracle_helpers:ProgrammableCalculator",
-            "kwargs": {"behaviour": "slow", "delay": 0.6, "marker": str(journal)},
-            "python_path": [TESTS],
-        },
-    }
-    spec_path = tmp_path / "tiny.yaml"
-    spec_path.write_text(yaml.safe_dump(tiny_spec(oracle, max_iterations=1)))
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "chemgap.agent.cli.main",
-            "run",
-            str(spec_path),
-            "--out",
-            str(run_dir),
-            "--trust-code",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-    )
-    db = run_dir / "data.db"
-    deadline = time.monotonic() + 300
-    try:
-        # wait until iteration 1 is labelling: the initial 8 labels, the 4 test ones and one more
-        while time.monotonic() < deadline and proc.poll() is None:
-            state = (
-                json.loads((run_dir / "state.json").read_text())
-                if (run_dir / "state.json").exists()
-                else {}
-            )
-            if state.get("step") == "select" and len(rows(db)) >= 13:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    before = rows(db)
-    assert 13 <= len(before) < 16, before  # killed mid-batch: some labels of 4 are missing
-    called_before = _calls(journal)
-    done_before = {k for _, k, _ in before}
-    in_flight = set(called_before) - done_before  # called, result not yet written
-    assert done_before <= set(called_before) and len(in_flight) <= 4
-    status = CliRunner().invoke(main, ["status", "--json", str(run_dir)])
-    assert json.loads(status.output)["state"] == "interrupted"
-
-    store = RunStore.open(run_dir)
-    assert run_campaign(store, num_cpus=2, executor=RayExecutor()) == "iteration cap (1)"
-    after = rows(db)
-    assert set(before) <= set(after)  # nothing written before the kill was lost
-    keys = [k for _, k, _ in after]
-    assert len(keys) == len(set(keys))  # and nothing was labelled twice
-    assert len(after) == 8 + 4 + 4  # initial set, test set, one batch
-    calls = _calls(journal)
-    called_after = calls[len(called_before) :]
-    assert not done_before & set(called_after)  # no label already stored was asked for again
-    assert len(calls) <= len(after) + len(in_flight)  # the only repeats: the calls in flight
-    assert sorted(set(calls)) == sorted(keys)
-    assert (
-        json.loads(CliRunner().invoke(main, ["status", "--json", str(run_dir)]).output)["state"]
-        == "done"
-    )
-
-
-def _calls(journal: Path) -> list[str]:
-    """Structure keys of the oracle calls in the journal, in call order."""
-    if not journal.exists():
-        return []
-    return [line.split()[1] for line in journal.read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.slow

@@ -7,9 +7,10 @@ experiment after the loop) runs through the CLI as a user would (``chemgap run``
 the campaign's steps in order (the initial labelling, then train, calibrate, explore, probe,
 select, label, evaluate of each iteration, then the remediation experiment), the slots sampled
 without replacement and in order so the kills spread over every step. The harness waits until
-the run is in that step (from ``state.json``), sleeps a random fraction of the step's typical
-duration, and SIGKILLs the whole process group (driver, Ray, oracle processes). After every
-kill it checks that ``state.json`` parses, ``chemgap status`` answers and data.db passes
+the run is in that step (from ``state.json``), waits a random fraction of the step's typical
+duration (or until the step ends), and SIGKILLs the whole process group (driver, Ray, oracle
+processes). After every kill it checks that ``state.json`` parses, ``chemgap status`` calls
+the run ``interrupted`` (``done`` when only its experiment was running) and data.db passes
 SQLite's integrity check; it snapshots the stored labels, then resumes. At the end the run is
 resumed to ``done`` and compared with the oracle's own journal (kept by
 :class:`chemgap.oracle.testing.FaultyCalculator`, outside any database):
@@ -264,6 +265,10 @@ def _check_after_kill(run: Path, tally: Tally) -> None:
     )  # fmt: skip
     if status.returncode != 0 and (run / "state.json").exists():
         tally.state_errors.append(f"chemgap status failed: {status.stderr.strip()[-200:]}")
+    elif status.returncode == 0:
+        said = json.loads(status.stdout)["state"]
+        if said != ("done" if phase(run)[1] == "remedy" else "interrupted"):
+            tally.state_errors.append(f"chemgap status says {said!r} after a kill")
     for db in (run / "data.db", run / "remedies" / "labels.db"):
         if not integrity_ok(db):
             tally.state_errors.append(f"{db.name} failed its integrity check")
