@@ -242,28 +242,40 @@ class _ShareActor:
 
 
 class _RayShare:
-    """What a task holds of a share: calls to the counting actor (~1 ms each)."""
+    """What a task holds of a share. Nothing here waits on the actor inside a training epoch:
+    a task blocked in ``ray.get`` lends its CPUs back to Ray, which would start another member
+    on them. ``join`` and ``leave`` are sent and not waited for; ``threads`` answers with the
+    count the actor gave last and asks again (so it follows the others one epoch late).
+    """
 
-    def __init__(self, actor: Any, cpus: int):
+    def __init__(self, actor: Any, cpus: int, running: int = 1):
         self._actor, self.cpus = actor, int(cpus)
+        self._asked: Any = None
+        self._running = int(running)  # until the actor has answered
 
     def join(self, key: int) -> None:
-        import ray
-
-        ray.get(self._actor.join.remote(key))
+        self._actor.join.remote(key)
 
     def leave(self, key: int) -> None:
-        import ray
-
-        ray.get(self._actor.leave.remote(key))
+        self._actor.leave.remote(key)
 
     def running(self) -> int:
+        """The count now (waits for the actor: for tests and the driver, not inside epochs)."""
         import ray
 
         return int(ray.get(self._actor.running.remote()))
 
     def threads(self) -> int:
-        return thread_share(self.cpus, self.running())
+        import ray
+
+        if self._asked is not None:
+            ready, _ = ray.wait([self._asked], timeout=0)
+            if ready:
+                self._running = int(ray.get(ready[0]))
+                self._asked = None
+        if self._asked is None:
+            self._asked = self._actor.running.remote()
+        return thread_share(self.cpus, self._running)
 
 
 class _RayChannel:
@@ -397,9 +409,10 @@ class RayExecutor:
         self._channels.append((actor, callback))
         return _RayChannel(actor)
 
-    def share(self, cpus: int) -> Share:
+    def share(self, cpus: int, running: int = 1) -> Share:
         """A :class:`~chemgap.common.tasks.Share` of ``cpus`` CPUs backed by a zero-CPU actor
-        on the driver's node (killed when the next :meth:`run` ends).
+        on the driver's node (killed when the next :meth:`run` ends); ``running``: how many
+        tasks a task should assume run until the actor has answered.
         """
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -407,7 +420,7 @@ class RayExecutor:
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         actor = ray.remote(num_cpus=0)(_ShareActor).options(scheduling_strategy=here).remote()
         self._shares.append(actor)
-        return _RayShare(actor, cpus)
+        return _RayShare(actor, cpus, running)
 
     def _drain(self) -> None:
         ray = self._ray()

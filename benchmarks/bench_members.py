@@ -96,7 +96,7 @@ def layout(name: str, data, members: int, epochs: int, out: Path) -> tuple[float
         executor = RayExecutor()
     if name == "former":
         ensemble_mod.task_resources, original = _former_resources, ensemble_mod.task_resources
-        executor.share = lambda cpus: _Fixed(max(1, cpus // min(members, cpus)))
+        executor.share = lambda cpus, running=1: _Fixed(max(1, cpus // min(members, cpus)))
     t0 = time.time()
     try:
         ensemble_mod.train_ensemble(data, model, cfg, out / name, seed=0, executor=executor)

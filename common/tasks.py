@@ -151,8 +151,10 @@ class Executor(Protocol):
         iterates (in-process: at once).
         """
 
-    def share(self, cpus: int) -> Share:
-        """A :class:`Share` of ``cpus`` CPUs for the tasks of the next :meth:`run`."""
+    def share(self, cpus: int, running: int = 1) -> Share:
+        """A :class:`Share` of ``cpus`` CPUs for the tasks of the next :meth:`run`; a task
+        assumes ``running`` tasks run until it learns otherwise.
+        """
 
 
 class _DirectChannel:
@@ -198,8 +200,8 @@ class InProcessExecutor:
         """A channel that calls ``callback`` as soon as a task puts an item."""
         return _DirectChannel(callback)
 
-    def share(self, cpus: int) -> Share:
-        """Every CPU for each task in turn."""
+    def share(self, cpus: int, running: int = 1) -> Share:
+        """Every CPU for each task in turn (``running`` does not apply in-process)."""
         return LocalShare(cpus)
 
 

@@ -506,17 +506,20 @@ def task_resources(
     """(num_cpus, num_gpus, torch threads at the start) per training task from ``available``.
 
     With GPUs each task gets ``ens_cfg.gpus_per_member`` (default an equal share, at most one)
-    and one CPU. Without, every task runs at once (up to twice as many as there are CPUs,
-    to bound memory), each asking Ray for its fraction of the CPUs: K = 3 members on 2 cores
-    run side by side on a thread each rather than two, then one alone with a core idle; as
-    members finish, the :class:`~chemgap.common.tasks.Share` gives their cores to those left.
+    and one CPU. Without, when the members divide evenly over the CPUs (K = 4 on 2 cores)
+    they run C at a time, one core each; otherwise every task runs at once (up to twice as
+    many as there are CPUs, to bound memory), each asking Ray for its fraction of the CPUs:
+    K = 3 on 2 cores run side by side on a thread each rather than two, then one alone with a
+    core idle. Either way, as members finish, the :class:`~chemgap.common.tasks.Share` gives
+    their cores to those still running (measured: benchmarks/bench_members.py).
     """
     cpus = max(1, int(available.get("CPU", os.cpu_count() or 1)))
     gpus = float(available.get("GPU", 0.0))
     if gpus > 0:
         share = ens_cfg.gpus_per_member or min(1.0, gpus / max(n_tasks, 1))
         return 1.0, share, max(1, cpus // max(n_tasks, 1))
-    concurrent = max(1, min(n_tasks, 2 * cpus))
+    even = n_tasks >= cpus and n_tasks % cpus == 0  # rounds of C fill every core
+    concurrent = cpus if even else max(1, min(n_tasks, 2 * cpus))
     return cpus / concurrent, 0.0, thread_share(cpus, concurrent)
 
 
@@ -563,7 +566,9 @@ def _run_jobs(
     if executor.parallel:
         setup = replace(setup, threads=threads)
         if num_gpus == 0 and len(jobs) > 1:  # threads follow the members still running
-            setup = replace(setup, share=executor.share(int(available.get("CPU", 1))))
+            cpus = int(available.get("CPU", 1))
+            share = executor.share(cpus, running=max(1, round(cpus / num_cpus)))
+            setup = replace(setup, share=share)
     channel = executor.channel(progress) if progress else None
     k_total = setup.ens_cfg.members
     tasks = []

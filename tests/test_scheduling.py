@@ -18,6 +18,14 @@ from chemgap.models.ensemble import task_resources, train_ensemble
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
+def _settled(share) -> tuple[int, int]:
+    """(running, threads) once the task's view has caught up (threads follows one call late)."""
+    for _ in range(10):
+        share.threads()
+        time.sleep(0.05)
+    return share.running(), share.threads()
+
+
 def _member(share, key: int, leave_early: bool) -> list[tuple[int, int]]:
     """A task of a share: (running, threads) seen from inside it at each stage."""
     share.join(key)
@@ -26,13 +34,13 @@ def _member(share, key: int, leave_early: bool) -> list[tuple[int, int]]:
         deadline = time.monotonic() + 60
         while share.running() < 3 and time.monotonic() < deadline:  # all three started
             time.sleep(0.05)
-        seen.append((share.running(), share.threads()))
+        seen.append(_settled(share))
         if leave_early:
             time.sleep(2.0)  # until the others have looked too
             return seen
         while share.running() > 1 and time.monotonic() < deadline:  # the others have left
             time.sleep(0.05)
-        seen.append((share.running(), share.threads()))
+        seen.append(_settled(share))
         return seen
     finally:
         share.leave(key)
@@ -72,6 +80,11 @@ def test_running_members_get_their_share_of_the_cores(ray_ships_this_module):
 def test_thread_share_and_the_in_process_share():
     assert [thread_share(2, n) for n in (1, 2, 3, 4)] == [2, 1, 1, 1]
     assert [thread_share(16, n) for n in (1, 3, 4)] == [16, 5, 4]
+    # members that divide evenly over the cores run C at a time, a core each; others all at once
+    assert task_resources(4, EnsembleConfig(members=4), {"CPU": 2.0}) == (1.0, 0.0, 1)
+    assert task_resources(2, EnsembleConfig(members=2), {"CPU": 2.0}) == (1.0, 0.0, 1)
+    assert task_resources(1, EnsembleConfig(members=1), {"CPU": 2.0}) == (2.0, 0.0, 2)
+    assert task_resources(5, EnsembleConfig(members=5), {"CPU": 2.0})[:2] == (0.5, 0.0)
     local = LocalShare(4)
     local.join(0)
     assert (local.running(), local.threads()) == (1, 4)
