@@ -31,3 +31,15 @@ def ray_session():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def ray_ships_this_module(ray_session, request):
+    """Ray workers cannot import a test module (tests/ is not on their path): ship the
+    requesting module's functions by value while the test runs.
+    """
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(request.module)
+    yield
+    cloudpickle.unregister_pickle_by_value(request.module)

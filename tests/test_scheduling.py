@@ -46,18 +46,6 @@ def _member(share, key: int, leave_early: bool) -> list[tuple[int, int]]:
         share.leave(key)
 
 
-@pytest.fixture
-def ray_ships_this_module(ray_session):
-    """Ray workers import this module's functions by value (tests/ is not on their path)."""
-    import sys
-
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-
-
 def test_running_members_get_their_share_of_the_cores(ray_ships_this_module):
     """Three members on 2 CPUs, seen from inside their Ray tasks: one thread each while all
     three run; the one left alone gets both cores.

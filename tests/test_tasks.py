@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 
 import pytest
@@ -46,16 +45,6 @@ def test_in_process_channel_delivers_at_once():
     ch = ex.channel(got.append)
     assert [d.result() for d in ex.run([Task(fn=_report, args=(ch, [1, 2, 3]))])] == [3]
     assert got == [1, 2, 3]
-
-
-@pytest.fixture
-def ray_ships_this_module(ray_session):
-    """Ray workers cannot import this test module: ship its functions by value."""
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    yield
-    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def test_ray_executor_completion_order_errors_and_channel(ray_ships_this_module):
