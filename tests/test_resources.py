@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,8 +63,19 @@ def tmpfs(path: Path, size_k: int, *, read_only: bool = False) -> Iterator[Path]
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def remount(path: Path, options: str) -> None:
-    _mount("-o", f"remount,{options}", str(path))
+def remount(path: Path, options: str, wait_s: float = 30.0) -> None:
+    """Remount ``path`` with ``options``; "busy" (a file still open for writing, e.g. a Ray
+    worker of the run finishing on a loaded machine) is retried for up to ``wait_s``.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            _mount("-o", f"remount,{options}", str(path))
+            return
+        except OSError as exc:
+            if "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 # ---------------------------------------------------------------------- what a run holds
