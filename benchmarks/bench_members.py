@@ -29,28 +29,10 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
+from bench_training import make_data
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-
-def cells(n: int, seed: int) -> list:
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        a = bulk("Cu", cubic=True).repeat((2, 1, 1))
-        a.set_cell(a.cell * (1 + rng.uniform(-0.02, 0.02)), scale_atoms=True)
-        a.rattle(0.08, seed=int(rng.integers(2**31)))
-        a.calc = EMT()
-        e, f = a.get_potential_energy(), a.get_forces()
-        a.calc = None
-        a.info["REF_energy"], a.arrays["REF_forces"] = float(e), np.array(f)
-        out.append(a)
-    return out
 
 
 class _Fixed:
@@ -124,7 +106,7 @@ def main() -> None:
     args = p.parse_args()
     cpus = os.cpu_count() or 1
     torch.set_num_threads(cpus)
-    data = cells(args.n, 0)
+    data = make_data(args.n, 0, repeat=(2, 1, 1))  # 8-atom cells
     print(f"{args.members} members, {args.epochs} epochs, {args.n} 8-atom Cu cells, {cpus} CPUs")
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     ray.get(ray.remote(lambda: 1).remote())  # the cluster is up before any clock starts

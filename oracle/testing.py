@@ -32,6 +32,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator, Calculator, all_changes
 
+from chemgap.common.keys import structure_key
+from chemgap.oracle import sandbox
 from chemgap.oracle.results import SCFNotConverged
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
@@ -307,12 +309,8 @@ class FaultyCalculator(Calculator):
         system_changes: list[str] = all_changes,
     ) -> None:
         """Answer like the inner calculator, or fail as drawn (ASE ``Calculator`` interface)."""
-        from chemgap.common.keys import structure_key
-
         super().calculate(atoms, properties, system_changes)
         key = structure_key(self.atoms)
-        from chemgap.oracle import sandbox
-
         where = "child" if sandbox.IN_ORACLE_CHILD else "direct"
         self._log(f"start {key} {len(self.atoms)} {os.getpid()} {where}")
         fault = self.fault_for(key)
@@ -331,8 +329,6 @@ class FaultyCalculator(Calculator):
             self._log(f"end {key} {fault or 'ok'}")
 
     def _inject(self, fault: str | None) -> None:
-        from chemgap.oracle import sandbox
-
         isolated = sandbox.IN_ORACLE_CHILD
         match fault:
             case "raise":
