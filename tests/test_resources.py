@@ -63,6 +63,21 @@ def tmpfs(path: Path, size_k: int, *, read_only: bool = False) -> Iterator[Path]
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+@contextlib.contextmanager
+def read_only_bind(source: Path, path: Path) -> Iterator[Path]:
+    """``source`` bind-mounted read-only at ``path`` (a per-mount flag: it never waits for the
+    writers of ``source``); always unmounted on the way out.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    _mount("--bind", str(source), str(path))
+    try:
+        _mount("-o", "remount,bind,ro", str(path))
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 def remount(path: Path, options: str, wait_s: float = 30.0) -> None:
     """Remount ``path`` with ``options``; "busy" (a file still open for writing, e.g. a Ray
     worker of the run finishing on a loaded machine) is retried for up to ``wait_s``.
@@ -73,9 +88,25 @@ def remount(path: Path, options: str, wait_s: float = 30.0) -> None:
             _mount("-o", f"remount,{options}", str(path))
             return
         except OSError as exc:
-            if "busy" not in str(exc) or time.monotonic() > deadline:
+            if "busy" not in str(exc):
                 raise
+            if time.monotonic() > deadline:
+                raise OSError(f"{exc}; open there: {holders(path)}") from exc
             time.sleep(0.5)
+
+
+def holders(path: Path) -> list[str]:
+    """Processes with a file under ``path`` open: 'pid cmdline -> file' (for a busy remount)."""
+    found = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            for fd in fd_dir.iterdir():
+                target = os.readlink(fd)
+                if target.startswith(str(path)):
+                    pid = fd_dir.parent.name
+                    cmd = (fd_dir.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                    found.append(f"{pid} {cmd.decode(errors='replace')[:80]} -> {target}")
+    return found
 
 
 # ---------------------------------------------------------------------- what a run holds
@@ -137,6 +168,7 @@ class DiskStory:
     ro_done: dict[str, Result] = field(default_factory=dict)
     ro_done_unchanged: bool = False
     elsewhere: Path | None = None
+    view: Path | None = None  # the run seen through a read-only bind mount
 
 
 def _fail_on_small_disk(story: DiskStory, spec: Path, address: str) -> None:
@@ -159,15 +191,22 @@ def _fail_on_small_disk(story: DiskStory, spec: Path, address: str) -> None:
     story.models_failed = [p.name for p in story.root.glob("iterations/*/models/*")]
 
 
-def _look_read_only(story: DiskStory, commands: dict[str, list[str]]) -> tuple[dict, bool]:
-    """Run ``commands`` (in this process) on the read-only run; whether nothing changed."""
-    before = snapshot(story.root)
+def _look_read_only(view: Path, commands: dict[str, list[str]]) -> tuple[dict, bool]:
+    """Run ``commands`` (in this process) on the read-only ``view``; whether nothing changed."""
+    before = snapshot(view)
     results = {name: invoke(*args) for name, args in commands.items()}
-    return results, snapshot(story.root) == before
+    return results, snapshot(view) == before
 
 
 @pytest.fixture(scope="module")
 def disk_story(tmp_path_factory, ray_session) -> Iterator[DiskStory]:
+    """The run fills its small tmpfs; a read-only bind of it is looked at; the tmpfs is enlarged
+    and the run resumed to the end; the read-only bind is looked at again.
+
+    A read-only *bind* (as a user meets a run directory on a read-only mount) rather than a
+    read-only remount of the tmpfs: a remount waits for every writer of the file system,
+    including a Ray worker of the session still closing a file, and CI once found it busy.
+    """
     base = tmp_path_factory.mktemp("disk")
     data = tiny_spec(max_iterations=1)
     data["ensemble"]["max_epochs"] = 1
@@ -176,26 +215,26 @@ def disk_story(tmp_path_factory, ray_session) -> Iterator[DiskStory]:
     with tmpfs(base / "mnt", SMALL_DISK_K) as mnt:
         story = DiskStory(root=mnt / "run", elsewhere=base / "elsewhere.html")
         _fail_on_small_disk(story, spec, ray_session.get_runtime_context().gcs_address)
-        remount(mnt, "ro")
-        run = str(story.root)
-        story.ro_partial, story.ro_partial_unchanged = _look_read_only(
-            story, {"resume": ["resume", run], "status": ["status", "--json", run]}
-        )
-        remount(mnt, "rw,size=64m")
-        with umask(0o000):
-            story.resumed = invoke("resume", run)
-        story.rows_done = rows(story.root / "data.db")
-        remount(mnt, "ro")
-        story.ro_done, story.ro_done_unchanged = _look_read_only(
-            story,
-            {
-                "status": ["status", "--json", run],
-                "inspect": ["inspect", run],
-                "report_elsewhere": ["report", run, "-o", str(story.elsewhere)],
-                "report_inside": ["report", run],
-                "resume": ["resume", run],
-            },
-        )
+        with read_only_bind(mnt, base / "view") as view:
+            story.view = view / "run"
+            run = str(story.view)
+            story.ro_partial, story.ro_partial_unchanged = _look_read_only(
+                story.view, {"resume": ["resume", run], "status": ["status", "--json", run]}
+            )
+            remount(mnt, "rw,size=64m")
+            with umask(0o000):
+                story.resumed = invoke("resume", str(story.root))
+            story.rows_done = rows(story.root / "data.db")
+            story.ro_done, story.ro_done_unchanged = _look_read_only(
+                story.view,
+                {
+                    "status": ["status", "--json", run],
+                    "inspect": ["inspect", run],
+                    "report_elsewhere": ["report", run, "-o", str(story.elsewhere)],
+                    "report_inside": ["report", run],
+                    "resume": ["resume", run],
+                },
+            )
         yield story
 
 
@@ -235,7 +274,7 @@ def test_resume_on_a_read_only_partial_run_exits_2_and_changes_nothing(disk_stor
     resume, status = disk_story.ro_partial["resume"], disk_story.ro_partial["status"]
     assert resume.exit_code == EXIT_BAD_INPUT, resume.output
     text = one_line(resume.stderr)
-    assert f"{disk_story.root} is read-only" in text and "Traceback" not in resume.output
+    assert f"{disk_story.view} is read-only" in text and "Traceback" not in resume.output
     assert status.exit_code == 0 and json.loads(status.stdout)["labels"]["ok"] == 12
     assert disk_story.ro_partial_unchanged
 
