@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import tomllib
 from enum import StrEnum
 from pathlib import Path
@@ -94,8 +95,12 @@ class EnsembleConfig(BaseModel):
 
     members: int = Field(4, ge=1, description="ensemble size K")
     mode: EnsembleMode = Field(EnsembleMode.DEEP)
-    max_epochs: int = Field(200, ge=1, description="epoch cap per member")
-    wall_time_s: float = Field(600.0, gt=0, description="wall-time cap per member, s")
+    max_epochs: int | None = Field(
+        None, ge=1, description="epoch cap per member (default: scaled with the data)"
+    )
+    wall_time_s: float | None = Field(
+        None, gt=0, description="wall-time cap per member, s (default: scaled with the data)"
+    )
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-2, gt=0, description="initial learning rate")
     weight_decay: float = Field(0.0, ge=0)
@@ -104,11 +109,71 @@ class EnsembleConfig(BaseModel):
     stress_weight: float = Field(0.0, ge=0, description="loss weight of stress (periodic only)")
     ema_decay: float = Field(0.99, ge=0, lt=1, description="0 disables weight EMA")
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="held out for early stopping")
-    patience: int = Field(30, ge=1, description="epochs without validation gain before stopping")
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="epochs without validation gain before stopping (default: scaled)",
+    )
     gpus_per_member: float = Field(0.0, ge=0, description="GPU share per member when GPUs exist")
     min_lr_factor: float = Field(
         0.01, gt=0, le=1, description="floor of the learning-rate schedule, as a fraction of lr"
     )
+
+    @property
+    def unscaled(self) -> list[str]:
+        """The budget fields left to :meth:`scaled_to` (unset by the user)."""
+        return [name for name in SCALED_FIELDS if getattr(self, name) is None]
+
+    def scaled_to(self, n_train: int, n_atoms: int) -> EnsembleConfig:
+        """This config with every unset budget field filled from the training data.
+
+        The rules (the README's ``train`` section gives them to users, with the figures):
+
+        - ``max_epochs``: :data:`STEP_BUDGET` optimiser steps, i.e. ``STEP_BUDGET /
+          ceil(n_train / batch_size)`` epochs, within :data:`EPOCH_RANGE`. Convergence
+          follows the number of updates, not of passes, so a small file gets many epochs and
+          a large one few.
+        - ``patience``: a :data:`PATIENCE_FRACTION` of ``max_epochs``, at least
+          :data:`MIN_PATIENCE`: room for the plateau schedule (which halves the learning rate
+          after ``patience // 4`` epochs without gain) to act a few times before stopping.
+        - ``wall_time_s``: a safety net scaled with the work, :data:`WALL_S_PER_ATOM_EPOCH`
+          per training atom and epoch (about 3x what the default model needs on a 2-core
+          machine with three members sharing it) within :data:`WALL_RANGE_S`; it binds only
+          on a much slower machine or a much larger model.
+
+        Args:
+            n_train: training structures (the validation part excluded).
+            n_atoms: atoms in those structures, all together.
+        """
+        steps = max(1, math.ceil(n_train / self.batch_size))
+        epochs = self.max_epochs or _clip(math.ceil(STEP_BUDGET / steps), *EPOCH_RANGE)
+        patience = self.patience or max(MIN_PATIENCE, round(PATIENCE_FRACTION * epochs))
+        wall = self.wall_time_s or float(
+            _clip(round(WALL_S_PER_ATOM_EPOCH * n_atoms * epochs), *WALL_RANGE_S)
+        )
+        return self.model_copy(
+            update={"max_epochs": epochs, "patience": patience, "wall_time_s": wall}
+        )
+
+
+SCALED_FIELDS = ("max_epochs", "patience", "wall_time_s")
+"""EnsembleConfig fields that default to a value scaled with the data (:meth:`scaled_to`)."""
+STEP_BUDGET = 400
+"""Optimiser steps a member aims for when ``max_epochs`` is unset."""
+EPOCH_RANGE = (20, 200)
+"""Bounds of the scaled ``max_epochs``."""
+PATIENCE_FRACTION = 0.2
+"""Scaled ``patience`` as a fraction of ``max_epochs``."""
+MIN_PATIENCE = 5
+"""Smallest scaled ``patience``."""
+WALL_S_PER_ATOM_EPOCH = 0.015
+"""Scaled wall cap per training atom and epoch, s."""
+WALL_RANGE_S = (60, 3600)
+"""Bounds of the scaled ``wall_time_s``, s."""
+
+
+def _clip(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
 
 
 @functools.lru_cache(maxsize=1)

@@ -523,6 +523,43 @@ def task_resources(
     return cpus / concurrent, 0.0, thread_share(cpus, concurrent)
 
 
+def scaled_budget(
+    train: Sequence[Atoms],
+    ens_cfg: EnsembleConfig,
+    valid: Sequence[Atoms] | None = None,
+    seed: int = 0,
+) -> EnsembleConfig:
+    """``ens_cfg`` with its unset budget fields scaled to the training part of ``train`` as
+    :func:`train_ensemble` with the same ``valid`` and ``seed`` scales them (see
+    :meth:`~chemgap.models.config.EnsembleConfig.scaled_to`).
+    """
+    data, _ = _train_valid(train, valid, ens_cfg, seed)
+    return ens_cfg.scaled_to(len(data), sum(len(a) for a in data))
+
+
+def _train_valid(
+    train: Sequence[Atoms], valid: Sequence[Atoms] | None, ens_cfg: EnsembleConfig, seed: int
+) -> tuple[list[Atoms], list[Atoms]]:
+    """The usable training structures and the validation set: ``valid``, or a seeded random
+    ``ens_cfg.valid_fraction`` of ``train`` (the same split for all members).
+    """
+    data = usable(train)
+    if valid is None:
+        return split_valid(data, ens_cfg.valid_fraction, np.random.default_rng(seed))
+    valid_set = usable(valid)
+    if not valid_set:
+        raise ValueError("valid: no labelled structures in the validation set")
+    return data, valid_set
+
+
+def budget_text(ens_cfg: EnsembleConfig) -> str:
+    """``≤ 120 epochs, patience 24, ≤ 96 s per member`` for a scaled config."""
+    return (
+        f"≤ {ens_cfg.max_epochs} epochs, patience {ens_cfg.patience}, "
+        f"≤ {ens_cfg.wall_time_s:g} s per member"
+    )
+
+
 @dataclass(kw_only=True)
 class _Source:
     """Transfer initialisation: the source ensemble and its members mapped to the target."""
@@ -664,13 +701,10 @@ def train_ensemble(
         The trained :class:`Ensemble`, saved in ``out_dir``.
     """
     t0 = time.perf_counter()
-    data = usable(train)
-    if valid is None:
-        data, valid_set = split_valid(data, ens_cfg.valid_fraction, np.random.default_rng(seed))
-    else:
-        valid_set = usable(valid)
-        if not valid_set:
-            raise ValueError("valid: no labelled structures in the validation set")
+    data, valid_set = _train_valid(train, valid, ens_cfg, seed)
+    if ens_cfg.unscaled:
+        ens_cfg = ens_cfg.scaled_to(len(data), sum(len(a) for a in data))
+        log.info("budget scaled to %d training structures: %s", len(data), budget_text(ens_cfg))
     source = None
     if init_from is not None:
         source = _transfer_source(init_from, element_map, data, valid_set, refit_e0, elements)

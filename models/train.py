@@ -46,6 +46,8 @@ class ProgressEvent:
     valid_loss: float
     lr: float
     done: bool = False
+    wall_time_s: float = math.inf  # the member's wall-time cap, s
+    stopped: str = ""  # on the last event: "patience", "epochs", "wall_time" or "cycles"
 
 
 ProgressFn = Callable[[ProgressEvent], None]
@@ -347,7 +349,9 @@ def _after_epoch(run: _Run, epoch: int, valid_loss: float) -> str | None:
     return None
 
 
-def _report(run: _Run, epoch: int, max_epochs: int, row: dict, done: bool = False) -> None:
+def _report(
+    run: _Run, epoch: int, max_epochs: int, row: dict, done: bool = False, stopped: str = ""
+) -> None:
     if run.progress:
         run.progress(
             ProgressEvent(
@@ -358,6 +362,8 @@ def _report(run: _Run, epoch: int, max_epochs: int, row: dict, done: bool = Fals
                 valid_loss=row["loss"],
                 lr=row["lr"],
                 done=done,
+                wall_time_s=float(run.ens_cfg.wall_time_s),
+                stopped=stopped,
             )
         )
 
@@ -458,6 +464,7 @@ def train_member(
         torch.set_num_threads(int(threads))
     dev = torch.device(device) if device is not None else pick_device()
     train, valid, z_table = _prepare(train, valid, ens_cfg, seed, elements)
+    ens_cfg = ens_cfg.scaled_to(len(train), sum(len(a) for a in train))
     if init_model is not None:
         z_table = [int(z) for z in init_model.atomic_numbers.tolist()]
     stats = stats or compute_stats(train, z_table, model_cfg.r_max)
@@ -507,7 +514,7 @@ def train_member(
     }
     metrics = [{**shared, **m} for m in metrics]
     last = run.history[-1] if run.history else {"train_loss": math.nan, "loss": math.nan, "lr": 0.0}
-    _report(run, epoch, epoch, last, done=True)
+    _report(run, epoch, epoch, last, done=True, stopped=stopped)
     log.info("member %d done: %s", member, {k: metrics[0][k] for k in ("epochs", "stopped")})
     for m in models:
         m.eval()

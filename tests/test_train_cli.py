@@ -204,3 +204,65 @@ def test_member_eta_is_the_pace_so_far_capped_by_the_wall_time():
     assert member_eta(10, 200, 500.0, 600.0) == pytest.approx(100.0)  # the cap comes first
     assert member_eta(0, 200, 5.0, 600.0) == pytest.approx(595.0)  # no pace yet: the cap
     assert member_eta(200, 200, 40.0, 600.0) == 0.0
+
+
+def test_the_first_train_states_its_scaled_budget_and_what_stopped_each_member(trained):
+    """SMALL sets max_epochs=3 and leaves patience and the wall cap to the data: 12 training
+    structures of 8 atoms (the --valid file is separate) -> patience max(5, 0.2*3) = 5 and a
+    wall cap of max(60, 0.015 s * 96 atoms * 3 epochs) = 60 s; each member ran its 3 epochs.
+    """
+    from chemgap.models.ensemble import Ensemble
+
+    root, result = trained
+    out = " ".join(result.output.split())
+    assert "budget: ≤ 3 epochs, patience 5, ≤ 60 s per member" in out
+    assert "(patience and wall cap scaled to the data; --set ensemble.* to choose)" in out
+    assert "member 1/2: ran all 3 epochs kept epoch" in out
+    assert "early stopping: 0 of 2 member(s) stopped before the cap" in out
+    cfg = Ensemble.load(root / "model").ens_cfg  # the model records the values it trained with
+    assert (cfg.max_epochs, cfg.patience, cfg.wall_time_s) == (3, 5, 60.0)
+
+
+def test_budgets_scale_with_the_data_and_keep_what_the_user_set():
+    """Epochs from a budget of optimiser steps (400 / ceil(n / batch)), within [20, 200];
+    patience a fifth of them (at least 5); the wall cap 15 ms per training atom-epoch within
+    [60, 3600] s; a field the user set is kept as it is.
+    """
+    from chemgap.models.config import EnsembleConfig
+
+    cfg = EnsembleConfig(batch_size=8)
+    assert cfg.unscaled == ["max_epochs", "patience", "wall_time_s"]
+    small = cfg.scaled_to(36, 36 * 8)  # the 40-cell example: 5 steps an epoch
+    assert (small.max_epochs, small.patience, small.wall_time_s) == (80, 16, 346.0)
+    assert small.unscaled == [] and small.scaled_to(1000, 10**6) == small  # idempotent
+    tiny = cfg.scaled_to(4, 4 * 8)  # one step an epoch: capped at 200 epochs
+    assert (tiny.max_epochs, tiny.patience, tiny.wall_time_s) == (200, 40, 96.0)
+    large = cfg.scaled_to(4000, 4000 * 64)  # 500 steps an epoch: the 20-epoch floor
+    assert (large.max_epochs, large.patience, large.wall_time_s) == (20, 5, 3600.0)
+    mine = EnsembleConfig(batch_size=8, max_epochs=7, wall_time_s=9.0).scaled_to(36, 288)
+    assert (mine.max_epochs, mine.patience, mine.wall_time_s) == (7, 5, 9.0)
+
+
+def test_stop_lines_say_what_early_stopping_did():
+    from chemgap.agent.cli.train import stop_lines
+    from chemgap.models.config import EnsembleConfig
+
+    cfg = EnsembleConfig(max_epochs=120, patience=24, wall_time_s=173.0)
+    common = {"valid_rmse_e_per_atom": 0.002, "valid_rmse_f": 0.05}
+    metrics = [
+        {"epochs_run": 61, "epochs": 37, "stopped": "patience", **common},
+        {"epochs_run": 120, "epochs": 118, "stopped": "epochs", **common},
+        {"epochs_run": 90, "epochs": 90, "stopped": "wall_time", **common},
+    ]
+    lines = stop_lines(metrics, cfg)
+    assert lines[:2] == [
+        "member 1/3: stopped early at epoch 61 of 120 (no validation gain in 24)",
+        "  kept epoch 37: valid RMSE E 2 meV/atom, F 50 meV/Å",
+    ]
+    assert lines[2] == "member 2/3: ran all 120 epochs"
+    assert lines[3].startswith("  kept epoch 118:")
+    assert lines[4] == "member 3/3: hit the 173 s wall-time cap at epoch 90"
+    assert lines[6] == (
+        "early stopping: 1 of 3 member(s) stopped before the cap; 89 of 360 epochs saved"
+    )
+    assert max(len(line) for line in lines) <= 80

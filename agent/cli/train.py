@@ -76,9 +76,9 @@ def _clock(seconds: float) -> str:
 
 
 @contextlib.contextmanager
-def _member_bars(k: int, wall_time_s: float) -> Iterator[Callable[[Any], None]]:
+def _member_bars(k: int) -> Iterator[Callable[[Any], None]]:
     """A progress bar per member with an upper bound on its remaining time (from the epochs
-    done so far, capped by ``wall_time_s``); yields the ``progress`` callback of
+    done so far, capped by the member's wall-time cap); yields the ``progress`` callback of
     ``train_ensemble``.
     """
     import time
@@ -103,24 +103,66 @@ def _member_bars(k: int, wall_time_s: float) -> Iterator[Callable[[Any], None]]:
             total = event.epoch if event.done else event.max_epochs
             info = f"valid loss {event.valid_loss:.4g}"
             if event.done:
-                info += " · done"
+                info += f" · {STOP_WORDS.get(event.stopped, 'done')}"
             else:
                 elapsed = time.monotonic() - t0
-                eta = member_eta(event.epoch, event.max_epochs, elapsed, wall_time_s)
+                eta = member_eta(event.epoch, event.max_epochs, elapsed, event.wall_time_s)
                 info += f" · ETA ≤ {_clock(eta)}"
             bar.update(tasks[event.member], completed=event.epoch, total=total, info=info)
 
         yield on_progress
 
 
-def _report_members(ens: Any) -> None:
+BUDGET_WORDS = {"max_epochs": "epochs", "patience": "patience", "wall_time_s": "wall cap"}
+"""How the budget line names the fields it scaled."""
+
+STOP_WORDS = {
+    "patience": "stopped early",
+    "epochs": "all epochs",
+    "wall_time": "wall-time cap",
+    "cycles": "all cycles",
+}
+"""How a member's bar names what ended it."""
+
+
+def stop_lines(metrics: list[dict], ens_cfg: Any) -> list[str]:
+    """Two lines per member (what stopped it; the epoch kept and its validation errors), then
+    a line on what early stopping did (members it ended, epochs of their caps not run).
+
+    Args:
+        metrics: per member: ``epochs_run``, ``epochs`` (the kept, best epoch), ``stopped``,
+            ``valid_rmse_e_per_atom`` (eV/atom), ``valid_rmse_f`` (eV/Å).
+        ens_cfg: the (scaled) config the members trained with.
+    """
     nan = float("nan")
-    for k, meta in enumerate(ens.member_metrics()):
-        console.print(
-            f"member {k}: epochs {meta.get('epochs')}, stopped by {meta.get('stopped')}, "
-            f"valid E RMSE {1000 * meta.get('valid_rmse_e_per_atom', nan):.3g} meV/atom, "
-            f"F RMSE {1000 * meta.get('valid_rmse_f', nan):.3g} meV/Å"
+    lines, early = [], 0
+    for k, meta in enumerate(metrics):
+        ran, best, why = meta.get("epochs_run"), meta.get("epochs"), meta.get("stopped")
+        if why == "patience":
+            early += 1
+            how = (
+                f"stopped early at epoch {ran} of {ens_cfg.max_epochs} "
+                f"(no validation gain in {ens_cfg.patience})"
+            )
+        elif why == "wall_time":
+            how = f"hit the {ens_cfg.wall_time_s:g} s wall-time cap at epoch {ran}"
+        elif why == "cycles":
+            how = f"ran its snapshot cycles ({ran} epochs)"
+        else:
+            how = f"ran all {ran} epochs"
+        lines.append(f"member {k + 1}/{len(metrics)}: {how}")
+        lines.append(
+            f"  kept epoch {best}: valid RMSE E "
+            f"{1000 * meta.get('valid_rmse_e_per_atom', nan):.3g} meV/atom, "
+            f"F {1000 * meta.get('valid_rmse_f', nan):.3g} meV/Å"
         )
+    cap = (ens_cfg.max_epochs or 0) * len(metrics)
+    unrun = cap - sum(m.get("epochs_run") or 0 for m in metrics)
+    summary = f"early stopping: {early} of {len(metrics)} member(s) stopped before the cap"
+    if early and cap:
+        summary += f"; {unrun} of {cap} epochs saved"
+    lines.append(summary)
+    return lines
 
 
 def _calibrate(ens: Any, held_out: list, valid: list | None) -> None:
@@ -239,7 +281,7 @@ def train(
 
     Labels: the REF_* keys (energy, forces, stress), or plain energy/forces/stress columns.
     """
-    from chemgap.models.ensemble import train_ensemble
+    from chemgap.models.ensemble import budget_text, scaled_budget, train_ensemble
 
     model_cfg, ens_cfg = training_configs(assignments, members=members, mode=mode)
     emap = _element_map(element_map, init_from)
@@ -252,8 +294,17 @@ def train(
         f"training {ens_cfg.members} {ens_cfg.mode} member(s) on {len(structures)} structures "
         f"from {data_path}"
     )
+    if scaled := ens_cfg.unscaled:
+        try:
+            ens_cfg = scaled_budget(structures, ens_cfg, valid, seed)
+        except ValueError as exc:  # too few labelled structures to split
+            raise BadInput(f"DATA: {exc}") from None
+        words = [BUDGET_WORDS[name] for name in scaled]
+        names = " and ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
+        console.print(f"  budget: {budget_text(ens_cfg)}")
+        console.print(f"  ({names} scaled to the data; --set ensemble.* to choose)")
     runtime = with_runtime(use_ray, address, num_cpus=num_cpus, dashboard=dashboard)
-    with runtime as executor, _member_bars(ens_cfg.members, ens_cfg.wall_time_s) as on_progress:
+    with runtime as executor, _member_bars(ens_cfg.members) as on_progress:
         try:
             ens = train_ensemble(
                 structures,
@@ -270,7 +321,8 @@ def train(
             )
         except ValueError as exc:
             raise BadInput(str(exc)) from None
-    _report_members(ens)
+    for line in stop_lines(ens.member_metrics(), ens.ens_cfg):
+        console.print(line)
     if held_out is not None:
         _calibrate(ens, held_out, valid)
     console.print(f"saved {ens.n_members} member(s) to {out_dir}")
