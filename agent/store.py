@@ -554,7 +554,7 @@ def run_status(root: str | Path) -> dict[str, Any]:
     ``regions_tentative`` (the last iteration's in-distribution quality against its target;
     its regions are tentative when it misses it), ``probes`` (the last probe run,
     :func:`chemgap.agent.summary.probe_summary`; None before one) and ``time`` (wall time
-    per step and the orchestration overhead); see :mod:`chemgap.agent.summary`.
+    per step and the overhead between the steps); see :mod:`chemgap.agent.summary`.
     """
     root = Path(root)
     state = read_state(root)

@@ -11,8 +11,8 @@
 - the test-set error per kind, first iteration against last;
 - the last probe run (``probes.json`` at the run's root): which probes failed, per metric the
   model's value with its ensemble band against the oracle's, and the verdict;
-- where the wall time went: per step, and the orchestration overhead (everything outside
-  training, exploration, labelling and diagnosis).
+- where the wall time went: per step, and the overhead between the steps (state writes,
+  cluster records: the loop's time outside every step).
 """
 
 from __future__ import annotations
@@ -50,11 +50,14 @@ CURVE_KEYS = (
 PROBES_FILE = "probes.json"  # the last probe run, at the run's root (agent/campaign.py)
 WORK_STEPS = (
     "train",
+    "calibrate",
     "explore",
     "probe",
+    "select",
     "label",
+    "evaluate",
     "diagnose",
-)  # the work; the rest is orchestration
+)  # the loop's steps; the rest is bookkeeping between them (benchmarks/campaign_profile.py)
 
 
 def learning_curve(state: RunState) -> list[dict[str, Any]]:
@@ -63,7 +66,7 @@ def learning_curve(state: RunState) -> list[dict[str, Any]]:
 
 
 def time_budget(state: RunState) -> dict[str, Any]:
-    """Wall seconds per step summed over iterations, and the orchestration overhead.
+    """Wall seconds per step summed over iterations, and the overhead between the steps.
 
     ``overhead_s`` is the campaign's elapsed time minus the time in :data:`WORK_STEPS`
     (iteration 0's labelling counts as labelling); ``overhead_fraction`` is its share.

@@ -1,22 +1,28 @@
 """K ensemble members on C cores: one after another, against side by side on Ray with the
 cores shared (every member at once, threads following the members still running), against
-the former layout (C members at a time, one thread each).
+C at a time with the same share ("rounds"), against the former layout (C members at a time,
+one thread each).
 
 Data: 40 EMT-labelled 8-atom Cu cells (±2 % strain, 0.08 Å rattle); model as
 bench_training.py (8x0e+8x1o, L=1, 2 interactions, r_max 5 Å, float32), batch 8, a fixed
 number of epochs (no early stopping, no wall cap) so every layout does the same work.
 
 - sequential: ``train_ensemble`` in this process, every member with all C threads;
-- packed (chemgap's layout): Ray tasks asking for C/K CPUs each, the threads of each member
-  set epoch by epoch from the ensemble's ``Share``;
+- packed (chemgap's layout, ``models.ensemble.task_resources``): members that divide evenly
+  over the cores run C at a time, others all at once asking Ray for C/K CPUs each; the threads
+  of each member set epoch by epoch from the ensemble's ``Share``;
+- rounds: C at a time whatever K, threads from the same ``Share``;
 - former: Ray tasks of ``C // min(K, C)`` CPUs and as many threads, at most C at a time.
 
-Per-member timings (start and end, relative to the start of the layout, and each epoch's
-thread count) show whether a core idles while members remain. A 1-epoch warm-up of each layout
-(imports, TorchScript, K Ray workers with mace loaded) runs first, untimed.
+``--warm-workers N`` raises Ray's ``num_workers_soft_limit`` (idle workers kept; Ray's default
+is the CPU count, so a K-th worker above it starts cold). Per-member timings (start and end,
+relative to the start of the layout, and each epoch's thread count) show whether a core idles
+while members remain. A 1-epoch warm-up (imports, TorchScript, Ray workers with mace loaded)
+runs first, untimed.
 
 Usage: python benchmarks/bench_members.py [--members 3] [--epochs 30] [--n 40]
-The last line is the headline: ``K members: packed xA, former xB over one after another``.
+       [--layouts sequential,packed,former,rounds] [--warm-workers 0]
+The last line is the headline: ``K members: packed xA, ... over one after another``.
 """
 
 from __future__ import annotations
@@ -54,6 +60,14 @@ class _Fixed:
         return self._threads
 
 
+def _rounds_resources(n_tasks, ens_cfg, available):
+    from chemgap.common.tasks import thread_share
+
+    cpus = max(1, int(available.get("CPU", 1)))
+    concurrent = max(1, min(n_tasks, cpus))
+    return cpus / concurrent, 0.0, thread_share(cpus, concurrent)
+
+
 def _former_resources(n_tasks, ens_cfg, available):
     cpus = max(1, int(available.get("CPU", 1)))
     threads = max(1, cpus // max(1, min(n_tasks, cpus)))
@@ -76,15 +90,17 @@ def layout(name: str, data, members: int, epochs: int, out: Path) -> tuple[float
     executor = None
     if name != "sequential":
         executor = RayExecutor()
+    original = ensemble_mod.task_resources
     if name == "former":
-        ensemble_mod.task_resources, original = _former_resources, ensemble_mod.task_resources
+        ensemble_mod.task_resources = _former_resources
         executor.share = lambda cpus, running=1: _Fixed(max(1, cpus // min(members, cpus)))
+    if name == "rounds":
+        ensemble_mod.task_resources = _rounds_resources
     t0 = time.time()
     try:
         ensemble_mod.train_ensemble(data, model, cfg, out / name, seed=0, executor=executor)
     finally:
-        if name == "former":
-            ensemble_mod.task_resources = original
+        ensemble_mod.task_resources = original
     wall = time.time() - t0
     timings = []
     for path in sorted((out / name).glob("member_*.json")):
@@ -103,12 +119,20 @@ def main() -> None:
     p.add_argument("--members", type=int, default=3)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--n", type=int, default=40)
+    p.add_argument("--layouts", default="sequential,packed,former,rounds")
+    p.add_argument(
+        "--warm-workers",
+        type=int,
+        default=0,
+        help="keep this many idle Ray workers (Ray's num_workers_soft_limit; default: the CPUs)",
+    )
     args = p.parse_args()
     cpus = os.cpu_count() or 1
     torch.set_num_threads(cpus)
     data = make_data(args.n, 0, repeat=(2, 1, 1))  # 8-atom cells
     print(f"{args.members} members, {args.epochs} epochs, {args.n} 8-atom Cu cells, {cpus} CPUs")
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    system = {"num_workers_soft_limit": args.warm_workers} if args.warm_workers else {}
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, _system_config=system)
     ray.get(ray.remote(lambda: 1).remote())  # the cluster is up before any clock starts
     walls = {}
     try:
@@ -116,7 +140,7 @@ def main() -> None:
             # warm-up: imports, TorchScript, and K Ray workers with mace loaded, untimed
             for name in ("sequential", "packed"):
                 layout(name, data[:8], args.members, 1, Path(tmp) / "warm")
-            for name in ("sequential", "packed", "former"):
+            for name in args.layouts.split(","):
                 wall, timings = layout(name, data, args.members, args.epochs, Path(tmp))
                 walls[name] = wall
                 print(f"{name}: {wall:.1f} s")
@@ -125,11 +149,9 @@ def main() -> None:
                     print(f"  member {k}: {start:6.1f} -> {end:6.1f} s, threads {counts}")
     finally:
         ray.shutdown()
-    seq = walls["sequential"]
-    print(
-        f"{args.members} members: packed x{seq / walls['packed']:.2f}, "
-        f"former x{seq / walls['former']:.2f} over one after another"
-    )
+    seq = walls.pop("sequential")
+    ratios = ", ".join(f"{name} x{seq / wall:.2f}" for name, wall in walls.items())
+    print(f"{args.members} members: {ratios} over one after another")
 
 
 if __name__ == "__main__":

@@ -612,7 +612,7 @@ def _metadata(b: _Builder) -> Section:
             + (
                 ""
                 if overhead is None
-                else f", orchestration {t['overhead_s']:.0f} s ({100 * overhead:.1f} %)"
+                else f", {t['overhead_s']:.0f} s ({100 * overhead:.1f} %) between steps"
             ),
         ),
         ("labels", f"{run['labels']['ok']} ok, {run['labels']['failed']} failed"),
