@@ -140,7 +140,8 @@ def main() -> None:
             # warm-up: imports, TorchScript, and K Ray workers with mace loaded, untimed
             for name in ("sequential", "packed"):
                 layout(name, data[:8], args.members, 1, Path(tmp) / "warm")
-            for name in args.layouts.split(","):
+            layouts = ["sequential", *(n for n in args.layouts.split(",") if n != "sequential")]
+            for name in layouts:
                 wall, timings = layout(name, data, args.members, args.epochs, Path(tmp))
                 walls[name] = wall
                 print(f"{name}: {wall:.1f} s")

@@ -44,8 +44,7 @@ def main() -> None:
         wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"chemgap train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    lines = [line for line in proc.stdout.splitlines() if "━" not in line]
-    print("\n".join(lines[-(args.members + 4) :]))
+    print("\n".join(line for line in proc.stdout.splitlines() if "━" not in line))
     minutes, seconds = divmod(round(wall), 60)
     print(f"chemgap train: {minutes}:{seconds:02d} wall ({wall:.1f} s)")
 

@@ -72,6 +72,7 @@ def train(n: int, epochs: int, stress_weight: float, out: Path):
         members=4,
         max_epochs=epochs,
         wall_time_s=600,
+        patience=30,  # its recorded figures were measured with the former default
         batch_size=4,
         lr=0.01,
         stress_weight=stress_weight,

@@ -132,21 +132,24 @@ class EnsembleConfig(BaseModel):
         - ``max_epochs``: :data:`STEP_BUDGET` optimiser steps, i.e. ``STEP_BUDGET /
           ceil(n_train / batch_size)`` epochs, within :data:`EPOCH_RANGE`. Convergence
           follows the number of updates, not of passes, so a small file gets many epochs and
-          a large one few.
+          a large one few. A snapshot ensemble's one run holds K cycles: K times as many.
         - ``patience``: a :data:`PATIENCE_FRACTION` of ``max_epochs``, at least
           :data:`MIN_PATIENCE`: room for the plateau schedule (which halves the learning rate
-          after ``patience // 4`` epochs without gain) to act a few times before stopping.
+          after ``max(2, patience // 4)`` epochs without gain) to act a few times first.
         - ``wall_time_s``: a safety net scaled with the work, :data:`WALL_S_PER_ATOM_EPOCH`
           per training atom and epoch (about 3x what the default model needs on a 2-core
-          machine with three members sharing it) within :data:`WALL_RANGE_S`; it binds only
-          on a much slower machine or a much larger model.
+          machine with three members sharing it) within :data:`WALL_RANGE_S`: it binds on a
+          much slower machine, a model ~3x costlier per atom (more channels, long-range
+          terms), or beyond ~36k training atoms on 2 cores (the 1 h ceiling).
 
         Args:
             n_train: training structures (the validation part excluded).
             n_atoms: atoms in those structures, all together.
         """
         steps = max(1, math.ceil(n_train / self.batch_size))
-        epochs = self.max_epochs or _clip(math.ceil(STEP_BUDGET / steps), *EPOCH_RANGE)
+        runs = self.members if self.mode == EnsembleMode.SNAPSHOT else 1  # cycles in one run
+        low, high = (runs * bound for bound in EPOCH_RANGE)
+        epochs = self.max_epochs or _clip(math.ceil(runs * STEP_BUDGET / steps), low, high)
         patience = self.patience or max(MIN_PATIENCE, round(PATIENCE_FRACTION * epochs))
         wall = self.wall_time_s or float(
             _clip(round(WALL_S_PER_ATOM_EPOCH * n_atoms * epochs), *WALL_RANGE_S)

@@ -546,6 +546,8 @@ def _train_valid(
     data = usable(train)
     if valid is None:
         return split_valid(data, ens_cfg.valid_fraction, np.random.default_rng(seed))
+    if not data:
+        raise ValueError("training data: no labelled structures (label_status 'ok' with labels)")
     valid_set = usable(valid)
     if not valid_set:
         raise ValueError("valid: no labelled structures in the validation set")
@@ -553,7 +555,14 @@ def _train_valid(
 
 
 def budget_text(ens_cfg: EnsembleConfig) -> str:
-    """``≤ 120 epochs, patience 24, ≤ 96 s per member`` for a scaled config."""
+    """``≤ 80 epochs, patience 16, ≤ 346 s per member`` for a scaled config (a snapshot
+    ensemble: ``≤ 320 epochs in 4 cycles, ≤ 1382 s in all``; it has no patience).
+    """
+    if ens_cfg.mode == EnsembleMode.SNAPSHOT:
+        return (
+            f"≤ {ens_cfg.max_epochs} epochs in {ens_cfg.members} cycles, "
+            f"≤ {ens_cfg.wall_time_s:g} s in all"
+        )
     return (
         f"≤ {ens_cfg.max_epochs} epochs, patience {ens_cfg.patience}, "
         f"≤ {ens_cfg.wall_time_s:g} s per member"

@@ -47,6 +47,7 @@ class ProgressEvent:
     lr: float
     done: bool = False
     wall_time_s: float = math.inf  # the member's wall-time cap, s
+    elapsed_s: float = 0.0  # since the member's task started (what the cap counts), s
     stopped: str = ""  # on the last event: "patience", "epochs", "wall_time" or "cycles"
 
 
@@ -363,6 +364,7 @@ def _report(
                 lr=row["lr"],
                 done=done,
                 wall_time_s=float(run.ens_cfg.wall_time_s),
+                elapsed_s=time.perf_counter() - run.t_start,
                 stopped=stopped,
             )
         )

@@ -239,6 +239,8 @@ def test_budgets_scale_with_the_data_and_keep_what_the_user_set():
     assert (tiny.max_epochs, tiny.patience, tiny.wall_time_s) == (200, 40, 96.0)
     large = cfg.scaled_to(4000, 4000 * 64)  # 500 steps an epoch: the 20-epoch floor
     assert (large.max_epochs, large.patience, large.wall_time_s) == (20, 5, 3600.0)
+    snap = EnsembleConfig(batch_size=8, mode="snapshot", members=4).scaled_to(36, 36 * 8)
+    assert (snap.max_epochs, snap.wall_time_s) == (320, 1382.0)  # 4 cycles of 80 in one run
     mine = EnsembleConfig(batch_size=8, max_epochs=7, wall_time_s=9.0).scaled_to(36, 288)
     assert (mine.max_epochs, mine.patience, mine.wall_time_s) == (7, 5, 9.0)
 
@@ -263,6 +265,7 @@ def test_stop_lines_say_what_early_stopping_did():
     assert lines[3].startswith("  kept epoch 118:")
     assert lines[4] == "member 3/3: hit the 173 s wall-time cap at epoch 90"
     assert lines[6] == (
-        "early stopping: 1 of 3 member(s) stopped before the cap; 89 of 360 epochs saved"
+        "early stopping: 1 of 3 member(s) stopped before the cap; 59 of 360 epochs saved"
     )
     assert max(len(line) for line in lines) <= 80
+    # the wall-capped member's 30 unrun epochs are not early stopping's: 120 - 61 = 59

@@ -231,8 +231,8 @@ def print_summary(summary: dict[str, Any], root: Path) -> None:
     t = summary["time"]
     if t.get("overhead_fraction") is not None:
         console.print(
-            f"the loop's wall time {t['elapsed_s']:.0f} s, of which {t['overhead_s']:.0f} s "
-            f"({100 * t['overhead_fraction']:.1f} %) between its steps (state, records)"
+            f"loop wall time {t['elapsed_s']:.0f} s, {t['overhead_s']:.0f} s of it "
+            f"({100 * t['overhead_fraction']:.1f} %) between the steps"
         )
 
 

@@ -60,6 +60,14 @@ def _check_dirs(init_from: Path | None, out_dir: Path) -> None:
         raise BadInput(f"-o: {out_dir} already holds a model; choose a new directory")
 
 
+def _under_flag(message: str) -> str:
+    """A data error of the models layer under the argument the user typed (DATA, --valid)."""
+    for prefix, flag in (("training data: ", "DATA: "), ("valid: ", "--valid: ")):
+        if message.startswith(prefix):
+            return flag + message.removeprefix(prefix)
+    return message
+
+
 def member_eta(epoch: int, max_epochs: int, elapsed_s: float, wall_time_s: float) -> float:
     """Seconds a member still needs at most: its remaining epochs at the pace of those done,
     capped by what is left of its wall-time cap (early stopping may end it sooner).
@@ -81,8 +89,6 @@ def _member_bars(k: int) -> Iterator[Callable[[Any], None]]:
     done so far, capped by the member's wall-time cap); yields the ``progress`` callback of
     ``train_ensemble``.
     """
-    import time
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     with Progress(
@@ -93,7 +99,6 @@ def _member_bars(k: int) -> Iterator[Callable[[Any], None]]:
         console=console,
     ) as bar:
         tasks: dict[int, Any] = {}
-        t0 = time.monotonic()  # the members start together (set-up included in their pace)
 
         def on_progress(event: Any) -> None:
             if event.member not in tasks:
@@ -104,9 +109,8 @@ def _member_bars(k: int) -> Iterator[Callable[[Any], None]]:
             info = f"valid loss {event.valid_loss:.4g}"
             if event.done:
                 info += f" · {STOP_WORDS.get(event.stopped, 'done')}"
-            else:
-                elapsed = time.monotonic() - t0
-                eta = member_eta(event.epoch, event.max_epochs, elapsed, event.wall_time_s)
+            else:  # the member's own clock: members that start late are paced from their start
+                eta = member_eta(event.epoch, event.max_epochs, event.elapsed_s, event.wall_time_s)
                 info += f" · ETA ≤ {_clock(eta)}"
             bar.update(tasks[event.member], completed=event.epoch, total=total, info=info)
 
@@ -157,7 +161,11 @@ def stop_lines(metrics: list[dict], ens_cfg: Any) -> list[str]:
             f"F {1000 * meta.get('valid_rmse_f', nan):.3g} meV/Å"
         )
     cap = (ens_cfg.max_epochs or 0) * len(metrics)
-    unrun = cap - sum(m.get("epochs_run") or 0 for m in metrics)
+    unrun = sum(
+        (ens_cfg.max_epochs or 0) - (m.get("epochs_run") or 0)
+        for m in metrics
+        if m.get("stopped") == "patience"
+    )
     summary = f"early stopping: {early} of {len(metrics)} member(s) stopped before the cap"
     if early and cap:
         summary += f"; {unrun} of {cap} epochs saved"
@@ -297,8 +305,8 @@ def train(
     if scaled := ens_cfg.unscaled:
         try:
             ens_cfg = scaled_budget(structures, ens_cfg, valid, seed)
-        except ValueError as exc:  # too few labelled structures to split
-            raise BadInput(f"DATA: {exc}") from None
+        except ValueError as exc:  # too few labelled structures, an empty --valid
+            raise BadInput(_under_flag(str(exc))) from None
         words = [BUDGET_WORDS[name] for name in scaled]
         names = " and ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
         console.print(f"  budget: {budget_text(ens_cfg)}")
