@@ -125,12 +125,18 @@ def ase_committee(model_dir: Path, long_range: str, device: str, dtype: str) -> 
     return calc, "MACECalculator"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def walker_arguments(description: str) -> argparse.ArgumentParser:
+    """The flags every exploration benchmark shares: walkers, steps, torch threads, channels."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--walkers", type=int, default=16)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--channels", type=int, default=16)
+    return parser
+
+
+def main() -> None:
+    parser = walker_arguments(__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tasks", type=int, default=2, help="Ray walker groups (0: skip)")
     parser.add_argument(

@@ -57,7 +57,6 @@ The last line is the headline figure: ``speedup: X`` (chemgap over torch-sim).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -66,7 +65,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from explore_vs_ase import ethanol_walkers, exploration_config, model_line, train_members
+from explore_vs_ase import (
+    ethanol_walkers,
+    exploration_config,
+    model_line,
+    train_members,
+    walker_arguments,
+)
 
 INSTALL_HINT = (
     "torch-sim is not installed: .venv/bin/python -m pip install --no-deps "
@@ -213,12 +218,7 @@ class RecordingEnsemble:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--walkers", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--channels", type=int, default=16)
-    args = parser.parse_args()
+    args = walker_arguments(__doc__.splitlines()[0]).parse_args()
     device = "cpu"  # both sides on CPU, as the other benchmarks here
 
     try:
