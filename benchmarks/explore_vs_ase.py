@@ -135,6 +135,23 @@ def walker_arguments(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def timed_explore(warm, model, walkers: list, cfg, warmup_steps: int) -> tuple:
+    """Chemgap's explorer in-process: ``warmup_steps`` untimed with ``warm``, then the timed
+    run with ``model`` (seeded); prints and returns (result, walker-steps/s).
+    """
+    from chemgap.agent.explore import explore
+
+    explore(warm, walkers, cfg, steps=warmup_steps)
+    t = time.perf_counter()
+    result = explore(model, walkers, cfg, rng=np.random.default_rng(1))
+    rate = result.steps / (time.perf_counter() - t)
+    print(
+        f"chemgap batched, in-process: {result.steps} walker-steps, {result.rebuilds} graph "
+        f"builds, {rate:.1f} walker-steps/s"
+    )
+    return result, rate
+
+
 def main() -> None:
     parser = walker_arguments(__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -150,8 +167,6 @@ def main() -> None:
     from ase.build import molecule
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    from chemgap.agent.explore import explore
 
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="chemgap-bench-"))
@@ -185,14 +200,7 @@ def main() -> None:
     # chemgap: batched explorer (trust levels wide open so both do the same dynamics work)
     cfg = exploration_config(args.walkers, args.steps)
     walkers = ethanol_walkers(args.walkers)
-    explore(ensemble, walkers, cfg, steps=5)  # warm-up
-    t = time.perf_counter()
-    result = explore(ensemble, walkers, cfg, rng=np.random.default_rng(1))
-    chemgap_rate = result.steps / (time.perf_counter() - t)
-    print(
-        f"chemgap batched, in-process: {result.steps} walker-steps, {result.rebuilds} graph "
-        f"builds, {chemgap_rate:.1f} walker-steps/s"
-    )
+    _, chemgap_rate = timed_explore(ensemble, ensemble, walkers, cfg, warmup_steps=5)
     ray_rate = None
     if args.tasks > 1:
         import ray

@@ -69,6 +69,7 @@ from explore_vs_ase import (
     ethanol_walkers,
     exploration_config,
     model_line,
+    timed_explore,
     train_members,
     walker_arguments,
 )
@@ -232,8 +233,6 @@ def main() -> None:
         print(f"{INSTALL_HINT} ({exc})")
         sys.exit(2)
 
-    from chemgap.agent.explore import explore
-
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="chemgap-bench-"))
     ensemble = train_members(tmp / "ens", args.channels, "none", device)
@@ -261,15 +260,8 @@ def main() -> None:
 
     # chemgap: batched explorer (trust levels wide open so both do the same dynamics work)
     cfg = exploration_config(args.walkers, args.steps)
-    explore(ensemble, walkers, cfg, steps=WARMUP_STEPS)  # warm-up
     recorder = RecordingEnsemble(ensemble)
-    t = time.perf_counter()
-    result = explore(recorder, walkers, cfg, rng=np.random.default_rng(1))
-    chemgap_rate = result.steps / (time.perf_counter() - t)
-    print(
-        f"chemgap batched, in-process: {result.steps} walker-steps, {result.rebuilds} graph "
-        f"builds, {chemgap_rate:.1f} walker-steps/s"
-    )
+    result, chemgap_rate = timed_explore(ensemble, recorder, walkers, cfg, WARMUP_STEPS)
 
     # correctness, after the clocks stopped
     checks = {
