@@ -1,4 +1,6 @@
-"""Pair-curve metrics (MLIP Arena / ML-PEG definitions) and the bound scoring, on analytic data."""
+"""Pair-curve metrics (MLIP Arena / ML-PEG definitions) and the bound scoring, on analytic data;
+the dimer probe judging a count against the oracle's.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +8,17 @@ import math
 
 import numpy as np
 import pytest
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
 from scipy.signal import argrelextrema
 
+from chemgap.agent.probes import ProbesConfig, run_probes
 from chemgap.agent.probes.curves import diatomic_metrics, energy_jump
 from chemgap.agent.probes.results import Judge, Metric, score
-from chemgap.campaigns.spec import Bound
+from chemgap.campaigns.spec import PROBE_BOUNDS, Bound, ProbeName
+from chemgap.models.reference import ReferenceModel
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 D, A, R0 = 2.0, 1.5, 2.2  # Morse well depth (eV), width (1/Å), position (Å)
 R = np.arange(0.5, 6.0, 0.02)
@@ -126,15 +134,80 @@ def test_metric_judges_error_relative_error_shift_and_value():
     rel = Metric(name="x", label="x", unit="", model=3.0, members=[], oracle=2.0,
                  judge=Judge.RELATIVE_ERROR, bound=Bound(good=0.0, bad=1.0))  # fmt: skip
     assert rel.judged == pytest.approx(0.5)
-    # shift: an oracle with 3 flips and a model with 3 flips is as good as it gets
-    flips = Bound(good=1.0, bad=5.0)
-    same = Metric(name="f", label="f", unit="", model=3.0, members=[], oracle=3.0,
-                  judge=Judge.SHIFT, bound=flips)  # fmt: skip
-    worse = Metric(name="f", label="f", unit="", model=7.0, members=[], oracle=3.0,
-                   judge=Judge.SHIFT, bound=flips)  # fmt: skip
+    # shift: an oracle with a tortuosity of 3 and a model with 3 is as good as it gets
+    tortuosity = Bound(good=1.0, bad=5.0)
+    same = Metric(name="t", label="t", unit="", model=3.0, members=[], oracle=3.0,
+                  judge=Judge.SHIFT, bound=tortuosity)  # fmt: skip
+    worse = Metric(name="t", label="t", unit="", model=7.0, members=[], oracle=3.0,
+                   judge=Judge.SHIFT, bound=tortuosity)  # fmt: skip
     assert same.score == 1.0 and worse.judged == 5.0 and worse.passed is False
     value = Metric(name="s", label="s", unit="", model=0.3, members=[], oracle=1.0,
                    judge=Judge.VALUE, bound=Bound(good=1.0, bad=0.0))  # fmt: skip
     assert value.judged == 0.3 and value.passed is False
     info = Metric(name="t", label="t", unit="ps", model=1.0, members=[], oracle=None)
     assert info.passed is None and info.to_dict()["score"] is None
+
+
+@pytest.mark.parametrize("name", ["force_flips", "energy_minima"])
+@pytest.mark.parametrize("pass_score", [0.01, 0.5, 1.0])
+def test_a_count_passes_only_when_it_equals_the_oracles(name, pass_score):
+    """``energy minima Cu-Cu 2 ± 0.5`` against the oracle's 1 (what passed under ``shift``)
+    fails, at any pass score; so does a count below an odd oracle's; equal counts pass, an odd
+    oracle's included.
+    """
+    bound = PROBE_BOUNDS[ProbeName.DIMER][name]
+
+    def judged(model: float, oracle: float) -> Metric:
+        return Metric(name=name, label=name, unit="", model=model, members=[2.0, 3.0],
+                      oracle=oracle, judge=Judge.ERROR, bound=bound,
+                      pass_score=pass_score)  # fmt: skip
+
+    issue = judged(2.0, 1.0)
+    assert issue.band == 0.5 and issue.score == 0.0 and issue.passed is False
+    assert judged(1.0, 3.0).passed is False
+    for count in (1.0, 3.0):
+        assert judged(count, count).score == 1.0 and judged(count, count).passed is True
+
+
+class PairCurve(Calculator):
+    """A pair potential of non-periodic atoms given by an E(r), −dE/dr function (eV, eV/Å)."""
+
+    implemented_properties = ("energy", "free_energy", "forces")
+
+    def __init__(self, curve):
+        super().__init__()
+        self.curve = curve
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        pos = self.atoms.positions
+        energy, forces = 0.0, np.zeros_like(pos)
+        for i in range(len(pos)):
+            for j in range(i + 1, len(pos)):
+                d = pos[j] - pos[i]
+                r = float(np.linalg.norm(d))
+                e, f = self.curve(np.array([r]))
+                energy += float(e[0])
+                forces[j] += f[0] * d / r
+                forces[i] -= f[0] * d / r
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+
+
+def test_the_dimer_probe_fails_a_second_minimum_the_oracle_lacks():
+    """A model whose pair curve has a second well (the Morse curve with a bump) against the
+    Morse oracle: energy minima 2 vs 1 and force flips 3 vs 1 fail; the same curve as the
+    oracle passes.
+    """
+    cu = [Atoms("Cu")]
+
+    def dimer(curve) -> dict[str, Metric]:
+        model = ReferenceModel(PairCurve(curve), elements=["Cu"], n_members=2, r_max=5.0)
+        report = run_probes(model, PairCurve(morse), cu, ProbesConfig(), names=["dimer"])
+        return {m.name: m for m in report["dimer"].metrics}
+
+    bumpy = dimer(wiggle)
+    assert (bumpy["energy_minima"].model, bumpy["energy_minima"].oracle) == (2.0, 1.0)
+    assert (bumpy["force_flips"].model, bumpy["force_flips"].oracle) == (3.0, 1.0)
+    assert bumpy["energy_minima"].passed is False and bumpy["force_flips"].passed is False
+    same = dimer(morse)
+    assert same["energy_minima"].passed is True and same["force_flips"].passed is True

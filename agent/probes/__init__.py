@@ -2,13 +2,16 @@
 
 Each probe computes a property with every ensemble member, their mean and the oracle (the
 same procedure for each: single points, lockstep relaxations with ASE's optimisers, or MD
-with common random numbers), and judges the difference against ML-PEG-style bounds:
+with common random numbers; EOS and elastic constants at each row's own relaxed lattice), and
+judges the difference against ML-PEG-style bounds:
 
 ========== ===================================================================
-eos        E(V), Birch–Murnaghan V0, E0, B0 (:mod:`.eos`)
-elastic    C_ij from finite strains and stresses (:mod:`.elastic`)
-vacancy    relaxed vacancy formation energy vs supercell size, RMSD (:mod:`.vacancy`)
-surface    relaxed surface energies of low-index facets (:mod:`.surface`)
+eos        E(V) around each row's own V0, Birch–Murnaghan V0, E0, B0 (:mod:`.eos`)
+elastic    C_ij from finite strains and stresses at each row's lattice (:mod:`.elastic`)
+vacancy    vacancy formation energy (relaxed, unrelaxed) vs supercell size, the defect
+           cell's energy error, RMSD (:mod:`.vacancy`)
+surface    surface energies (relaxed, unrelaxed) of low-index facets, the slabs' energy
+           errors (:mod:`.surface`)
 dimer      pair curves, MLIP Arena / ML-PEG shape metrics, well (:mod:`.dimer`)
 vibrations harmonic frequencies / Γ phonons, imaginary modes (:mod:`.vibrations`)
 md_stability NVT to a cap or failure, MLIPAudit score (:mod:`.md_stability`)

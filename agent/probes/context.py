@@ -10,6 +10,7 @@ import numpy as np
 from chemgap.campaigns.spec import ProbeName, ProbesConfig
 
 from .potentials import Potentials
+from .relax import Lattice, relax_lattice
 from .results import Judge, Metric
 from .system import ProbeSystem
 
@@ -28,6 +29,9 @@ class ProbeContext:
         seed: seeds every random choice (MD velocities and noise).
         temperatures_K: the campaign's temperatures (MD probes' default).
         oracle_cheap: whether oracle MD is affordable (EMT, SW, Tersoff, a bare calculator).
+
+    Each row's relaxed lattice (:meth:`lattice`) is found once per context and shared by the
+    probes that need it (EOS, elastic constants).
     """
 
     pot: Potentials | None
@@ -36,6 +40,22 @@ class ProbeContext:
     seed: int = 0
     temperatures_K: list[float] = field(default_factory=lambda: [300.0])
     oracle_cheap: bool = True
+    _lattice: Lattice | None = field(default=None, init=False, repr=False)
+
+    def lattice(self) -> Lattice:
+        """Every row's own equilibrium lattice of the crystal (:func:`~.relax.relax_lattice`),
+        found on the first call and kept.
+        """
+        if self._lattice is None:
+            if self.system.crystal is None:
+                raise ValueError("the system has no crystal")
+            self._lattice = relax_lattice(self.pot, self.system.crystal)
+        return self._lattice
+
+    def lattice_notes(self) -> list[str]:
+        """One note per row whose lattice search failed (its reason)."""
+        lat = self.lattice()
+        return [f"{self.pot.row_name(r)}: {why}" for r, why in enumerate(lat.reasons) if why]
 
     def metric(
         self,
@@ -79,18 +99,31 @@ class ProbeContext:
         )
 
     def curve(
-        self, label: str, x: Sequence[float], rows: np.ndarray | Sequence[Sequence[float]]
+        self,
+        label: str,
+        x: Sequence[float] | np.ndarray,
+        rows: np.ndarray | Sequence[Sequence[float]],
     ) -> dict:
-        """A plot-ready curve: ``x`` and, per row, y values (members, model, oracle)."""
+        """A plot-ready curve: ``x`` and, per row, y values (members, model, oracle).
+
+        ``x`` is (n,) shared by every row, or (R, n) per row (each row on its own grid, as the
+        EOS around each row's own volume): then ``x`` is the model's, ``oracle_x`` the
+        oracle's and ``members_x`` the members'.
+        """
         y = np.asarray(rows, dtype=float)
+        xs = np.asarray(x, dtype=float)
         k = self.pot.k
-        return {
+        out = {
             "label": label,
-            "x": _round(x),
+            "x": _round(xs[k] if xs.ndim == 2 else xs),
             "members": [_round(y[i]) for i in range(k)],
             "model": _round(y[k]),
             "oracle": _round(y[k + 1]) if len(y) > k + 1 else None,
         }
+        if xs.ndim == 2:
+            out["members_x"] = [_round(xs[i]) for i in range(k)]
+            out["oracle_x"] = _round(xs[k + 1]) if len(xs) > k + 1 else None
+        return out
 
 
 def _round(values: Sequence[float] | np.ndarray) -> list[float | None]:

@@ -2,10 +2,12 @@
 
 Two atoms in vacuum (non-periodic), separated along x from ``r_min_A`` (0.5 Å) to the model's
 cutoff + ``beyond_A`` in steps of ``step_A``; every row gives E(r) and the projected force on
-the second atom. The shape metrics of :mod:`.curves` (force flips, energy minima, Spearman
-repulsion/attraction, tortuosity, energy jump, conservation deviation) are judged by how much
-worse than the oracle's curve the model's is (``shift``); well depth (eV) and position (Å) by
-their error against the oracle's.
+the second atom. The counts of :mod:`.curves` (force flips, energy minima) pass only when the
+model's count equals the oracle's: judged by their error, |model − oracle|, against good 0 and
+bad 1 (a count one off scores 0). The continuous shape metrics (Spearman repulsion/attraction,
+tortuosity, energy jump, conservation deviation) are judged by how much worse than the oracle's
+curve the model's is (``shift``); well depth (eV) and position (Å) by their error against the
+oracle's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .results import Judge, ProbeResult, pick_candidates
 NAME = ProbeName.DIMER
 _BOX_A = 20.0  # side of the vacuum box, Å
 _SPREAD_A = 0.3  # candidates of one pair are at least this far apart, Å
-_ERROR_METRICS = ("well_depth", "well_position")
+_ERROR_METRICS = ("force_flips", "energy_minima", "well_depth", "well_position")
 _UNITS = {
     "energy_jump": "eV",
     "conservation_deviation": "eV/Å",

@@ -91,6 +91,12 @@ class Potentials:
         """K members + mean + oracle."""
         return self.k + 2
 
+    def row_name(self, row: int) -> str:
+        """``member i``, ``mean`` or ``oracle``: how notes name a row."""
+        if row == self.oracle_row:
+            return "oracle"
+        return "mean" if row == self.model_row else f"member {row}"
+
     # -- model and oracle evaluation
     def _model(
         self, structures: Sequence[Atoms], stress: bool
@@ -162,6 +168,60 @@ class Potentials:
                 stresses[:k, i], stresses[k, i] = s[:, i], s[:, i].mean(axis=0)
                 stresses[k + 1, i] = ref.stress if ref.stress is not None else np.nan
         return SinglePoints(energy=energy, forces=forces, stress=stresses, failures=failures)
+
+    def own_points(
+        self, structures: Sequence[Sequence[Atoms]], *, stress: bool = False
+    ) -> tuple[SinglePoints, SinglePoints]:
+        """Each row on its own structures, and every row on the oracle's.
+
+        The structures of every row (members', mean's and oracle's) go through one batched
+        model call per chunk (each evaluated by all members: the mean row needs all of them on
+        its structures, and the comparison with the oracle needs them on the oracle's); the
+        oracle evaluates its own structures only.
+
+        Args:
+            structures: R = K + 2 lists of n structures, row r's in ``structures[r]`` (a
+                grid around each row's own lattice, say); structure i has the same atoms in
+                every row.
+            stress: also the stresses (periodic cells).
+
+        Returns:
+            ``(own, on_oracle)``: ``own.energy[r, i]`` is row r on ``structures[r][i]``
+            (forces and stress alike); ``on_oracle`` is every row on the oracle's structures
+            ``structures[K + 1]`` (what :meth:`single_points` of them gives, without calling the
+            oracle again): the same structures, for errors and disagreement.
+        """
+        k, n_rows = self.k, self.n_rows
+        if len(structures) != n_rows or len({len(s) for s in structures}) != 1:
+            raise ValueError(f"own_points needs {n_rows} lists of equal length")
+        n = len(structures[0])
+        e, f, s = self._model([a for row in structures for a in row], stress)
+        # every member on every row's structures: (K, R, n), (K, R, n, 6), forces [R * n]
+        e = e.reshape(k, n_rows, n)
+        s = None if s is None else s.reshape(k, n_rows, n, 6)
+        ref = [self.oracle_single(a, stress=stress) for a in structures[k + 1]]
+        ref_e = np.array([r.energy for r in ref])
+        ref_s = np.array([np.full(6, np.nan) if r.stress is None else r.stress for r in ref])
+
+        def on(q: int) -> SinglePoints:
+            """Every row on row q's structures (the oracle's entries are its own)."""
+            energy = np.concatenate([e[:, q], e[:, q].mean(axis=0)[None], ref_e[None]])
+            forces = [
+                np.concatenate([fq, fq.mean(axis=0)[None], ref[i].forces[None]])
+                for i, fq in enumerate(f[q * n : (q + 1) * n])
+            ]
+            sig = None
+            if s is not None:
+                sig = np.concatenate([s[:, q], s[:, q].mean(axis=0)[None], ref_s[None]])
+            return SinglePoints(energy=energy, forces=forces, stress=sig)
+
+        per_row = [on(q) for q in range(n_rows)]  # row q's entry of per_row[q] is its own
+        own = SinglePoints(
+            energy=np.stack([per_row[r].energy[r] for r in range(n_rows)]),
+            forces=[np.stack([per_row[r].forces[i][r] for r in range(n_rows)]) for i in range(n)],
+            stress=np.stack([per_row[r].stress[r] for r in range(n_rows)]) if stress else None,
+        )
+        return own, per_row[k + 1]
 
     def evaluate_rows(
         self, items: Sequence[tuple[Atoms, int]], *, stress: bool = False

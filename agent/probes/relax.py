@@ -1,12 +1,24 @@
-"""Relax one structure with every row's potential at once: ASE optimisers in lockstep.
+"""Relax structures with every row's potential at once: atoms by ASE optimisers in lockstep,
+and the crystal's lattice by a batched isotropic line search.
 
-Each row (member, mean, oracle) relaxes its own copy of each structure with its own ASE
-optimiser (FIRE by default: Bitzek et al., Phys. Rev. Lett. 97, 170201 (2006)). The optimisers
-are stepped in lockstep and the copies' forces come from a shared cache: after every round of
-steps the copies still running are evaluated in one batched model call, so relaxing S
-structures costs one model evaluation per optimiser step, not one per structure and row. Each
-copy's trajectory is exactly what a plain ``FIRE(atoms).run(fmax, steps)`` with its row's
-potential would give.
+Atoms (:func:`relax_many`, :func:`relax_rows`): each row (member, mean, oracle) relaxes its own
+copy of each structure with its own ASE optimiser (FIRE by default: Bitzek et al., Phys. Rev.
+Lett. 97, 170201 (2006)). The optimisers are stepped in lockstep and the copies' forces come
+from a shared cache: after every round of steps the copies still running are evaluated in one
+batched model call, so relaxing S structures costs one model evaluation per optimiser step,
+not one per structure and row. Each copy's trajectory is exactly what a plain
+``FIRE(atoms).run(fmax, steps)`` with its row's potential would give.
+
+Lattice (:func:`relax_lattice`): each row's own equilibrium lattice, found before the bulk
+probes that must sit at a row's minimum (EOS, elastic constants) — DP-GEN autotest's "relax,
+then EOS / elastic". The cell is scaled isotropically (atoms at fixed fractional positions) and
+E(s) minimised over the length scale s by a bracketing search and a three-point parabolic zoom,
+every row in lockstep (one batched model call per round). For cubic crystals whose atoms sit on
+symmetry-fixed sites (fcc, bcc, diamond, rock salt, ...) this is the full relaxation: the stress
+is hydrostatic and the forces vanish by symmetry, so E(s) has its minimum where ASE's
+``FrechetCellFilter`` relaxation ends (``ase.filters``). Other crystals get the minimum along
+the isotropic path (cell shape and internal coordinates fixed), the clamped-ion curve the EOS
+samples; the elastic probe reports the residual stress there.
 """
 
 from __future__ import annotations
@@ -26,7 +38,13 @@ from .potentials import Potentials, RowResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Relaxed", "relax_many", "relax_rows"]
+__all__ = ["Lattice", "Relaxed", "relax_lattice", "relax_many", "relax_rows", "scaled"]
+
+LATTICE_LIMITS = (0.8, 1.25)  # length scales searched, relative to the given cell
+LATTICE_WIDTH = 0.02  # first half-width of the three points, in length scale (±6 % volume)
+LATTICE_XTOL = 1e-4  # the search ends once the half-width is below this (ΔV/V ≲ 3e-4)
+LATTICE_ROUNDS = 30  # at most this many rounds (batched calls)
+_GROW = 1.6  # bracketing: each step downhill this much longer than the last
 
 
 @dataclass(kw_only=True)
@@ -154,3 +172,149 @@ def relax_rows(
 ) -> list[Relaxed]:
     """:func:`relax_many` of one structure: one :class:`Relaxed` per row."""
     return relax_many(pot, [atoms], settings, optimizer=optimizer)[0]
+
+
+def scaled(cell: Atoms, s: float) -> Atoms:
+    """A copy of ``cell`` with its lattice vectors times ``s`` (atoms moved with the cell)."""
+    out = cell.copy()
+    out.set_cell(cell.cell[:] * s, scale_atoms=True)
+    return out
+
+
+@dataclass(kw_only=True)
+class Lattice:
+    """Every row's equilibrium lattice along the isotropic path (:func:`relax_lattice`).
+
+    Attributes:
+        cell: the cell searched from (the system's crystal).
+        scale: (R,) each row's length scale s of ``cell`` at its minimum (volume × s³), or
+            where its search stopped.
+        found: (R,) whether a minimum was bracketed (False: none within the limits, or
+            non-finite or flat energies; the row has no equilibrium lattice).
+        converged: (R,) whether the row's search closed in on its minimum to ``xtol``.
+        reasons: (R,) why a row's search did not (no minimum in the range, non-finite
+            energies, no convergence), or None.
+        evaluations: (R,) single points each row took.
+    """
+
+    cell: Atoms
+    scale: np.ndarray
+    found: np.ndarray
+    converged: np.ndarray
+    reasons: list[str | None]
+    evaluations: np.ndarray
+
+    def row_cell(self, row: int) -> Atoms:
+        """``cell`` at row ``row``'s own lattice."""
+        return scaled(self.cell, float(self.scale[row]))
+
+    def volume(self, row: int) -> float:
+        """Row ``row``'s equilibrium volume per atom, Å³/atom."""
+        return float(self.cell.get_volume() * self.scale[row] ** 3 / len(self.cell))
+
+
+def relax_lattice(
+    pot: Potentials,
+    cell: Atoms,
+    *,
+    limits: tuple[float, float] = LATTICE_LIMITS,
+    width: float = LATTICE_WIDTH,
+    xtol: float = LATTICE_XTOL,
+    max_rounds: int = LATTICE_ROUNDS,
+) -> Lattice:
+    """Each row's equilibrium length scale s of ``cell`` (energies only), all rows in lockstep.
+
+    Every round evaluates, for each row still searching, E at s − w, s, s + w (points already
+    done are reused): when an end point is lowest, s moves there (bracketing; w grows by 1.6
+    while no minimum was bracketed yet); when the centre is lowest, s moves to the vertex of
+    the parabola through the three points (within ±w/2 of the centre) and w shrinks fourfold —
+    successive parabolic interpolation (Press et al., *Numerical Recipes*, "Parabolic
+    interpolation and Brent's method") on a shrinking bracket. The
+    search ends for a row when w < ``xtol`` (converged), when s would leave ``limits`` (no
+    minimum there: s is left at the limit) or after ``max_rounds``.
+
+    Args:
+        pot: the rows.
+        cell: a periodic cell (the system's crystal).
+        limits: the length scales searched, relative to ``cell``.
+        width: the first half-width w, in length scale.
+        xtol: the last half-width, in length scale.
+        max_rounds: rounds (batched calls) at most.
+
+    Returns:
+        A :class:`Lattice`; a row whose search failed has its reason and the scale where it
+        stopped (a limit, when no minimum lies within them).
+    """
+    rows = [_ScaleSearch(width, xtol, limits) for _ in range(pot.n_rows)]
+    for _ in range(max_rounds):
+        active = [r for r, row in enumerate(rows) if not row.done]
+        if not active:
+            break
+        todo = [(r, x) for r in active for x in rows[r].points() if x not in rows[r].seen]
+        results = pot.evaluate_rows([(scaled(cell, x), r) for r, x in todo])
+        for (r, x), res in zip(todo, results, strict=True):
+            rows[r].seen[x] = res.energy
+        for r in active:
+            rows[r].update()
+    for r, row in enumerate(rows):
+        if not row.done:
+            row.reason = f"lattice search not converged in {max_rounds} rounds (scale {row.s:.4f})"
+        if row.reason is not None:
+            log.info("lattice of %s: %s", pot.row_name(r), row.reason)
+    return Lattice(
+        cell=cell.copy(),
+        scale=np.array([row.s for row in rows]),
+        found=np.array([row.bracketed and not row.failed for row in rows]),
+        converged=np.array([row.converged for row in rows]),
+        reasons=[row.reason for row in rows],
+        evaluations=np.array([len(row.seen) for row in rows]),
+    )
+
+
+class _ScaleSearch:
+    """One row's search for its lowest-energy length scale s (see :func:`relax_lattice`):
+    ``points()`` to evaluate (into ``seen``, s -> eV), then ``update()``.
+    """
+
+    def __init__(self, width: float, xtol: float, limits: tuple[float, float]):
+        self.s, self.w = 1.0, float(width)
+        self.xtol, self.limits = xtol, limits
+        self.seen: dict[float, float] = {}
+        self.bracketed = self.converged = self.failed = self.done = False
+        self.reason: str | None = None
+
+    def points(self) -> list[float]:
+        """The three length scales of this round."""
+        return [self.s - self.w, self.s, self.s + self.w]
+
+    def _fail(self, reason: str) -> None:
+        self.done = self.failed = True
+        self.reason = reason
+
+    def update(self) -> None:
+        """Move, zoom or stop from the energies at :meth:`points`."""
+        e0, e1, e2 = (self.seen[x] for x in self.points())
+        if not all(map(np.isfinite, (e0, e1, e2))):
+            self._fail(f"non-finite energy near lattice scale {self.s:.4f}")
+        elif e1 <= e0 and e1 <= e2:  # bracketed: to the parabola's vertex, then zoom in
+            curvature = e0 - 2 * e1 + e2
+            if curvature <= 0:  # three equal energies: no minimum to find
+                self._fail(f"flat energy around lattice scale {self.s:.4f}")
+                return
+            self.s += 0.5 * self.w * (e0 - e2) / curvature
+            self.bracketed = True
+            self.done = self.converged = self.w < self.xtol
+            self.w /= 4
+        else:  # downhill to the lower end point
+            step = -self.w if e0 < e2 else self.w
+            lo, hi = self.limits
+            if not lo <= self.s + step <= hi:
+                self.s = min(max(self.s + step, lo), hi)
+                self._fail(
+                    f"no energy minimum for lattice scales {lo:g}–{hi:g} of the system's "
+                    f"(lowest at the {'lower' if step < 0 else 'upper'} end)"
+                )
+                return
+            self.s += step
+            if not self.bracketed:
+                self.w *= _GROW

@@ -6,12 +6,14 @@ with the mean potential), each member and the oracle, and judges it against an M
 ``normalize_metric`` of ddmms/ml-peg, ``ml_peg/analysis/utils/utils.py``). What is judged
 depends on the metric's :class:`Judge`:
 
-- ``error``: |model − oracle| (same unit as the value);
+- ``error``: |model − oracle| (same unit as the value); counts that must equal the oracle's
+  (a pair curve's force flips and energy minima) are errors with bound good 0, bad 1: a count
+  one off scores 0 and fails at any pass score;
 - ``relative_error``: |model − oracle| / |oracle|;
-- ``shift``: model − oracle + ``good``: shape metrics whose anchors assume a physical reference
-  curve (one force flip, a Spearman of −1) are judged by how much worse than the *user's*
-  oracle the model is, placed on the anchor's scale, so an oracle whose own curve is odd does
-  not fail the model for matching it;
+- ``shift``: model − oracle + ``good``: continuous shape metrics whose anchors assume a physical
+  reference curve (a tortuosity of 1, a Spearman of −1) are judged by how much worse than the
+  *user's* oracle the model is, placed on the anchor's scale, so an oracle whose own curve is
+  odd does not fail the model for matching it (and a model better than it scores 1);
 - ``value``: the model's value itself (already a comparison, or an absolute quality such as an
   MD stability score).
 

@@ -1,10 +1,15 @@
-"""Surface probe: relaxed surface energies of low-index facets.
+"""Surface probe: surface energies of low-index facets, relaxed and unrelaxed, and the energy
+error of each slab.
 
 Each facet's slab is ASE's ``surface(cell, miller, layers, vacuum)`` of the crystal's unit cell
 (the conventional cell for cubic lattices, so Miller indices are the cubic ones; periodic in
-plane, open along the normal), relaxed at fixed cell by every row (:func:`~.relax.relax_rows`);
+plane, open along the normal), relaxed at fixed cell by every row (:func:`~.relax.relax_many`);
 γ = (E_slab − N · E_bulk/atom) / 2A with E_bulk from the unit cell at the same lattice
-constant and A the in-plane area (DP-GEN autotest ``surface``; eV/Å²). With three or more
+constant and A the in-plane area (DP-GEN autotest ``surface``; eV/Å²), judged as ``gamma``.
+Beside it, informational: γ of the slab as cut (``gamma_unrelaxed``) and each row's energy
+error on that unrelaxed slab, (E_row − E_oracle)/N in meV/atom (``E_error``), so a reader sees
+whether the energy or the relaxation is wrong. Every row works at the system's lattice (not its
+own), so that all rows' slabs are the same structure. With three or more
 facets, Spearman's ρ between the model's and the oracle's γ over facets says whether the facet
 order (which facet is most stable) is right.
 """
@@ -48,19 +53,41 @@ def run(ctx: ProbeContext) -> ProbeResult:
     gammas, slabs, labels = [], [], []
     facets = [tuple(m) for m in cfg.facets]
     slabs_in = [slab(cell, m, cfg.layers, cfg.vacuum_A) for m in facets]
-    for miller, s, relaxed in zip(
-        facets, slabs_in, relax_many(pot, slabs_in, cfg.relax), strict=True
+    e_cut = pot.single_points(slabs_in).energy  # (R, facets) unrelaxed slabs
+    for j, (miller, s, relaxed) in enumerate(
+        zip(facets, slabs_in, relax_many(pot, slabs_in, cfg.relax), strict=True)
     ):
         area = float(np.linalg.norm(np.cross(s.cell[0], s.cell[1])))
         gamma = (np.array([r.energy for r in relaxed]) - len(s) * e_bulk) / (2 * area)
+        gamma_cut = (e_cut[:, j] - len(s) * e_bulk) / (2 * area)
+        error = (e_cut[:, j] - e_cut[o, j]) / len(s) * 1000  # meV/atom
         label = "".join(str(i) for i in miller)
         gammas.append(gamma)
         slabs.append(relaxed[k].atoms)
         labels.append(label)
         for row in (k, o):
             if not relaxed[row].converged:
-                result.notes.append(f"row {row} not relaxed below fmax for ({label})")
-        result.metrics.append(ctx.metric(NAME, "gamma", gamma, unit="eV/Å²", label=f"γ({label})"))
+                result.notes.append(f"{pot.row_name(row)} not relaxed below fmax for ({label})")
+        result.metrics += [
+            ctx.metric(NAME, "gamma", gamma, unit="eV/Å²", label=f"γ({label})"),
+            ctx.metric(
+                NAME,
+                "gamma_unrelaxed",
+                gamma_cut,
+                unit="eV/Å²",
+                label=f"γ unrelaxed ({label})",
+                bounded=False,
+            ),
+            ctx.metric(
+                NAME,
+                "E_error",
+                error,
+                unit="meV/atom",
+                label=f"E error slab ({label})",
+                oracle=False,
+                bounded=False,
+            ),
+        ]
     g = np.array(gammas)  # (facets, R)
     if len(cfg.facets) >= 3:
         rho = [spearman(g[:, row], g[:, o]) for row in range(pot.n_rows)]
@@ -81,7 +108,7 @@ def run(ctx: ProbeContext) -> ProbeResult:
         failed=result.passed is False,
     )
     result.notes.append(
-        "slabs of "
+        "slabs at the system's lattice of "
         + ", ".join(f"{len(s)} atoms ({lab})" for s, lab in zip(slabs, labels, strict=True))
     )
     return result

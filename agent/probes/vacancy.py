@@ -1,12 +1,18 @@
-"""Vacancy probe: relaxed vacancy formation energy against supercell size, and the geometry.
+"""Vacancy probe: vacancy formation energy against supercell size, relaxed and unrelaxed, the
+energy error of the defect cell, and the geometry.
 
 For each size n the crystal's unit cell is repeated n×n×n (N atoms), atom 0 removed and the
-defect cell relaxed at fixed cell by every row (:func:`~.relax.relax_rows`);
+defect cell relaxed at fixed cell by every row (:func:`~.relax.relax_many`);
 E_f = E(N − 1, relaxed) − (N − 1)/N · E(N, perfect), both at the system's lattice constant
-(DP-GEN autotest ``vacancy``; the standard supercell definition). The relaxed geometry of each
-row is compared with the oracle's by the RMSD of atomic positions (minimum image, same atom
-order) at the largest size (ML-PEG split_vacancy's RMSD). With three or more sizes, Spearman's
-ρ between the model's and the oracle's E_f over sizes says whether the size trend is right.
+(DP-GEN autotest ``vacancy``; the standard supercell definition), judged as ``E_vac``. Beside
+it, informational: the unrelaxed E_f (the defect cell as cut, ``E_vac_unrelaxed``) and each
+row's energy error on that unrelaxed defect cell, (E_row − E_oracle)/(N − 1) in meV/atom
+(``E_error``), so a reader sees whether the energy or the relaxation is wrong. Every row works
+at the system's lattice (not its own), so that all rows' defect cells are the same structure.
+The relaxed geometry of each row is compared with the oracle's by the RMSD of atomic positions
+(minimum image, same atom order) at the largest size (ML-PEG split_vacancy's RMSD). With three
+or more sizes, Spearman's ρ between the model's and the oracle's E_f over sizes says whether the
+size trend is right.
 """
 
 from __future__ import annotations
@@ -48,16 +54,38 @@ def run(ctx: ProbeContext) -> ProbeResult:
         raise ValueError("no supercell size leaves atoms after removing one")
     defects = [a[1:] for a in perfects]
     e_bulk = pot.single_points(perfects).energy  # (R, sizes)
+    e_cut = pot.single_points(defects).energy  # (R, sizes) unrelaxed defect cells
     sizes, energies = [], []
     for j, relaxed in enumerate(relax_many(pot, defects, cfg.relax)):
         n_atoms = len(perfects[j])
         e_f = np.array([r.energy for r in relaxed]) - (n_atoms - 1) / n_atoms * e_bulk[:, j]
+        e_f_cut = e_cut[:, j] - (n_atoms - 1) / n_atoms * e_bulk[:, j]
+        error = (e_cut[:, j] - e_cut[o, j]) / (n_atoms - 1) * 1000  # meV/atom
         sizes.append(n_atoms)
         energies.append(e_f)
         for row in (k, o):
             if not relaxed[row].converged:
-                result.notes.append(f"row {row} not relaxed below fmax at N={n_atoms}")
-        result.metrics.append(ctx.metric(NAME, "E_vac", e_f, unit="eV", label=f"E_vac N={n_atoms}"))
+                result.notes.append(f"{pot.row_name(row)} not relaxed below fmax at N={n_atoms}")
+        result.metrics += [
+            ctx.metric(NAME, "E_vac", e_f, unit="eV", label=f"E_vac N={n_atoms}"),
+            ctx.metric(
+                NAME,
+                "E_vac_unrelaxed",
+                e_f_cut,
+                unit="eV",
+                label=f"E_vac unrelaxed N={n_atoms}",
+                bounded=False,
+            ),
+            ctx.metric(
+                NAME,
+                "E_error",
+                error,
+                unit="meV/atom",
+                label=f"E error defect N={n_atoms}",
+                oracle=False,
+                bounded=False,
+            ),
+        ]
     relaxed_last = relaxed
     e_all = np.array(energies)  # (sizes, R)
     dev = [rmsd(r.atoms, relaxed_last[o].atoms) for r in relaxed_last]
@@ -83,5 +111,7 @@ def run(ctx: ProbeContext) -> ProbeResult:
         n=ctx.cfg.candidates_per_probe,
         failed=result.passed is False,
     )
-    result.notes.append(f"supercells {'/'.join(str(s) for s in sizes)} atoms, fixed cell")
+    result.notes.append(
+        f"supercells {'/'.join(str(s) for s in sizes)} atoms, fixed cell at the system's lattice"
+    )
     return result

@@ -10,6 +10,7 @@ subsample, said in its title).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -403,16 +404,34 @@ def region_history(
 
 # ---------------------------------------------------------------------- probes
 def _band(curve: dict[str, Any]) -> np.ndarray | None:
-    """(n,) std over the members of a probe curve (None with fewer than two members)."""
+    """(n,) std over the members of a probe curve (None with fewer than two members); members
+    on their own x (``members_x``: each row on its own grid, as the EOS) are interpolated
+    onto the model's x first (NaN outside their range).
+    """
     members = [
         np.asarray([np.nan if v is None else v for v in m], dtype=float)
         for m in curve.get("members") or []
     ]
     if len(members) < 2:
         return None
-    with np.errstate(all="ignore"):
+    xs = curve.get("members_x")
+    if xs:
+        x = np.asarray([np.nan if v is None else v for v in curve["x"]], dtype=float)
+        members = [_on(x, mx, my) for mx, my in zip(xs, members, strict=True)]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column no member covers is NaN
         stack = np.vstack(members)
         return np.nanstd(stack, axis=0) if np.isfinite(stack).any() else None
+
+
+def _on(x: np.ndarray, xp: list[float | None], yp: np.ndarray) -> np.ndarray:
+    """``yp`` given at ``xp`` interpolated at ``x`` (NaN outside ``xp``'s range)."""
+    xp_ = np.asarray([np.nan if v is None else v for v in xp], dtype=float)
+    ok = np.isfinite(xp_) & np.isfinite(yp)
+    if ok.sum() < 2:
+        return np.full(len(x), np.nan)
+    order = np.argsort(xp_[ok])
+    return np.interp(x, xp_[ok][order], yp[ok][order], left=np.nan, right=np.nan)
 
 
 def _curve_traces(curve: dict[str, Any], k: int, bars: bool) -> list[dict[str, Any]]:
@@ -426,7 +445,7 @@ def _curve_traces(curve: dict[str, Any], k: int, bars: bool) -> list[dict[str, A
     if curve.get("oracle") is not None:
         oracle: dict[str, Any] = {
             "name": f"oracle {label}",
-            "x": x,
+            "x": curve.get("oracle_x") or x,
             "y": curve["oracle"],
             "marker": {"color": ORACLE_COLOR},
         }
