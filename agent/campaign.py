@@ -32,7 +32,9 @@ data it was fitted on:
   learning curve;
 - ``calibration`` (``system.calibration_fraction``): the fit of the uncertainty calibration and
   of the calibrated trust levels; the calibration is *scored* on the holdout and the test set;
-- ``test``: the fixed yardstick (:mod:`chemgap.agent.testset`), never fitted on.
+- ``test``: the fixed yardstick (:mod:`chemgap.agent.testset`), never fitted on;
+- ``isolated_atom``: one isolated atom per element, whose energies are the models' reference
+  energies E0 (:mod:`chemgap.agent.reference_energies`), never trained on.
 
 ``state.json`` names the last *finished* step; :func:`run_campaign` on an existing run continues
 with the next one. The label step skips every selected structure ``data.db`` already holds, so a
@@ -60,6 +62,7 @@ from chemgap.agent.summary import PROBES_FILE  # at the run's root too: the last
 from chemgap.agent.testset import TEST_SPLIT
 from chemgap.campaigns.spec import held_out_counts
 from chemgap.common.files import atomic_write
+from chemgap.common.keys import ISOLATED_ATOM_SPLIT
 from chemgap.common.metrics import score
 from chemgap.common.tasks import Executor
 
@@ -169,11 +172,16 @@ class Campaign:
 
     def labelled(self, split: str | None = None) -> list[Atoms]:
         """Labelled structures (status ok) of ``split``; None: every split but the test set,
-        which is never trained on, selected against or calibrated on.
+        which is never trained on, selected against or calibrated on, and the isolated atoms
+        of the reference energies.
         """
         if split is not None:
             return self.store.structures(status="ok", split=split)
-        return [a for a in self.store.structures(status="ok") if a.info.get("split") != TEST_SPLIT]
+        return [
+            a
+            for a in self.store.structures(status="ok")
+            if a.info.get("split") not in (TEST_SPLIT, ISOLATED_ATOM_SPLIT)
+        ]
 
     def test_set(self) -> list[Atoms]:
         """The fixed labelled test set, in the order it was stored."""
@@ -237,26 +245,35 @@ class Campaign:
         (their reference energy is 0 and their embedding untrained until labels arrive): a
         model trained on Si alone is explored, scored and diagnosed on Ge, where it fails.
         """
+        from chemgap.agent.reference_energies import label_isolated_atoms, training_e0
         from chemgap.models.ensemble import train_ensemble
 
         train = self.labelled("train")
         valid = self.labelled(HOLDOUT)
+        elements = sorted(self.spec.elements(self._base_dir()))
 
         def progress(event: Any) -> None:
             self.report("train", {"iteration": it, "event": event})
 
+        def say(text: str) -> None:
+            log.info("%s", text)
+            self.report("note", {"iteration": it, "text": text})
+
+        label_isolated_atoms(self.store, elements, executor=self.executor, say=say)
+        e0 = training_e0(self.store, elements)
         self._begin(it, "train", n=len(train))
         train_ensemble(
             train,
-            self.spec.model,
+            e0.model,
             self.spec.ensemble,
             self._idir(it) / "models",
             seed=self.spec.seed * 1000 + it,
             valid=valid,
-            elements=sorted(self.spec.elements(self._base_dir())),
+            elements=elements,
             progress=progress,
             task_tag=f"iter {it}",
             executor=self.executor,
+            **e0.kwargs,
         )
         self._finish_step(it, "train")
 
@@ -648,14 +665,16 @@ class Campaign:
         expl = json.loads((idir / "exploration.json").read_text())
         counts = self.store.label_counts()
         test_calls = self.test_calls()
+        e0_calls = self.store.db.count(split=ISOLATED_ATOM_SPLIT)
         holdout = calib["holdout_errors"]
         metrics = calib["calibration"].get("metrics", {}).get("calibrated", {})
         row = {
             "iteration": it,
             "labels_ok": counts["ok"],
             "labels_failed": counts["failed"],
-            "oracle_calls": counts["ok"] + counts["failed"] - test_calls,
+            "oracle_calls": counts["ok"] + counts["failed"] - test_calls - e0_calls,
             "oracle_calls_test": test_calls,
+            "oracle_calls_e0": e0_calls,
             "energy_mae_per_atom": holdout["energy_mae_per_atom"],
             "force_mae": holdout["force_mae"],
             "spearman_atom": metrics.get("spearman_atom"),

@@ -39,6 +39,7 @@ CURVE_KEYS = (
     "iteration",
     "oracle_calls",
     "oracle_calls_test",
+    "oracle_calls_e0",
     "force_mae",
     "test_force_mae_id",
     "test_force_mae_ood",

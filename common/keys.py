@@ -19,10 +19,13 @@ STRESS_KEY = "REF_stress"  # atoms.info, Voigt (6,) eV/Å³, ASE sign convention
 LABEL_PREFIX = "REF_"  # every label key starts with it
 STATUS_KEY = "label_status"  # atoms.info: "ok" or a failure category
 OK = "ok"
+ISOLATED_ATOM_SPLIT = "isolated_atom"
+"""``split`` of a run's isolated-atom labels in data.db: reference energies E0, never trained on."""
 
 __all__ = [
     "ENERGY_KEY",
     "FORCES_KEY",
+    "ISOLATED_ATOM_SPLIT",
     "LABEL_PREFIX",
     "OK",
     "STATUS_KEY",

@@ -1,9 +1,11 @@
 """Build a MACE member (``ScaleShiftMACE``, Batatia et al., NeurIPS 2022) from the spec.
 
 The data-dependent constants follow mace-torch's own training script: per-element reference
-energies E0 by least squares of total energies on element counts, the average number of
-neighbours within the cutoff, and the scale/shift of the interaction energy (shift: mean
-per-atom interaction energy, scale: RMS of the force components, ``rms_forces_scaling``).
+energies E0 (:mod:`.e0`: the isolated atoms', least squares or given), the average number of
+neighbours within the cutoff, and the scale/shift of the interaction energy (scale: RMS of the
+force components, ``rms_forces_scaling``; shift: 0 as in mace-torch's ``MACE`` model, or the
+mean per-atom interaction energy with least-squares E0s, as chemgap's members had before E0s
+came from isolated atoms).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from .config import ModelConfig
+from .config import E0Method, ModelConfig
 from .data import ENERGY_KEY, FORCES_KEY, default_dtype, to_graphs
+from .e0 import AtomicEnergies, fit_average
 
 log = logging.getLogger(__name__)
 
@@ -45,36 +48,43 @@ class DataStats:
         return asdict(self)
 
 
-def fit_atomic_energies(structures: Sequence[Atoms], z_table: Sequence[int]) -> np.ndarray:
-    """Least-squares E0 per element: min ‖counts · E0 − E_ref‖² (eV); shape (n_elements,)."""
-    counts = np.array([[np.count_nonzero(a.numbers == z) for z in z_table] for a in structures])
-    energies = np.array([float(a.info[ENERGY_KEY]) for a in structures])
-    e0, *_ = np.linalg.lstsq(counts.astype(float), energies, rcond=None)
-    return e0
+def compute_stats(
+    structures: Sequence[Atoms],
+    z_table: Sequence[int],
+    r_max: float,
+    e0: AtomicEnergies | None = None,
+) -> DataStats:
+    """E0s, average neighbour count and scale/shift from labelled ``structures``.
 
-
-def compute_stats(structures: Sequence[Atoms], z_table: Sequence[int], r_max: float) -> DataStats:
-    """E0s, average neighbour count and scale/shift from labelled ``structures``."""
+    Args:
+        structures: the training structures (labelled).
+        z_table: the model's atomic numbers.
+        r_max: cutoff, Å.
+        e0: the reference energies (default: least squares on ``structures``). With any but
+            least-squares E0s the shift is 0, so that an atom without neighbours has exactly
+            its E0 (mace-torch's ``MACE`` model).
+    """
     if not structures:
         raise ValueError("training data: no labelled structures to compute statistics from")
     z_table = sorted(int(z) for z in z_table)
-    e0 = fit_atomic_energies(structures, z_table)
+    average = e0 is None or e0.method == E0Method.AVERAGE
+    values = e0.for_table(z_table) if e0 is not None else fit_average(structures, z_table)
     graphs = to_graphs(structures, z_table, r_max, "float64", labels=False)
     n_edges = sum(int(g.edge_index.shape[1]) for g in graphs)
     n_atoms = sum(len(a) for a in structures)
     avg_nn = max(n_edges / max(n_atoms, 1), 1.0)
     zidx = {z: i for i, z in enumerate(z_table)}
     inter = [
-        (float(a.info[ENERGY_KEY]) - sum(e0[zidx[int(z)]] for z in a.numbers)) / len(a)
+        (float(a.info[ENERGY_KEY]) - sum(values[zidx[int(z)]] for z in a.numbers)) / len(a)
         for a in structures
     ]
     forces = [np.ravel(a.arrays[FORCES_KEY]) for a in structures if FORCES_KEY in a.arrays]
     rms = float(np.sqrt(np.mean(np.concatenate(forces) ** 2))) if forces else 0.0
     return DataStats(
         z_table=list(z_table),
-        atomic_energies=[float(x) for x in e0],
+        atomic_energies=[float(x) for x in values],
         avg_num_neighbors=float(avg_nn),
-        shift=float(np.mean(inter)),
+        shift=float(np.mean(inter)) if average else 0.0,
         scale=rms if rms > 1e-8 else 1.0,
     )
 
@@ -85,6 +95,9 @@ def build_model(cfg: ModelConfig, stats: DataStats, *, seed: int | None = None) 
     (the same MACE part plus the long-range terms).
 
     Weights are drawn from torch's RNG seeded with ``seed`` (when given), in ``cfg.dtype``.
+    The first interaction block has no residual connection unless ``cfg.residual_first``
+    (mace-torch's ``MACE`` model): with no neighbours its message, and so every later layer's
+    features and readouts, vanish, and a lone atom's energy is its E0 plus the shift.
 
     e3nn's TorchScript code generation is switched off (``jit_script_fx=False``, process-wide):
     the scripted fx graphs cost ~1 s per block to build and re-specialise for every new batch
@@ -109,7 +122,11 @@ def build_model(cfg: ModelConfig, stats: DataStats, *, seed: int | None = None) 
         num_polynomial_cutoff=cfg.num_polynomial_cutoff,
         max_ell=cfg.max_ell,
         interaction_cls=interaction_classes["RealAgnosticResidualInteractionBlock"],
-        interaction_cls_first=interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=interaction_classes[
+            "RealAgnosticResidualInteractionBlock"
+            if cfg.residual_first
+            else "RealAgnosticInteractionBlock"
+        ],
         num_interactions=cfg.num_interactions,
         num_elements=len(stats.z_table),
         hidden_irreps=hidden,

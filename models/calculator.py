@@ -61,7 +61,9 @@ def load_member_file(path: str | Path, device: str | torch.device = "cpu") -> to
         if "model" in meta and "stats" in meta:
 
             def rebuild() -> torch.nn.Module:
-                return build_for_loading(ModelConfig(**meta["model"]), DataStats(**meta["stats"]))
+                return build_for_loading(
+                    ModelConfig.from_saved(meta["model"]), DataStats(**meta["stats"])
+                )
 
     return load_member_stem(stem, rebuild, device)
 
@@ -72,7 +74,7 @@ def _config_of(path: Path, model: torch.nn.Module) -> ModelConfig:
     if meta_file.exists():
         meta = read_json(meta_file)
         if "model" in meta:
-            return ModelConfig(**meta["model"])
+            return ModelConfig.from_saved(meta["model"])
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     return ModelConfig(
         r_max=float(model.r_max),

@@ -9,6 +9,7 @@ import tomllib
 from enum import StrEnum
 from pathlib import Path
 
+from ase.data import atomic_numbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -25,6 +26,22 @@ class EnsembleMode(StrEnum):
     DEEP = "deep"  # independent seeds
     BAGGING = "bagging"  # each member on a bootstrap resample of the training set
     SNAPSHOT = "snapshot"  # one run, cyclic learning rate, one member per cycle
+
+
+class E0Method(StrEnum):
+    """Where each element's reference energy E0 comes from (mace-torch's ``--E0s``).
+
+    ``isolated``: the oracle's energy of the isolated atom (MACE's advice, and what
+    ``IsolatedAtom`` frames of a data file give): a model then has the right free-atom limit
+    and its energy differences between coordinations are binding energies. ``average``: least
+    squares of the training energies on element counts (mace-torch's ``average``): with data of
+    one kind of environment E0 becomes that environment's energy per atom, and the model's
+    interaction energy must climb to the free atom over a range its data never cover. A mapping
+    ``{element: eV}`` gives the values.
+    """
+
+    ISOLATED = "isolated"
+    AVERAGE = "average"
 
 
 class LongRange(StrEnum):
@@ -69,6 +86,32 @@ class ModelConfig(BaseModel):
     radial_mlp: list[int] = Field(
         default_factory=lambda: [64, 64, 64], description="hidden widths of the radial MLP"
     )
+    residual_first: bool = Field(
+        False,
+        description="a residual connection in the first interaction block (chemgap's members "
+        "before 0.4; mace-torch's MACE model has none, so a lone atom's energy is its E0)",
+    )
+    e0: E0Method | dict[str, float] = Field(
+        E0Method.ISOLATED,
+        description="reference energies E0: isolated (the oracle's isolated atoms), average "
+        "(least squares on the training energies) or {element: eV}",
+    )
+
+    @field_validator("e0", mode="before")
+    @classmethod
+    def _known_e0(cls, value: object) -> object:
+        if isinstance(value, dict):
+            for el, energy in value.items():
+                if el not in atomic_numbers:
+                    raise ValueError(f"{el!r} is not a chemical symbol")
+                if isinstance(energy, bool) or not isinstance(energy, int | float):
+                    raise ValueError(f"E0 of {el} must be a number of eV (got {energy!r})")
+                if not math.isfinite(energy):
+                    raise ValueError(f"E0 of {el} must be finite (got {energy})")
+            return {str(el): float(energy) for el, energy in value.items()}
+        if isinstance(value, str) and value not in set(E0Method):
+            raise ValueError(f"{value!r} is not isolated, average or a mapping {{element: eV}}")
+        return value
 
     @field_validator("d3_functional")
     @classmethod
@@ -80,6 +123,14 @@ class ModelConfig(BaseModel):
                 "(e.g. PBE, PBE0, B3LYP, revPBE, r2SCAN, TPSS)"
             )
         return value
+
+    @classmethod
+    def from_saved(cls, values: dict) -> ModelConfig:
+        """The config of a saved model directory (``ensemble.json``'s ``model``): fields a
+        file written before they existed keep the value such models were built with (a
+        residual first block, least-squares E0s).
+        """
+        return cls(**{"residual_first": True, "e0": E0Method.AVERAGE, **values})
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -118,6 +169,41 @@ class EnsembleConfig(BaseModel):
     min_lr_factor: float = Field(
         0.01, gt=0, le=1, description="floor of the learning-rate schedule, as a fraction of lr"
     )
+    stage_two_fraction: float = Field(
+        0.25,
+        ge=0,
+        le=0.9,
+        description="last fraction of the epochs (and wall cap) trained with the stage-two "
+        "weights; 0 turns stage two off (mace-torch starts it at 3/4 of the epochs)",
+    )
+    stage_two_energy_weight: float = Field(
+        1000.0, ge=0, description="stage two: loss weight of per-atom energies (mace-torch's)"
+    )
+    stage_two_forces_weight: float = Field(
+        100.0, ge=0, description="stage two: loss weight of forces (mace-torch's)"
+    )
+    stage_two_stress_weight: float | None = Field(
+        None, ge=0, description="stage two: loss weight of stress (default 10 x stress_weight)"
+    )
+    stage_two_lr: float = Field(1e-3, gt=0, description="stage two: learning rate (mace-torch's)")
+
+    @property
+    def stage_two(self) -> bool:
+        """Whether members end with an energy-weighted stage two (never for snapshot runs,
+        whose cyclic schedule has no last stage).
+        """
+        return self.stage_two_fraction > 0 and self.mode != EnsembleMode.SNAPSHOT
+
+    def loss_weights(self, stage: int) -> tuple[float, float, float]:
+        """(energy, forces, stress) loss weights of training ``stage`` (1 or 2)."""
+        if stage == 1:
+            return self.energy_weight, self.forces_weight, self.stress_weight
+        stress = self.stage_two_stress_weight
+        return (
+            self.stage_two_energy_weight,
+            self.stage_two_forces_weight,
+            10.0 * self.stress_weight if stress is None else stress,
+        )
 
     @property
     def unscaled(self) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from .data import (
     symbols_to_z,
     usable,
 )
+from .e0 import AtomicEnergies, resolve_atomic_energies, split_isolated_atoms
 from .io import (
     ENSEMBLE_FILE,
     FORMAT_VERSION,
@@ -302,7 +303,7 @@ class Ensemble:
         if not meta_file.exists():
             raise FileNotFoundError(2, "not a model directory (no ensemble.json)", str(path))
         meta = read_json(meta_file)
-        model_cfg = ModelConfig(**meta["model"])
+        model_cfg = ModelConfig.from_saved(meta["model"])
         ens_cfg = EnsembleConfig(**meta["ensemble"])
         dev = torch.device(device) if device else torch.device("cpu")
         members = []
@@ -533,7 +534,7 @@ def scaled_budget(
     :func:`train_ensemble` with the same ``valid`` and ``seed`` scales them (see
     :meth:`~chemgap.models.config.EnsembleConfig.scaled_to`).
     """
-    data, _ = _train_valid(train, valid, ens_cfg, seed)
+    data, _ = _train_valid(split_isolated_atoms(train)[0], valid, ens_cfg, seed)
     return ens_cfg.scaled_to(len(data), sum(len(a) for a in data))
 
 
@@ -678,6 +679,9 @@ def train_ensemble(
     task_tag: str = "",
     executor: Executor | None = None,
     elements: Sequence[str] | None = None,
+    isolated_atom_energies: Mapping[str, float] | None = None,
+    isolated_source: str = "oracle",
+    e0_note: str = "",
 ) -> Ensemble:
     """Train ``ens_cfg.members`` MACE members and save them in ``out_dir``.
 
@@ -705,11 +709,17 @@ def train_ensemble(
         executor: where the member tasks run (default in-process).
         elements: the model's element set (default: the elements of train + valid); name
             elements the data lack to score structures holding them later (an element split).
+        isolated_atom_energies: element -> the isolated atom's energy (eV), computed by the
+            caller with the oracle, for ``model_cfg.e0 == "isolated"``; ``IsolatedAtom``
+            frames in ``train`` win over them (:mod:`chemgap.models.e0`).
+        isolated_source: what those energies came from, for the record (``oracle emt``).
+        e0_note: why the E0 method differs from the one the user asked for, for the record.
 
     Returns:
         The trained :class:`Ensemble`, saved in ``out_dir``.
     """
     t0 = time.perf_counter()
+    train, frames = split_isolated_atoms(train)
     data, valid_set = _train_valid(train, valid, ens_cfg, seed)
     if ens_cfg.unscaled:
         ens_cfg = ens_cfg.scaled_to(len(data), sum(len(a) for a in data))
@@ -719,9 +729,26 @@ def train_ensemble(
         source = _transfer_source(init_from, element_map, data, valid_set, refit_e0, elements)
         model_cfg = source.ensemble.model_cfg
         stats = _stats_of(source.models[0])
+        symbols = [chemical_symbols[z] for z in stats.z_table]
+        e0 = AtomicEnergies(
+            method="transfer",
+            values=dict(zip(symbols, stats.atomic_energies, strict=True)),
+            sources=dict.fromkeys(
+                symbols, "source model, shifted by least squares" if refit_e0 else "source model"
+            ),
+        )
     else:
         z_table = symbols_to_z(elements or element_list([*data, *valid_set]))
-        stats = compute_stats(data, z_table, model_cfg.r_max)
+        e0 = resolve_atomic_energies(
+            model_cfg.e0,
+            data,
+            z_table,
+            frames=frames,
+            isolated=isolated_atom_energies,
+            isolated_source=isolated_source,
+        )
+        e0.note = e0_note
+        stats = compute_stats(data, z_table, model_cfg.r_max, e0)
     jobs = plan_jobs(data, ens_cfg, seed)
     if source is not None:
         for job in jobs:
@@ -748,6 +775,7 @@ def train_ensemble(
             "mode": str(ens_cfg.mode),
             **provenance,
             "freeze": list(freeze),
+            "e0": e0.to_dict(),
             "wall_s": time.perf_counter() - t0,
         },
     )

@@ -6,6 +6,15 @@ carry one). Adam, or AdamW when ``weight_decay > 0`` (Loshchilov & Hutter 2019);
 moving average of the weights (the model that is validated and kept); early stopping on the
 validation loss, an epoch cap and a wall-time cap.
 
+Two stages, as mace-torch trains (Batatia et al., NeurIPS 2022; its ``--stage_two``): the
+first with forces weighted over energies, the last ``stage_two_fraction`` of the epochs and of
+the wall cap with the energy weighted up (mace's 1000 : 100) at a lower learning rate, so the
+energies — what formation, surface and binding energies are differences of — are fitted once the
+forces have shaped the potential. Stage one ending early (patience, its share of the wall cap)
+starts stage two at once, as in mace. Stage two starts from stage one's best (EMA) weights,
+keeps the optimiser state, and keeps its own best weights by its own validation loss; mace
+averages stage-two weights with SWA instead, which chemgap's EMA already does.
+
 Learning-rate schedules: ``deep`` and ``bagging`` members use reduce-on-plateau on the validation
 loss; ``snapshot`` runs a cosine schedule with warm restarts and keeps the weights at the end of
 each of K cycles (Huang et al., "Snapshot ensembles: train 1, get M for free", ICLR 2017).
@@ -31,6 +40,7 @@ from .build import DataStats, build_model, compute_stats
 from .config import EnsembleConfig, ModelConfig
 from .contraction import sparse_contractions
 from .data import element_list, split_valid, symbols_to_z, to_graphs, usable
+from .e0 import resolve_atomic_energies, split_isolated_atoms
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,7 @@ class ProgressEvent:
     wall_time_s: float = math.inf  # the member's wall-time cap, s
     elapsed_s: float = 0.0  # since the member's task started (what the cap counts), s
     stopped: str = ""  # on the last event: "patience", "epochs", "wall_time" or "cycles"
+    stage: int = 1  # training stage (2: energy-weighted)
 
 
 ProgressFn = Callable[[ProgressEvent], None]
@@ -98,15 +109,17 @@ def freeze_blocks(model: torch.nn.Module, blocks: Sequence[str]) -> list[str]:
     return frozen
 
 
-def _loss_terms(out: dict, batch, cfg: EnsembleConfig) -> torch.Tensor:
+def _loss_terms(out: dict, batch, weights: tuple[float, float, float]) -> torch.Tensor:
+    """The weighted loss of one batch; ``weights`` (energy, forces, stress)."""
+    w_e, w_f, w_s = weights
     n_atoms = (batch.ptr[1:] - batch.ptr[:-1]).to(out["energy"].dtype)
-    loss = cfg.energy_weight * torch.mean(((out["energy"] - batch.energy) / n_atoms) ** 2)
-    loss = loss + cfg.forces_weight * torch.mean((out["forces"] - batch.forces) ** 2)
-    if cfg.stress_weight > 0 and out.get("stress") is not None:
+    loss = w_e * torch.mean(((out["energy"] - batch.energy) / n_atoms) ** 2)
+    loss = loss + w_f * torch.mean((out["forces"] - batch.forces) ** 2)
+    if w_s > 0 and out.get("stress") is not None:
         w = batch.stress_weight.view(-1, 1, 1)
         if float(w.sum()) > 0:
             diff = torch.where(w > 0, out["stress"] - batch.stress, 0.0)
-            loss = loss + cfg.stress_weight * (w * diff**2).sum() / (9.0 * w.sum())
+            loss = loss + w_s * (w * diff**2).sum() / (9.0 * w.sum())
     return loss
 
 
@@ -122,15 +135,17 @@ def _forward(model, batch, cfg: EnsembleConfig, training: bool) -> dict:
         )
 
 
-def evaluate_loader(model, loader, cfg: EnsembleConfig) -> dict:
-    """Loss and errors of ``model`` on a loader: ``loss``, ``rmse_e_per_atom`` (eV/atom) and
-    ``rmse_f`` (per force component, eV/Å), as :mod:`chemgap.common.metrics` defines them.
+def evaluate_loader(model, loader, cfg: EnsembleConfig, stage: int = 1) -> dict:
+    """Loss (with ``stage``'s weights) and errors of ``model`` on a loader: ``loss``,
+    ``rmse_e_per_atom`` (eV/atom) and ``rmse_f`` (per force component, eV/Å), as
+    :mod:`chemgap.common.metrics` defines them.
     """
     model.eval()
+    weights = cfg.loss_weights(stage)
     losses, de, df = [], [], []
     for batch in loader:
         out = _forward(model, batch, cfg, training=False)
-        losses.append(float(_loss_terms(out, batch, cfg).detach()))
+        losses.append(float(_loss_terms(out, batch, weights).detach()))
         n_atoms = batch.ptr[1:] - batch.ptr[:-1]
         de.append(
             energy_errors_per_atom(
@@ -228,6 +243,9 @@ class _Run:
     n_seen: int = 0
     cycle_epoch: int = 0
     cycle_start: float = 0.0
+    stage: int = 1
+    stage_two_from: int | None = None  # the first epoch of stage two
+    stage_one_stopped: str = ""  # what ended stage one ("patience", "epochs", "wall_time")
 
     @property
     def snapshot_mode(self) -> bool:
@@ -303,7 +321,8 @@ def _train_epoch(run: _Run) -> float:
             for g in run.opt.param_groups:
                 g["lr"] = min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * t))
         run.opt.zero_grad(set_to_none=True)
-        loss = _loss_terms(_forward(run.model, batch, cfg, training=True), batch, cfg)
+        out = _forward(run.model, batch, cfg, training=True)
+        loss = _loss_terms(out, batch, cfg.loss_weights(run.stage))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(run.params, 10.0)
         run.opt.step()
@@ -334,8 +353,10 @@ def _after_snapshot_epoch(run: _Run, epoch: int) -> str | None:
     return None
 
 
-def _after_epoch(run: _Run, epoch: int, valid_loss: float) -> str | None:
-    """Plateau schedule, best-weights bookkeeping, early stopping; the stop reason or None."""
+def _after_epoch(run: _Run, epoch: int, valid_loss: float, wall_s: float) -> str | None:
+    """Plateau schedule, best-weights bookkeeping, early stopping; the stop reason or None
+    (``wall_s``: the stage's deadline, s since the task started).
+    """
     if run.plateau:
         run.plateau.step(valid_loss)
     if valid_loss < run.best:
@@ -345,9 +366,40 @@ def _after_epoch(run: _Run, epoch: int, valid_loss: float) -> str | None:
         run.since_best += 1
     if run.since_best >= run.ens_cfg.patience:
         return "patience"
-    if time.perf_counter() - run.t_start > run.ens_cfg.wall_time_s:
+    if time.perf_counter() - run.t_start > wall_s:
         return "wall_time"
     return None
+
+
+def stage_two_epochs(ens_cfg: EnsembleConfig, snapshots: int = 1) -> int:
+    """Epochs of stage two within ``ens_cfg.max_epochs`` (0 when off): the last
+    ``stage_two_fraction`` of them, rounded up, leaving stage one at least one.
+    """
+    if not ens_cfg.stage_two or snapshots > 1:
+        return 0
+    return min(math.ceil(ens_cfg.stage_two_fraction * ens_cfg.max_epochs), ens_cfg.max_epochs - 1)
+
+
+def _start_stage_two(run: _Run, epoch: int) -> None:
+    """Switch ``run`` to stage two after ``epoch``: stage one's best weights (model and EMA),
+    the stage-two learning rate and a fresh plateau schedule; best weights tracked afresh, by
+    the stage-two loss.
+    """
+    cfg = run.ens_cfg
+    run.model.load_state_dict(run.best_state)
+    if run.ema:
+        run.ema.model.load_state_dict(run.best_state)
+    for group in run.opt.param_groups:
+        group["lr"] = cfg.stage_two_lr
+    run.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        run.opt,
+        factor=0.5,
+        patience=max(2, cfg.patience // 4),
+        min_lr=cfg.stage_two_lr * cfg.min_lr_factor,
+    )
+    run.stage, run.stage_two_from = 2, epoch + 1
+    run.best, run.since_best = math.inf, 0
+    log.info("member %d: stage two from epoch %d", run.member, epoch + 1)
 
 
 def _report(
@@ -366,33 +418,52 @@ def _report(
                 wall_time_s=float(run.ens_cfg.wall_time_s),
                 elapsed_s=time.perf_counter() - run.t_start,
                 stopped=stopped,
+                stage=run.stage,
             )
         )
 
 
 def _loop(run: _Run) -> tuple[int, str]:
-    """Epochs until a stop criterion; returns (last epoch, stop reason)."""
-    epoch, stopped = 0, "epochs"
-    for epoch in range(1, run.ens_cfg.max_epochs + 1):
+    """Epochs until a stop criterion; returns (last epoch, stop reason).
+
+    With stage two, stage one runs until its last epoch, its share of the wall cap or its
+    patience, then stage two runs its epochs (:func:`stage_two_epochs`) until the epoch cap,
+    the wall cap or its own patience.
+    """
+    cfg = run.ens_cfg
+    two = stage_two_epochs(cfg, run.snapshots)
+    wall_one = cfg.wall_time_s * (1 - cfg.stage_two_fraction) if two else cfg.wall_time_s
+    last, epoch = cfg.max_epochs - two, 0
+    while True:
+        epoch += 1
         if run.threads is not None and (n := int(run.threads())) != torch.get_num_threads():
             torch.set_num_threads(n)
         train_loss = _train_epoch(run)
-        val = evaluate_loader(run.evaluated, run.valid_loader, run.ens_cfg)
+        val = evaluate_loader(run.evaluated, run.valid_loader, cfg, run.stage)
         row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": run.opt.param_groups[0]["lr"]}
         row["threads"] = torch.get_num_threads()
+        row["stage"] = run.stage
         run.history.append(row)
-        _report(run, epoch, run.ens_cfg.max_epochs, row)
+        _report(run, epoch, cfg.max_epochs if run.stage == 1 else last, row)
         if run.snapshot_mode:
             reason = _after_snapshot_epoch(run, epoch)
         else:
-            reason = _after_epoch(run, epoch, val["loss"])
-        if reason:
-            return epoch, reason
-    return epoch, stopped
+            reason = _after_epoch(run, epoch, val["loss"], wall_one if run.stage == 1 else math.inf)
+            if run.stage == 2 and time.perf_counter() - run.t_start > cfg.wall_time_s:
+                reason = reason or "wall_time"
+        reason = reason or ("epochs" if epoch >= last else None)
+        if reason is None:
+            continue
+        if run.stage == 1 and two:
+            run.stage_one_stopped = reason
+            _start_stage_two(run, epoch)
+            last = epoch + two
+            continue
+        return epoch, reason
 
 
 def _valid_metrics(model: torch.nn.Module, run: _Run) -> dict:
-    v = evaluate_loader(model.to(run.device), run.valid_loader, run.ens_cfg)
+    v = evaluate_loader(model.to(run.device), run.valid_loader, run.ens_cfg, run.stage)
     return {
         "best_valid_loss": v["loss"],
         "valid_rmse_e_per_atom": v["rmse_e_per_atom"],
@@ -449,7 +520,8 @@ def train_member(
         member: index reported in progress events.
         snapshots: 1 for a plain member; K > 1 runs one cyclic-LR run and returns K snapshots.
         init_model: start from these weights (transfer initialisation) instead of a fresh model.
-        stats: data constants; computed from ``train`` when not given.
+        stats: data constants; computed from ``train`` when not given (E0s by
+            ``model_cfg.e0``: ``isolated`` then needs ``IsolatedAtom`` frames in ``train``).
         elements: element set of the model (default: the elements of train + valid).
         freeze: parameter-name prefixes kept fixed (see :func:`freeze_blocks`).
         device: torch device (default: CUDA when present).
@@ -465,11 +537,14 @@ def train_member(
     if threads and not callable(threads):
         torch.set_num_threads(int(threads))
     dev = torch.device(device) if device is not None else pick_device()
+    train, frames = split_isolated_atoms(train)
     train, valid, z_table = _prepare(train, valid, ens_cfg, seed, elements)
     ens_cfg = ens_cfg.scaled_to(len(train), sum(len(a) for a in train))
     if init_model is not None:
         z_table = [int(z) for z in init_model.atomic_numbers.tolist()]
-    stats = stats or compute_stats(train, z_table, model_cfg.r_max)
+    if stats is None:
+        e0 = resolve_atomic_energies(model_cfg.e0, train, z_table, frames=frames)
+        stats = compute_stats(train, z_table, model_cfg.r_max, e0)
     model = (
         copy.deepcopy(init_model)
         if init_model is not None
@@ -513,6 +588,8 @@ def train_member(
         "epochs_run": epoch,
         "device": str(dev),
         "frozen": frozen,
+        "stage_two_from": run.stage_two_from,  # the first epoch of stage two (None: none ran)
+        "stage_one_stopped": run.stage_one_stopped or None,
     }
     metrics = [{**shared, **m} for m in metrics]
     last = run.history[-1] if run.history else {"train_loss": math.nan, "loss": math.nan, "lr": 0.0}

@@ -14,6 +14,7 @@ from chemgap.oracle.config import (
     require_trust,
     supported_elements,
 )
+from chemgap.oracle.isolated import isolated_atom, isolated_atom_config
 from chemgap.oracle.labelling import label_batch, label_one
 from chemgap.oracle.results import FailureCategory, LabelResult, LabelSummary
 
@@ -27,6 +28,8 @@ __all__ = [
     "check_backend",
     "check_elements",
     "cost_model",
+    "isolated_atom",
+    "isolated_atom_config",
     "label_batch",
     "label_one",
     "make_calculator",

@@ -109,7 +109,8 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session, monkeypatch):
     info = json.loads(result.output)
     assert info["state"] == "done" and info["iteration"] == 2
     assert info["labels"]["failed"] == 0
-    assert info["labels"]["ok"] == 8 + 4 + 4 + 4  # initial set, test set, a batch per iteration
+    # initial set, test set, a batch per iteration, the isolated Cu atom (E0)
+    assert info["labels"]["ok"] == 8 + 4 + 4 + 4 + 1
     history = RunStore.open(store.root).state.history
     assert [h["iteration"] for h in history] == [1, 2]
     assert all(h["force_mae"] > 0 for h in history)
@@ -132,6 +133,7 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session, monkeypatch):
     assert len(keys) == len(set(keys))
     _check_test_set_kept_apart(store.root, history, info)
     _check_model_quality(store.root, history, info)
+    _check_reference_energies(store.root, history)
     # the holdout and the calibration split are predicted once per iteration (broken variant:
     # calibrate, trust levels and evaluate each predicting them again), and so is the test set
     holdout_batches = [b for b in predicted if b and set(b) == {"holdout"}]
@@ -139,6 +141,36 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session, monkeypatch):
     test_batches = [b for b in predicted if b and set(b) == {"test"}]
     assert len(holdout_batches) == len(calibration_batches) == 2
     assert len(test_batches) == 2 + 2  # + each diagnosis
+
+
+def _check_reference_energies(root: Path, history: list[dict]) -> None:
+    """``model.e0: isolated`` (the default): one oracle call on the isolated Cu atom, kept in
+    data.db under its own split (never trained on, not counted as a training label), recorded
+    in every iteration's ensemble.json; the models predict a lone Cu atom at EMT's 3.51 eV.
+    """
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    from chemgap.models.ensemble import Ensemble
+
+    atom = Atoms("Cu", positions=[[6.0, 6.0, 6.0]], cell=[12.0] * 3, pbc=False)
+    atom.calc = EMT()
+    e_atom = atom.get_potential_energy()
+    assert e_atom == pytest.approx(3.51, abs=0.01)
+    store = RunStore.open(root)
+    (row,) = store.structures(split="isolated_atom")
+    assert row.get_chemical_symbols() == ["Cu"] and row.info["config_type"] == "IsolatedAtom"
+    assert row.info["REF_energy"] == pytest.approx(e_atom)
+    assert not [a for a in store.structures(split="train") if len(a) == 1]
+    for h in history:
+        assert h["oracle_calls_e0"] == 1
+        assert h["oracle_calls"] == h["labels_ok"] + h["labels_failed"] - h["oracle_calls_test"] - 1
+    for it in ("001", "002"):
+        ens = Ensemble.load(root / "iterations" / it / "models")
+        assert ens.metadata["e0"]["method"] == "isolated"
+        assert ens.metadata["e0"]["values"] == {"Cu": pytest.approx(e_atom)}
+        assert ens.metadata["e0"]["sources"]["Cu"].startswith("oracle emt")
+        assert abs(float(ens.predict([atom.copy()]).energy_mean[0]) - e_atom) < 0.05
 
 
 def _check_model_quality(root: Path, history: list[dict], info: dict) -> None:

@@ -33,7 +33,9 @@ from chemgap.common.metrics import (
 )
 from chemgap.models.config import EnsembleConfig, ModelConfig
 
-SMALL = ModelConfig(r_max=4.0, num_channels=8, max_L=1, num_interactions=2, correlation=2)
+SMALL = ModelConfig(
+    r_max=4.0, num_channels=8, max_L=1, num_interactions=2, correlation=2, e0="average"
+)
 FAST = EnsembleConfig(members=2, max_epochs=20, batch_size=4, lr=1e-2, patience=50)
 CFG = DiagnosticsConfig(bootstrap=300, environment_classes=6, n_clusters=6)
 

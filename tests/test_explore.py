@@ -20,7 +20,9 @@ from chemgap.agent.trust import TrustLevels, trust_levels
 from chemgap.campaigns.spec import ExplorationConfig, TrustConfig
 from chemgap.models.config import EnsembleConfig, ModelConfig
 
-SMALL = ModelConfig(r_max=4.0, num_channels=8, max_L=1, num_interactions=2, correlation=2)
+SMALL = ModelConfig(
+    r_max=4.0, num_channels=8, max_L=1, num_interactions=2, correlation=2, e0="average"
+)
 
 
 def labelled(atoms: Atoms) -> Atoms:

@@ -213,7 +213,9 @@ def model_dir(tmp_path_factory):
     from chemgap.models.config import ModelConfig
     from chemgap.models.ensemble import Ensemble
 
-    cfg = ModelConfig(num_channels=8, max_L=1, num_interactions=2, r_max=4.0, radial_mlp=[16])
+    cfg = ModelConfig(
+        num_channels=8, max_L=1, num_interactions=2, r_max=4.0, radial_mlp=[16], e0="average"
+    )
     stats = compute_stats(FRAMES, [29], cfg.r_max)
     members = [build_model(cfg, stats, seed=s) for s in range(2)]
     with torch.no_grad():

@@ -27,7 +27,14 @@ from chemgap.models.transfer import refit_atomic_energies, transfer_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
-SMALL = {"num_channels": 8, "max_L": 1, "num_interactions": 2, "r_max": 4.0, "radial_mlp": [16, 16]}
+SMALL = {
+    "num_channels": 8,
+    "max_L": 1,
+    "num_interactions": 2,
+    "r_max": 4.0,
+    "radial_mlp": [16, 16],
+    "e0": "average",
+}
 
 
 def config(long_range: str, dtype: str = "float64", **kw) -> ModelConfig:

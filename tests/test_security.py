@@ -72,7 +72,7 @@ def trained_dir(tmp_path_factory) -> Path:
         atoms.arrays["REF_forces"] = atoms.get_forces()
         atoms.calc = None
         cells.append(atoms)
-    model = ModelConfig(num_channels=8, max_L=1, num_interactions=1, r_max=4.0)
+    model = ModelConfig(num_channels=8, max_L=1, num_interactions=1, r_max=4.0, e0="average")
     cfg = EnsembleConfig(members=1, max_epochs=2, batch_size=3)
     out = tmp_path_factory.mktemp("model") / "models"
     train_ensemble(cells, model, cfg, out, seed=0)

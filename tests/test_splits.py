@@ -186,7 +186,9 @@ def test_split_study_ood_errors_exceed_the_random_split(tmp_path):
         a.info[ENERGY_KEY] = ref.get_potential_energy()
         a.arrays[FORCES_KEY] = ref.get_forces()
     cfg = DiagnosticsConfig(splits=["random", "cluster", "maxsep", "size"], n_clusters=6)
-    model = ModelConfig(r_max=4.0, num_channels=8, max_L=1, num_interactions=2, correlation=2)
+    model = ModelConfig(
+        r_max=4.0, num_channels=8, max_L=1, num_interactions=2, correlation=2, e0="average"
+    )
     ens = EnsembleConfig(members=2, max_epochs=20, batch_size=4, lr=1e-2, patience=50)
     results = run_splits(structures, cfg, model, ens, tmp_path, seed=0)  # in-process
     rows = {r.name: r for r in results}

@@ -47,7 +47,8 @@ def trained(tmp_path_factory):
     result = CliRunner().invoke(
         train,
         [str(root / "train.xyz"), "-o", str(root / "model"), "--members", "2", "--no-ray",
-         "--calibrate", str(root / "test.xyz"), "--valid", str(root / "valid.xyz"), *SMALL],
+         "--calibrate", str(root / "test.xyz"), "--valid", str(root / "valid.xyz"),
+         "--oracle", "emt", *SMALL],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return root, result
@@ -62,6 +63,40 @@ def test_train_writes_model_dir(trained):
     # variant: quality figures of the fitting data, where the spread is right by construction)
     assert "fitted on 4 --calibrate structures" in result.output
     assert "on --valid (3 structures)" in result.output
+
+
+def test_isolated_e0_from_the_oracle_gives_the_free_atom_its_energy(trained):
+    """``--e0 isolated`` (the default) with ``--oracle emt``: E0 is EMT's isolated Cu atom
+    (3.51 eV, computed in the test with ASE), said in one line and recorded, and the model
+    predicts an atom without neighbours at it (a least-squares E0 from these bulk cells would
+    be the bulk energy per atom, ~0 eV).
+    """
+    from ase import Atoms
+
+    from chemgap.models.ensemble import Ensemble
+
+    root, result = trained
+    atom = Atoms("Cu", positions=[[5.0, 5.0, 5.0]], cell=[10.0] * 3, pbc=False)
+    atom.calc = EMT()
+    e_atom = atom.get_potential_energy()
+    assert e_atom == pytest.approx(3.51, abs=0.01)
+    assert f"E0: emt's isolated atoms: Cu {e_atom:.3f} eV" in result.output
+    ens = Ensemble.load(root / "model")
+    assert ens.metadata["e0"]["method"] == "isolated"
+    assert ens.metadata["e0"]["values"]["Cu"] == pytest.approx(e_atom)
+    pred = ens.predict([Atoms("Cu", positions=[[5.0, 5.0, 5.0]], cell=[10.0] * 3)])
+    assert abs(float(pred.energy_mean[0]) - e_atom) < 0.05
+
+
+def test_isolated_e0_without_an_oracle_is_one_clear_sentence(tmp_path):
+    write_cu(tmp_path / "d.xyz", 6, 0)
+    result = CliRunner().invoke(train, [str(tmp_path / "d.xyz"), "-o", str(tmp_path / "m")])
+    assert result.exit_code == 2
+    assert "--e0: isolated (the default) needs the isolated-atom energy of Cu" in result.output
+    assert "Traceback" not in result.output
+    bad = CliRunner().invoke(train, [str(tmp_path / "d.xyz"), "-o", str(tmp_path / "m"),
+                                     "--e0", "Cu=abc"])  # fmt: skip
+    assert bad.exit_code == 2 and "--e0: 'Cu=abc' is not ELEMENT=eV" in bad.output
 
 
 def test_predict_writes_extxyz_with_uncertainty(trained):
@@ -217,7 +252,8 @@ def test_the_first_train_states_its_scaled_budget_and_what_stopped_each_member(t
     out = " ".join(result.output.split())
     assert "budget: ≤ 3 epochs, patience 5, ≤ 60 s per member" in out
     assert "(patience and wall cap scaled to the data; --set ensemble.* to choose)" in out
-    assert "member 1/2: ran all 3 epochs kept epoch" in out
+    assert "member 1/2: ran all 3 epochs kept epoch 3 (stage two from 3)" in out
+    assert "stage two: the last 1 epoch at energy : forces 1000 : 100" in out
     assert "early stopping: 0 of 2 member(s) stopped before the cap" in out
     cfg = Ensemble.load(root / "model").ens_cfg  # the model records the values it trained with
     assert (cfg.max_epochs, cfg.patience, cfg.wall_time_s) == (3, 5, 60.0)

@@ -61,6 +61,8 @@ class Reporter:
                 self.task = self.progress.add_task(f"iter {it} · {text}", total=total or None)
             case "label":
                 self.progress.update(self.task, completed=payload["done"], total=payload["total"])
+            case "note":
+                self.progress.console.print(payload["text"])
             case "iteration":
                 self._close()
                 self.progress.console.print(_iteration_table(payload))
@@ -97,6 +99,8 @@ def _iteration_table(row: dict[str, Any]) -> Table:
     calls = f"{row.get('oracle_calls', row['labels_ok'])} oracle calls"
     if row.get("oracle_calls_test"):
         calls += f" + {row['oracle_calls_test']} test"
+    if row.get("oracle_calls_e0"):
+        calls += f" + {row['oracle_calls_e0']} E0"
     table = Table(
         title=f"iteration {row['iteration']} · {row['labels_ok']} labels "
         f"({row['labels_failed']} failed) · {calls}",

@@ -68,6 +68,76 @@ def _under_flag(message: str) -> str:
     return message
 
 
+E0_ORACLES = ("emt", "sw", "tersoff", "xtb", "pyscf")
+"""The oracles ``--oracle`` names (an ``ase`` calculator needs a spec and --trust-code)."""
+
+
+def parse_e0(text: str) -> str | dict[str, float]:
+    """``--e0``: ``isolated``, ``average`` or ``El=eV,El=eV`` (e.g. ``Cu=3.51``).
+
+    Raises:
+        BadInput: anything else, naming the flag and what is allowed.
+    """
+    allowed = "allowed: isolated, average or ELEMENT=eV,... (e.g. Cu=3.51)"
+    text = text.strip()
+    if text in ("isolated", "average"):
+        return text
+    values = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        element, _, energy = item.partition("=")
+        try:
+            values[element.strip()] = float(energy)
+        except ValueError:
+            raise BadInput(f"--e0: {item!r} is not ELEMENT=eV; {allowed}") from None
+    try:
+        ModelConfig(e0=values or text)
+    except ValueError as exc:
+        first = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+        raise BadInput(f"--e0: {first.removeprefix('Value error, ')}; {allowed}") from None
+    return values
+
+
+def isolated_energies(structures: list, oracle: str | None) -> tuple[dict[str, float], str]:
+    """The isolated-atom energies ``--oracle`` computes for the elements of ``structures``
+    that have no ``IsolatedAtom`` frame (one call each, in-process), and a line saying so.
+
+    Raises:
+        BadInput: an element is left without one (no ``--oracle``, or the oracle failed).
+    """
+    from chemgap.models.data import element_list
+    from chemgap.models.e0 import ISOLATED_ATOM, split_isolated_atoms
+
+    rest, frames = split_isolated_atoms(structures)
+    todo = [el for el in element_list(rest) if el not in frames]
+    if not todo:
+        return {}, ""
+    if oracle is None:
+        raise BadInput(
+            f"--e0: isolated (the default) needs the isolated-atom energy of {', '.join(todo)}: "
+            f"--oracle NAME to compute it ({', '.join(E0_ORACLES)}), {ISOLATED_ATOM} frames "
+            "in DATA, or --e0 average"
+        )
+    from chemgap.oracle import OracleConfig, isolated_atom, isolated_atom_config, label_one
+
+    config = OracleConfig(name=oracle)
+    energies, failed = {}, []
+    for el in todo:
+        result = label_one(isolated_atom(el), isolated_atom_config(config, el))
+        if result.ok:
+            energies[el] = float(result.atoms.info["REF_energy"])
+        else:
+            failed.append(f"{el} ({result.status})")
+    if failed:
+        raise BadInput(
+            f"--oracle: {oracle} could not compute the isolated atom of {', '.join(failed)}; "
+            "give --e0 average or ELEMENT=eV values"
+        )
+    line = f"E0: {oracle}'s isolated atoms: " + ", ".join(
+        f"{el} {e:.3f} eV" for el, e in energies.items()
+    )
+    return energies, line
+
+
 def member_eta(epoch: int, max_epochs: int, elapsed_s: float, wall_time_s: float) -> float:
     """Seconds a member still needs at most: its remaining epochs at the pace of those done,
     capped by what is left of its wall-time cap (early stopping may end it sooner).
@@ -155,8 +225,9 @@ def stop_lines(metrics: list[dict], ens_cfg: Any) -> list[str]:
         else:
             how = f"ran all {ran} epochs"
         lines.append(f"member {k + 1}/{len(metrics)}: {how}")
+        two = f" (stage two from {meta['stage_two_from']})" if meta.get("stage_two_from") else ""
         lines.append(
-            f"  kept epoch {best}: valid RMSE E "
+            f"  kept epoch {best}{two}: valid RMSE E "
             f"{1000 * meta.get('valid_rmse_e_per_atom', nan):.3g} meV/atom, "
             f"F {1000 * meta.get('valid_rmse_f', nan):.3g} meV/Å"
         )
@@ -258,6 +329,20 @@ def _calibrate(ens: Any, held_out: list, valid: list | None) -> None:
     metavar="BLOCK",
     help="Parameter block kept fixed while fine-tuning (e.g. interactions.0). Repeatable.",
 )
+@click.option(
+    "--e0",
+    "e0_text",
+    default=None,
+    metavar="isolated|average|EL=eV,...",
+    help="Reference energies E0 (default isolated): the isolated atoms' (from --oracle or "
+    "IsolatedAtom frames in DATA), least squares on DATA (average), or values such as Cu=3.51.",
+)
+@click.option(
+    "--oracle",
+    type=click.Choice(E0_ORACLES),
+    default=None,
+    help="Oracle that computes the isolated atoms for --e0 isolated (one call per element).",
+)
 @seed_option()
 @click.option(
     "--ray/--no-ray",
@@ -279,6 +364,8 @@ def train(
     init_from: Path | None,
     element_map: tuple[str, ...],
     freeze: tuple[str, ...],
+    e0_text: str | None,
+    oracle: str | None,
     seed: int,
     use_ray: bool,
     address: str | None,
@@ -292,12 +379,19 @@ def train(
     from chemgap.models.ensemble import budget_text, scaled_budget, train_ensemble
 
     model_cfg, ens_cfg = training_configs(assignments, members=members, mode=mode)
+    if e0_text is not None:
+        model_cfg = model_cfg.model_copy(update={"e0": parse_e0(e0_text)})
     emap = _element_map(element_map, init_from)
     _check_dirs(init_from, out_dir)
     structures = read_structures(data_path, "DATA")
     valid = read_structures(valid_path, "--valid") if valid_path else None
     held_out = read_structures(calib_path, "--calibrate") if calib_path else None
 
+    isolated: dict[str, float] = {}
+    if model_cfg.e0 == "isolated" and init_from is None:
+        isolated, line = isolated_energies(structures, oracle)
+        if line:
+            console.print(line)
     console.print(
         f"training {ens_cfg.members} {ens_cfg.mode} member(s) on {len(structures)} structures "
         f"from {data_path}"
@@ -311,6 +405,15 @@ def train(
         names = " and ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
         console.print(f"  budget: {budget_text(ens_cfg)}")
         console.print(f"  ({names} scaled to the data; --set ensemble.* to choose)")
+    if ens_cfg.stage_two and ens_cfg.max_epochs:
+        from chemgap.models.train import stage_two_epochs
+
+        w_e, w_f, _ = ens_cfg.loss_weights(2)
+        n = stage_two_epochs(ens_cfg)
+        console.print(
+            f"  stage two: the last {n} epoch{'s' if n != 1 else ''} at energy : forces "
+            f"{w_e:g} : {w_f:g}"
+        )
     runtime = with_runtime(use_ray, address, num_cpus=num_cpus, dashboard=dashboard)
     with runtime as executor, _member_bars(ens_cfg.members) as on_progress:
         try:
@@ -326,6 +429,8 @@ def train(
                 freeze=freeze,
                 progress=on_progress,
                 executor=executor,
+                isolated_atom_energies=isolated or None,
+                isolated_source=f"oracle {oracle}",
             )
         except ValueError as exc:
             raise BadInput(str(exc)) from None

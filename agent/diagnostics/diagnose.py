@@ -929,11 +929,15 @@ def _diagnose_and_write(
     trained: list[SplitResult] = []
     if train_splits:
         from chemgap.models.config import EnsembleConfig, ModelConfig
+        from chemgap.models.e0 import saved_atomic_energies
 
+        # the split study's models are built like the diagnosed one: its E0s
+        e0 = saved_atomic_energies(inp.model_dir)
+        model_cfg = (inp.model_cfg or ModelConfig()).model_copy(update={"e0": e0})
         trained = run_splits(
             inp.structures,
             inp.cfg,
-            inp.model_cfg or ModelConfig(),
+            model_cfg,
             inp.ens_cfg or EnsembleConfig(),
             inp.splits_dir,
             inp.seed,

@@ -251,7 +251,8 @@ def _check_probes(spec: Any, cfg: RemediationConfig) -> None:
 
 def training(arm: Arm, base: Base, cfg: RemediationConfig) -> Training:
     """The arm's architecture and training settings: the campaign's, with the experiment's
-    ensemble size and epoch cap, changed by the arm.
+    ensemble size and epoch cap and the base model's reference energies E0 (the oracle's
+    isolated atoms in a run with ``model.e0: isolated``), changed by the arm.
     """
     update: dict[str, Any] = {}
     if cfg.members is not None:
@@ -259,7 +260,8 @@ def training(arm: Arm, base: Base, cfg: RemediationConfig) -> Training:
     if cfg.max_epochs is not None:
         update["max_epochs"] = cfg.max_epochs
     default = Training(
-        model=base.spec.model.model_copy(), ensemble=base.spec.ensemble.model_copy(update=update)
+        model=base.spec.model.model_copy(update={"e0": base.atomic_energies()}),
+        ensemble=base.spec.ensemble.model_copy(update=update),
     )
     return arm.training(base, cfg, default)
 

@@ -51,6 +51,12 @@ class Base:
     regions: list[dict[str, Any]] = field(default_factory=list)
     environment: dict[str, Any] | None = None
 
+    def atomic_energies(self) -> dict[str, float]:
+        """Element -> E0 (eV) of the base iteration's model: every arm is built with them."""
+        from chemgap.models.e0 import saved_atomic_energies
+
+        return saved_atomic_energies(self.iteration_dir / "models")
+
     @property
     def iteration_dir(self) -> Path:
         """``iterations/NNN`` of the base iteration."""

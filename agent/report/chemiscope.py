@@ -26,6 +26,7 @@ from ase import Atoms
 from chemgap.agent.errors import BadInput
 from chemgap.agent.report.gather import read_json
 from chemgap.agent.store import ITERATIONS_DIR, RunStore
+from chemgap.common.keys import ISOLATED_ATOM_SPLIT
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,11 @@ def _last_models(root: Path) -> Path:
 def _structures(store: RunStore) -> list[Atoms]:
     """The test set first, then every other labelled structure, in data.db order."""
     test = store.structures(status="ok", split="test")
-    rest = [a for a in store.structures(status="ok") if a.info.get("split") != "test"]
+    rest = [
+        a
+        for a in store.structures(status="ok")
+        if a.info.get("split") not in ("test", ISOLATED_ATOM_SPLIT)
+    ]
     return test + rest
 
 

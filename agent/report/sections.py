@@ -173,6 +173,7 @@ def _calls_text(run: dict[str, Any], last: dict[str, Any]) -> str:
     return (
         f"{last.get('oracle_calls', '–')} for training labels + "
         f"{last.get('oracle_calls_test') or 0} for the test set"
+        + (f" + {e0} isolated atoms (E0)" if (e0 := last.get("oracle_calls_e0")) else "")
     )
 
 
