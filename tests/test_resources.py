@@ -257,13 +257,14 @@ def test_a_full_disk_exits_1_with_one_sentence_saying_so(disk_story):
 @pytest.mark.slow
 def test_a_full_disk_leaves_state_and_labels_whole(disk_story):
     """After the failure: state.json parses (marked failed, with the cause), data.db passes
-    SQLite's integrity check and holds every label written before (8 initial + 4 test), and no
-    temp file or half-written member is left behind.
+    SQLite's integrity check and holds every label written before (8 initial + 4 test + the
+    isolated atom of the reference energy), and no temp file or half-written member is left
+    behind.
     """
     state = disk_story.state_failed
     assert state["status"] == "failed" and "No space left" in state["stop_reason"]
     assert disk_story.integrity_failed == "ok"
-    assert len(disk_story.rows_failed) == 12
+    assert len(disk_story.rows_failed) == 12 + 1
     assert {status for _, _, status in disk_story.rows_failed} == {"ok"}
     assert disk_story.temp_failed == []
     assert "member_00.model" not in disk_story.models_failed  # no half-written member
@@ -275,7 +276,7 @@ def test_resume_on_a_read_only_partial_run_exits_2_and_changes_nothing(disk_stor
     assert resume.exit_code == EXIT_BAD_INPUT, resume.output
     text = one_line(resume.stderr)
     assert f"{disk_story.view} is read-only" in text and "Traceback" not in resume.output
-    assert status.exit_code == 0 and json.loads(status.stdout)["labels"]["ok"] == 12
+    assert status.exit_code == 0 and json.loads(status.stdout)["labels"]["ok"] == 13
     assert disk_story.ro_partial_unchanged
 
 
@@ -287,7 +288,8 @@ def test_resume_after_freeing_space_finishes_with_every_label_kept(disk_story):
     state = json.loads((disk_story.root / "state.json").read_text())
     assert state["status"] == "done" and state["iteration"] == 1
     assert set(disk_story.rows_failed) <= set(disk_story.rows_done)
-    assert len(disk_story.rows_done) == 12 + 4  # one labelled batch more
+    batch = json.loads((disk_story.root / "iterations/001/selection.json").read_text())
+    assert len(disk_story.rows_done) == 13 + batch["selected"] >= 13 + 1  # one batch more
     assert integrity(disk_story.root / "data.db") == "ok"
 
 
