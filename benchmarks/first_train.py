@@ -36,7 +36,8 @@ def main() -> None:
         ase.io.write(data, make_data(args.n, 0, repeat=(2, 1, 1)), format="extxyz")
         command = [
             sys.executable, "-m", "chemgap.agent.cli.main", "train", str(data),
-            "-o", str(Path(tmp) / "model"), "--members", str(args.members), *args.extra,
+            "-o", str(Path(tmp) / "model"), "--members", str(args.members),
+            "--oracle", "emt", *args.extra,
         ]  # fmt: skip
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "100"}
         start = time.perf_counter()

@@ -208,6 +208,7 @@ def configs(args: argparse.Namespace, job: Job) -> tuple[Any, Any, Any]:
         correlation=2,
         radial_mlp=[32, 32],
         dtype="float32",
+        e0="average",  # as its recorded figures were measured (before isolated-atom E0s)
         long_range=job.long_range,
     )
     ens = EnsembleConfig(

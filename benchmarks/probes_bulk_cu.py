@@ -9,9 +9,13 @@ the sizes given. Expected: EOS close (bulk is what it saw); vacancy and surface 
 (under-coordinated atoms it never saw); dimer curves unphysical.
 
 ``--stress-weight`` also fits EMT's stresses (the default campaign fits energies and forces).
+``--e0`` chooses the reference energies: ``isolated`` (EMT's isolated Cu atom, the default) or
+``average`` (least squares on the training energies: the figures before isolated-atom E0s);
+``--stage-two 0`` trains without the energy-weighted stage two (the figures before it).
 
 Usage: python benchmarks/probes_bulk_cu.py [--n 60] [--epochs 40] [--model DIR] [--out DIR]
        [--vacancy-sizes 2 3] [--md-steps 250] [--stress-weight 0] [--probes eos ...]
+       [--e0 isolated|average] [--stage-two 0.25]
 """
 
 from __future__ import annotations
@@ -59,7 +63,17 @@ def bulk_data(n: int, seed: int) -> list:
     return out
 
 
-def train(n: int, epochs: int, stress_weight: float, out: Path):
+def emt_atom_energy() -> float:
+    """EMT's isolated Cu atom, eV (3.51)."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+
+    atom = Atoms("Cu", positions=[[10.0, 10.0, 10.0]], cell=[20.0] * 3, pbc=False)
+    atom.calc = EMT()
+    return float(atom.get_potential_energy())
+
+
+def train(n: int, epochs: int, stress_weight: float, out: Path, e0: str, stage_two: float):
     """The bulk-only ensemble, its held-out force MAE (eV/Å) and the training wall time (s);
     ``stress_weight`` > 0 also fits the EMT stresses.
     """
@@ -67,7 +81,9 @@ def train(n: int, epochs: int, stress_weight: float, out: Path):
     from chemgap.models.ensemble import train_ensemble
 
     data = bulk_data(n + 10, seed=0)
-    model_cfg = ModelConfig(r_max=4.5, num_channels=8, max_L=1, num_interactions=2, correlation=2)
+    model_cfg = ModelConfig(
+        r_max=4.5, num_channels=8, max_L=1, num_interactions=2, correlation=2, e0=e0
+    )
     ens_cfg = EnsembleConfig(
         members=4,
         max_epochs=epochs,
@@ -76,9 +92,14 @@ def train(n: int, epochs: int, stress_weight: float, out: Path):
         batch_size=4,
         lr=0.01,
         stress_weight=stress_weight,
+        stage_two_fraction=stage_two,
     )
+    isolated = {"Cu": emt_atom_energy()} if e0 == "isolated" else None
     t0 = time.perf_counter()
-    ens = train_ensemble(data[:n], model_cfg, ens_cfg, out, seed=0)
+    ens = train_ensemble(
+        data[:n], model_cfg, ens_cfg, out, seed=0, isolated_atom_energies=isolated,
+        isolated_source="oracle emt",
+    )  # fmt: skip
     wall = time.perf_counter() - t0
     test = data[n:]
     pred = ens.predict(test)
@@ -108,6 +129,8 @@ def main() -> None:
     parser.add_argument("--md-steps", type=int, default=250)
     parser.add_argument("--stress-weight", type=float, default=0.0, help="also fit stresses")
     parser.add_argument("--probes", nargs="+", default=EVERYTHING, choices=EVERYTHING)
+    parser.add_argument("--e0", choices=["isolated", "average"], default="isolated")
+    parser.add_argument("--stage-two", type=float, default=0.25, help="stage-two fraction")
     args = parser.parse_args()
 
     from ase.build import bulk
@@ -119,7 +142,9 @@ def main() -> None:
     print("load average at start:", os.getloadavg())
     workdir = Path(tempfile.mkdtemp(prefix="probes_bulk_cu_"))
     if args.model is None:
-        ens, mae, wall = train(args.n, args.epochs, args.stress_weight, workdir / "model")
+        ens, mae, wall = train(
+            args.n, args.epochs, args.stress_weight, workdir / "model", args.e0, args.stage_two
+        )
         print(f"trained 4 members on {args.n} bulk cells in {wall:.0f} s; "
               f"held-out force MAE {1000 * mae:.1f} meV/Å")  # fmt: skip
     else:
