@@ -163,7 +163,7 @@ def test_split_study_ood_errors_exceed_the_random_split(tmp_path):
     from ase.calculators.emt import EMT
 
     from chemgap.agent.diagnostics.splits import run_splits
-    from chemgap.models.config import EnsembleConfig, ModelConfig
+    from chemgap.models.config import EnsembleConfig
 
     structures = []
     for i in range(12):
@@ -186,17 +186,8 @@ def test_split_study_ood_errors_exceed_the_random_split(tmp_path):
         a.info[ENERGY_KEY] = ref.get_potential_energy()
         a.arrays[FORCES_KEY] = ref.get_forces()
     cfg = DiagnosticsConfig(splits=["random", "cluster", "maxsep", "size"], n_clusters=6)
-    # least-squares E0 and a residual first block, as this test's statistics were set with:
-    # the MACE convention needs ~3x the optimiser steps to fit as well (RESULTS.md)
-    model = ModelConfig(
-        r_max=4.0,
-        num_channels=8,
-        max_L=1,
-        num_interactions=2,
-        correlation=2,
-        e0="average",
-        residual_first=True,
-    )
+    from test_silent_region import SMALL as model  # the members this statistic was set with
+
     ens = EnsembleConfig(members=2, max_epochs=20, batch_size=4, lr=1e-2, patience=50)
     results = run_splits(structures, cfg, model, ens, tmp_path, seed=0)  # in-process
     rows = {r.name: r for r in results}

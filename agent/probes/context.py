@@ -98,6 +98,44 @@ class ProbeContext:
             pass_score=self.cfg.pass_score,
         )
 
+    def energy_triple(
+        self,
+        probe: ProbeName,
+        name: str,
+        relaxed: np.ndarray,
+        unrelaxed: np.ndarray,
+        error: np.ndarray,
+        *,
+        unit: str,
+        labels: tuple[str, str, str],
+    ) -> list[Metric]:
+        """A defect energy relaxed (judged by ``name``'s bound), unrelaxed (``name``
+        + ``_unrelaxed``, informational) and each row's energy error on the unrelaxed cell
+        (``E_error``, meV/atom, no oracle value), each (R,) per row; ``labels`` are the three
+        display labels.
+        """
+        label, unrelaxed_label, error_label = labels
+        return [
+            self.metric(probe, name, relaxed, unit=unit, label=label),
+            self.metric(
+                probe,
+                f"{name}_unrelaxed",
+                unrelaxed,
+                unit=unit,
+                label=unrelaxed_label,
+                bounded=False,
+            ),
+            self.metric(
+                probe,
+                "E_error",
+                error,
+                unit="meV/atom",
+                label=error_label,
+                oracle=False,
+                bounded=False,
+            ),
+        ]
+
     def curve(
         self,
         label: str,

@@ -68,26 +68,15 @@ def run(ctx: ProbeContext) -> ProbeResult:
         for row in (k, o):
             if not relaxed[row].converged:
                 result.notes.append(f"{pot.row_name(row)} not relaxed below fmax for ({label})")
-        result.metrics += [
-            ctx.metric(NAME, "gamma", gamma, unit="eV/Å²", label=f"γ({label})"),
-            ctx.metric(
-                NAME,
-                "gamma_unrelaxed",
-                gamma_cut,
-                unit="eV/Å²",
-                label=f"γ unrelaxed ({label})",
-                bounded=False,
-            ),
-            ctx.metric(
-                NAME,
-                "E_error",
-                error,
-                unit="meV/atom",
-                label=f"E error slab ({label})",
-                oracle=False,
-                bounded=False,
-            ),
-        ]
+        result.metrics += ctx.energy_triple(
+            NAME,
+            "gamma",
+            gamma,
+            gamma_cut,
+            error,
+            unit="eV/Å²",
+            labels=(f"γ({label})", f"γ unrelaxed ({label})", f"E error slab ({label})"),
+        )
     g = np.array(gammas)  # (facets, R)
     if len(cfg.facets) >= 3:
         rho = [spearman(g[:, row], g[:, o]) for row in range(pot.n_rows)]

@@ -66,26 +66,19 @@ def run(ctx: ProbeContext) -> ProbeResult:
         for row in (k, o):
             if not relaxed[row].converged:
                 result.notes.append(f"{pot.row_name(row)} not relaxed below fmax at N={n_atoms}")
-        result.metrics += [
-            ctx.metric(NAME, "E_vac", e_f, unit="eV", label=f"E_vac N={n_atoms}"),
-            ctx.metric(
-                NAME,
-                "E_vac_unrelaxed",
-                e_f_cut,
-                unit="eV",
-                label=f"E_vac unrelaxed N={n_atoms}",
-                bounded=False,
+        result.metrics += ctx.energy_triple(
+            NAME,
+            "E_vac",
+            e_f,
+            e_f_cut,
+            error,
+            unit="eV",
+            labels=(
+                f"E_vac N={n_atoms}",
+                f"E_vac unrelaxed N={n_atoms}",
+                f"E error defect N={n_atoms}",
             ),
-            ctx.metric(
-                NAME,
-                "E_error",
-                error,
-                unit="meV/atom",
-                label=f"E error defect N={n_atoms}",
-                oracle=False,
-                bounded=False,
-            ),
-        ]
+        )
     relaxed_last = relaxed
     e_all = np.array(energies)  # (sizes, R)
     dev = [rmsd(r.atoms, relaxed_last[o].atoms) for r in relaxed_last]
