@@ -59,7 +59,7 @@ ForceFn = Callable[["WalkerState"], tuple[Any, ...]]
 # --------------------------------------------------------------------------- batched state
 @dataclass(kw_only=True)
 class WalkerState:
-    """W walkers as one batch (torch-sim ``SimState`` style; DESIGN.md style rule 3).
+    """W walkers as one batch (torch-sim ``SimState`` style; docs/architecture.md, Conventions).
 
     Attributes:
         positions: (n_atoms, 3) float64 Å, unwrapped (periodic images via the graph's shifts).

@@ -1,6 +1,6 @@
 """Seed structures: the spec's ``system.seeds`` entries turned into ``ase.Atoms``.
 
-Each generator is a registry entry keyed by the seed's ``kind`` (DESIGN.md style rule 4). Every
+Each generator is a registry entry keyed by the seed's ``kind`` (docs/architecture.md). Every
 structure carries its provenance in ``atoms.info``: ``source='seed'``, ``seed_kind``,
 ``seed_index`` (entry in the spec) and ``copy``. Randomness (vacancy sites, strain, rattle,
 conformers) comes from one ``numpy.random.Generator``, so a spec seed reproduces the set.

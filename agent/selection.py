@@ -1,7 +1,7 @@
 """Choosing what the oracle labels next: a budgeted, diverse, de-duplicated batch of candidates.
 
 Strategies are a ``StrEnum`` (:class:`chemgap.campaigns.spec.SelectionStrategy`) plus the registry
-:data:`STRATEGIES` (DESIGN.md style rule 4):
+:data:`STRATEGIES` (docs/architecture.md):
 
 - ``uncertainty``: highest calibrated uncertainty first (query by committee; Seung et al. 1992).
 - ``diverse``: farthest-point sampling (Gonzalez 1985) in descriptor space, seeded with the most

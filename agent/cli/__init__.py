@@ -1,4 +1,4 @@
-"""The ``chemgap`` command line: a thin face over the library (DESIGN.md style rule 5)."""
+"""The ``chemgap`` command line: a thin face over the library (docs/architecture.md)."""
 
 from __future__ import annotations
 

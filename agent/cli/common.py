@@ -52,7 +52,8 @@ def handles_errors(func: F, *, resumable: bool = False) -> F: ...
 @overload
 def handles_errors(func: None = None, *, resumable: bool = False) -> Callable[[F], F]: ...
 def handles_errors(func: F | None = None, *, resumable: bool = False) -> Any:
-    """Map library exceptions to DESIGN.md's exit codes without a traceback for user mistakes.
+    """Map library exceptions to the exit codes (docs/architecture.md), no traceback for a user's
+    mistake.
 
     - exit 2, the user's input: ``BadInput`` (a run directory that is read-only among them:
       it was the user's choice), ``FileNotFoundError`` for named inputs, and an ``OSError``

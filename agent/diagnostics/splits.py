@@ -6,7 +6,7 @@ extrapolation, and MLIPs that look equally good on random splits differ widely o
 benchmarks of e.g. Kovács et al., "Evaluation of the MACE force field architecture", J. Chem. Phys.
 159, 044118, 2023, and the leave-cluster-out cross-validation of Meredig et al., Mol. Syst. Des.
 Eng. 3, 819, 2018). Strategies are the ``StrEnum`` :class:`~chemgap.campaigns.spec.SplitName`
-plus the registry :data:`SPLITS` (DESIGN.md rule 4):
+plus the registry :data:`SPLITS` (docs/architecture.md, Conventions):
 
 - ``random``: half the structures at random (the reference);
 - ``cluster``: KMeans (k = ``n_clusters``) on structure-averaged SOAP, half the clusters held out;

@@ -1,7 +1,7 @@
 """The probe registry and :func:`run_probes`: check the request, run each probe, never raise.
 
 Probes are a ``StrEnum`` (:class:`~chemgap.campaigns.spec.ProbeName`) plus the registry
-:data:`PROBES` of modules (DESIGN.md style rule 4), each with ``applies(ctx)`` (why it cannot
+:data:`PROBES` of modules (docs/architecture.md), each with ``applies(ctx)`` (why it cannot
 run on the system, or None) and ``run(ctx) -> ProbeResult``. :func:`run_probes` refuses a bad
 request before anything runs (:class:`~chemgap.agent.errors.BadInput`: an unknown probe, an
 element the model or the oracle cannot do, a probe that does not apply); once running, a probe
