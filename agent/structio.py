@@ -142,3 +142,34 @@ def _reason(exc: BaseException) -> str:
         return f"missing key {key!r}"
     text = " ".join(str(exc).split()) or f"ASE's reader stopped with {type(exc).__name__}"
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def write_extxyz(path: Path, structures: list[Atoms]) -> None:
+    """Write ``structures`` as extxyz atomically (:func:`chemgap.common.files.atomic_write`): a
+    crash or a power cut leaves the old file or the new one, never a torn one; no structures
+    write an empty file. Labels travel in ``atoms.info``/``atoms.arrays`` (REF_* keys), so any
+    calculator attached is left out.
+    """
+    import ase.io
+
+    from chemgap.common.files import atomic_write
+
+    bare = []
+    for atoms in structures:
+        copy = atoms.copy()  # Atoms.copy() drops the calculator
+        bare.append(copy)
+    atomic_write(path, lambda handle: ase.io.write(handle, bare, format="extxyz"))
+
+
+def read_extxyz(path: Path) -> list[Atoms]:
+    """Every structure of an extxyz file :func:`write_extxyz` wrote, without calculators; a
+    missing or empty file holds none (a step that found nothing writes nothing).
+    """
+    import ase.io
+
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    images = ase.io.read(path, index=":", format="extxyz")
+    for atoms in images:
+        atoms.calc = None
+    return images

@@ -19,17 +19,27 @@ STRESS_KEY = "REF_stress"  # atoms.info, Voigt (6,) eV/Å³, ASE sign convention
 LABEL_PREFIX = "REF_"  # every label key starts with it
 STATUS_KEY = "label_status"  # atoms.info: "ok" or a failure category
 OK = "ok"
+
+# The ``split`` column of a run's data.db (and of remedies/labels.db): which role a label plays.
+TRAIN_SPLIT = "train"  # trained on
+TEST_SPLIT = "test"  # the campaign's fixed test set: scored on, never trained on
+HOLDOUT_SPLIT = "holdout"  # early stopping of the next ensemble
+CALIBRATION_SPLIT = "calibration"  # fits the trust levels and the uncertainty calibration
 ISOLATED_ATOM_SPLIT = "isolated_atom"
 """``split`` of a run's isolated-atom labels in data.db: reference energies E0, never trained on."""
 
 __all__ = [
+    "CALIBRATION_SPLIT",
     "ENERGY_KEY",
     "FORCES_KEY",
+    "HOLDOUT_SPLIT",
     "ISOLATED_ATOM_SPLIT",
     "LABEL_PREFIX",
     "OK",
     "STATUS_KEY",
     "STRESS_KEY",
+    "TEST_SPLIT",
+    "TRAIN_SPLIT",
     "has_labels",
     "reference_energies",
     "reference_forces",
