@@ -12,8 +12,10 @@ A run directory (docs/architecture.md, "The run directory")::
         probes/probes.json  probes/candidates.extxyz
         regions.json  regions/<id>.extxyz  splits/...      DiagnosisLayout (--update)
       diagnosis/                           DiagnosisLayout of ``chemgap diagnose RUN``
-      remedies/                            RemediesLayout
-        experiment.json  results.json  labels.db  refused.txt  <cell>/models  <cell>/pool.extxyz
+      remedies/                            RemediesLayout (or any -o folder)
+        experiment.json  results.json  labels.db  refused.txt
+        plan/rK/pool.extxyz  plan/rK/<arm>.extxyz  plan/rK/<arm>.json
+        cells/<key>.json  cells/<key>/models/
 
 Readers and writers take their paths from :class:`RunLayout` (or, for a diagnosis written
 outside a run, :class:`DiagnosisLayout`), so renaming a file is one edit here; the files keep
@@ -61,7 +63,9 @@ EXPERIMENT_FILE = "experiment.json"
 RESULTS_FILE = "results.json"
 LABELS_DB = "labels.db"
 REFUSED_FILE = "refused.txt"  # why the spec's experiment could not run
+PLAN_DIR = "plan"
 POOL_FILE = "pool.extxyz"
+CELLS_DIR = "cells"
 
 _ITERATION_GLOB = "[0-9][0-9][0-9]"
 
@@ -206,17 +210,34 @@ class RemediesLayout:
         """``refused.txt``: why the spec's experiment could not run."""
         return self.path / REFUSED_FILE
 
-    def cell(self, key: str) -> Path:
-        """A cell's folder (``<arm>-<repeat>``)."""
-        return self.path / key
+    def plan(self, repeat: int) -> Path:
+        """``plan/rK``: repeat K's pool and each data arm's pick."""
+        return self.path / PLAN_DIR / f"r{repeat}"
+
+    def pool(self, repeat: int) -> Path:
+        """``plan/rK/pool.extxyz``: the exploration pool every data arm of repeat K picks from."""
+        return self.plan(repeat) / POOL_FILE
+
+    def pick(self, repeat: int, arm: str) -> Path:
+        """``plan/rK/ARM.extxyz``: the structures a data arm labels."""
+        return self.plan(repeat) / f"{arm}.extxyz"
+
+    def pick_notes(self, repeat: int, arm: str) -> Path:
+        """``plan/rK/ARM.json``: notes on the pick."""
+        return self.plan(repeat) / f"{arm}.json"
+
+    @property
+    def cells_dir(self) -> Path:
+        """``cells/``: one result file and one model folder per arm x repeat (x size)."""
+        return self.path / CELLS_DIR
+
+    def cell_result(self, key: str) -> Path:
+        """``cells/KEY.json``: one finished cell's scores and costs."""
+        return self.cells_dir / f"{key}.json"
 
     def cell_models(self, key: str) -> Path:
-        """A cell's trained ensemble."""
-        return self.cell(key) / MODELS_DIR
-
-    def cell_pool(self, key: str) -> Path:
-        """A cell's candidate pool."""
-        return self.cell(key) / POOL_FILE
+        """``cells/KEY/models``: its trained ensemble."""
+        return self.cells_dir / key / MODELS_DIR
 
 
 @dataclass(frozen=True)
@@ -272,6 +293,11 @@ class RunLayout:
     def diagnosis(self) -> DiagnosisLayout:
         """``diagnosis/``: where ``chemgap diagnose RUN`` writes."""
         return DiagnosisLayout(self.root / DIAGNOSIS_DIR)
+
+    @property
+    def last_diagnosis(self) -> DiagnosisLayout:
+        """The campaign's last diagnosis, written at the run's root (``regions.json``, ...)."""
+        return DiagnosisLayout(self.root)
 
     @property
     def remedies(self) -> RemediesLayout:

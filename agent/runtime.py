@@ -24,7 +24,6 @@ from chemgap.common.tasks import Channel, Done, Share, Task, thread_share
 log = logging.getLogger(__name__)
 
 NAMESPACE = "chemgap"
-CLUSTER_FILE = "cluster.json"  # RUN/cluster.json: the nodes and where each iteration's tasks ran
 
 
 @dataclass(frozen=True, kw_only=True)

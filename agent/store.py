@@ -53,9 +53,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from chemgap.agent.diagnostics import REGIONS_FILE
 from chemgap.agent.errors import RunDirError
-from chemgap.agent.summary import campaign_summary, learning_curve, probe_summary, time_budget
+from chemgap.agent.layout import (
+    DB_FILE,
+    ITERATIONS_DIR,
+    LOCK_FILE,
+    SPEC_FILE,
+    STATE_FILE,
+    RunLayout,
+)
 from chemgap.campaigns.spec import CampaignSpec, dump_spec, parse_spec
 from chemgap.common.files import (
     atomic_write_text,
@@ -74,8 +80,6 @@ from chemgap.common.keys import (
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-STATE_FILE, SPEC_FILE, DB_FILE, LOCK_FILE = "state.json", "spec.yaml", "data.db", "run.lock"
-ITERATIONS_DIR = "iterations"
 # provenance keys every row of data.db carries (ase.db key-value pairs)
 PROVENANCE_KEYS = ("iteration", "source", "walker", "temperature_K", "oracle", "status", "seconds")
 
@@ -89,7 +93,7 @@ class RunStatus(StrEnum):
     INTERRUPTED = "interrupted"
 
 
-# the campaign's steps as state.json may name them (agent/campaign.py's state machine)
+# the campaign's steps as state.json may name them (chemgap.agent.loop's state machine)
 Step = Literal[
     "init",
     "initial_labels",
@@ -401,14 +405,10 @@ class RunStore:
         """``{"ok": n, "failed": n}``: rows labelled, and rows whose oracle call failed."""
         return label_counts(self.root / DB_FILE)
 
-    def summary(self) -> dict[str, Any]:
-        """What the campaign found so far (:func:`chemgap.agent.summary.campaign_summary`)."""
-        return campaign_summary(self.root, self.state, self.root / ITERATIONS_DIR)
-
     # ------------------------------------------------------------------ iterations
     def iteration_dir(self, iteration: int, *, create: bool = True) -> Path:
         """``iterations/NNN`` of ``iteration`` (made unless ``create`` is False)."""
-        path = self.root / ITERATIONS_DIR / f"{iteration:03d}"
+        path = RunLayout(self.root).iteration(iteration).path
         if create:
             make_dirs(path)
         return path
@@ -541,52 +541,3 @@ def label_counts(db_path: Path) -> dict[str, int]:
         elif value != "pending":
             counts["failed"] += n
     return counts
-
-
-def run_status(root: str | Path) -> dict[str, Any]:
-    """What ``chemgap status`` reports, read without changing anything in the directory.
-
-    Keys: ``campaign``, ``state`` (running | done | failed | interrupted), ``iteration``,
-    ``step``, ``labels`` (``{"ok": n, "failed": n}``), ``regions`` (count; None with
-    ``regions_unreadable`` saying why when regions.json cannot be read), ``stop_reason``,
-    ``path``, ``updated``, ``history``, ``learning_curve`` (per iteration: oracle calls,
-    holdout and test-set errors in and out of distribution), ``test_errors`` (the last
-    iteration's test-set errors per part, kind and element), ``model_quality`` and
-    ``regions_tentative`` (the last iteration's in-distribution quality against its target;
-    its regions are tentative when it misses it), ``probes`` (the last probe run,
-    :func:`chemgap.agent.summary.probe_summary`; None before one) and ``time`` (wall time
-    per step and the overhead between the steps); see :mod:`chemgap.agent.summary`.
-    """
-    root = Path(root)
-    state = read_state(root)
-    status = state.status
-    if status == RunStatus.RUNNING and not is_locked(root):
-        status = RunStatus.INTERRUPTED  # killed without a chance to say so: resumable
-    regions: int | None = 0
-    unreadable = None
-    regions_path = root / REGIONS_FILE
-    if regions_path.exists():
-        try:
-            payload = json.loads(regions_path.read_text())
-            regions = len(payload["regions"])
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError, KeyError, TypeError) as exc:
-            regions, unreadable = None, f"{regions_path} is unreadable ({type(exc).__name__})"
-    return {
-        "campaign": state.campaign,
-        "state": str(status),
-        "iteration": state.iteration,
-        "step": state.step,
-        "labels": label_counts(root / DB_FILE),
-        "regions": regions,
-        "regions_unreadable": unreadable,
-        "stop_reason": state.stop_reason,
-        "path": str(root.resolve()),
-        "updated": state.updated,
-        "history": state.history,
-        "learning_curve": learning_curve(state),
-        "test_errors": state.history[-1].get("test") if state.history else None,
-        "probes": probe_summary(root),
-        "model_quality": state.history[-1].get("model_quality") if state.history else None,
-        "regions_tentative": bool(state.history and state.history[-1].get("regions_tentative")),
-        "time": time_budget(state),
-    }

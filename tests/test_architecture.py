@@ -3,6 +3,11 @@
 Layers (docs/architecture.md): ``common`` imports nothing of chemgap; ``models`` and ``oracle``
 import only ``common`` (never ``agent``, ``campaigns`` or each other); ``campaigns`` imports the
 leaves it composes; ``agent`` sits on top, and nothing outside ``agent.cli`` imports the CLI.
+
+Inside ``agent`` (docs/architecture.md, "Layers inside agent"), from the bottom: the modules at
+its root (MD, the explorer, selection, trust, the run store and layout, ...), then the families
+``diagnostics`` and ``probes`` (which do not import each other), ``remedies``, ``report``, the
+campaign ``loop`` and the ``cli``; a module imports its own package and the layers below it.
 Imports inside ``if TYPE_CHECKING:`` are annotations only and do not count.
 """
 
@@ -23,6 +28,16 @@ ALLOWED = {
     "campaigns": {"common", "models", "oracle", "campaigns"},
     "agent": {"common", "models", "oracle", "campaigns", "agent"},
 }
+
+
+AGENT_LAYERS = {"base": 0, "diagnostics": 1, "probes": 1, "remedies": 2, "report": 3, "loop": 4,
+                "cli": 5}  # fmt: skip
+
+
+def agent_layer(name: str) -> str:
+    """The layer of agent module ``name``: its subpackage, or ``base`` at agent's root."""
+    parts = name.split(".")
+    return parts[2] if len(parts) >= 3 and parts[2] in AGENT_LAYERS else "base"
 
 
 def _modules() -> dict[str, Path]:
@@ -98,6 +113,49 @@ def test_layers_point_one_way(name):
         assert target in ALLOWED[top], f"{name}:{line} imports {module} ({top} -> {target})"
         if module.startswith("chemgap.agent.cli"):
             assert name.startswith("chemgap.agent.cli"), f"{name}:{line} imports the CLI"
+
+
+AGENT_MODULES = sorted(n for n in MODULES if n.startswith("chemgap.agent."))
+
+
+def layering_problems(name: str, imports: list[tuple[str, list[str], int]]) -> list[str]:
+    """Imports of agent module ``name`` that point sideways or up the layers inside agent."""
+    own = agent_layer(name)
+    out = []
+    for module, names, line in imports:
+        if not module.startswith("chemgap.agent"):
+            continue
+        targets = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES] or [module]
+        for target in targets:
+            if target == "chemgap.agent":
+                continue
+            layer = agent_layer(target)
+            if layer != own and AGENT_LAYERS[layer] >= AGENT_LAYERS[own]:
+                out.append(f"{name}:{line} imports {target} ({own} -> {layer})")
+    return out
+
+
+@pytest.mark.parametrize("name", AGENT_MODULES)
+def test_layers_inside_agent(name):
+    """The root of agent is the low layer every family uses; no family imports a family beside
+    or above it, and none imports the loop or the CLI.
+    """
+    problems = layering_problems(name, _imports(name, MODULES[name]))
+    assert not problems, "; ".join(problems)
+
+
+def test_the_layer_checker_sees_a_family_importing_the_loop():
+    """Broken variants: a probe importing the campaign loop, the store importing the report,
+    diagnostics importing probes: each is caught; a remedy importing diagnostics is not.
+    """
+    loop = [("chemgap.agent.loop.campaign", ["Campaign"], 3)]
+    assert layering_problems("chemgap.agent.probes.eos", loop)
+    report = [("chemgap.agent.report.summary", ["summarize"], 5)]
+    assert layering_problems("chemgap.agent.store", report)
+    probes = [("chemgap.agent.probes", ["run_probes"], 7)]
+    assert layering_problems("chemgap.agent.diagnostics.features", probes)
+    diagnostics = [("chemgap.agent.diagnostics", ["diagnose"], 2)]
+    assert not layering_problems("chemgap.agent.remedies.pool", diagnostics)
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

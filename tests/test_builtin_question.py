@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from chemgap.agent.campaign import run_campaign
+from chemgap.agent.loop import run_campaign
 from chemgap.agent.store import RunStore
 from chemgap.campaigns.spec import load_spec
 

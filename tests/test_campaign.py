@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from chemgap.agent.campaign import run_campaign
+from chemgap.agent.loop import run_campaign
 from chemgap.agent.cli import main
 from chemgap.agent.runtime import RayExecutor
 from chemgap.agent.store import RunStore
@@ -305,7 +305,9 @@ def test_members_know_seed_elements_the_initial_labels_lack(tmp_path):
     import numpy as np
     from ase.build import bulk
 
-    from chemgap.agent.campaign import Campaign
+    from chemgap.agent.loop import LoopContext
+    from chemgap.agent.loop.labels import initial_labels
+    from chemgap.agent.loop.steps import train
 
     spec = tiny_spec(oracle={"name": "sw"})
     si = {"kind": "bulk", "formula": "Si", "crystal": "diamond", "a": 5.431, "cubic": True}
@@ -316,11 +318,12 @@ def test_members_know_seed_elements_the_initial_labels_lack(tmp_path):
     ]
     spec["test_set"] = {"per_kind": 0}
     spec["ensemble"]["max_epochs"] = 1
-    campaign = Campaign(RunStore.create(tmp_path / "run", parse_spec(spec)))
-    campaign.initial_labels()
-    assert {s for a in campaign.labelled() for s in a.get_chemical_symbols()} == {"Si"}
-    campaign.step_train(1)
-    ensemble = campaign._ensemble(1)
+    loop = LoopContext(RunStore.create(tmp_path / "run", parse_spec(spec)))
+    initial_labels(loop)
+    assert {s for a in loop.labelled() for s in a.get_chemical_symbols()} == {"Si"}
+    ctx = loop.iteration(1)
+    train.run(ctx)
+    ensemble = ctx.ensemble()
     assert ensemble.elements == ["Si", "Ge"]
     pred = ensemble.predict([bulk("Ge", "diamond", a=5.658, cubic=True)])
     assert np.isfinite(pred.energy_mean).all() and np.isfinite(pred.forces_mean).all()

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from test_campaign import tiny_spec
 
-from chemgap.agent.campaign import Campaign, run_campaign
+from chemgap.agent.loop import Campaign, run_campaign
 from chemgap.agent.cli import main
 from chemgap.agent.probes import PROBES
 from chemgap.agent.store import RunStore

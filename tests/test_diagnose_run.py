@@ -18,7 +18,8 @@ from chemgap.agent.cli.diagnose import diagnose as diagnose_cmd
 from chemgap.agent.cli.diagnose import inspect as inspect_cmd
 from chemgap.agent.diagnostics.diagnose import diagnose, write_regions
 from chemgap.agent.diagnostics.features import compute_features
-from chemgap.agent.store import RunStore, run_status
+from chemgap.agent.report.summary import run_status
+from chemgap.agent.store import RunStore
 from chemgap.campaigns.spec import DiagnosticsConfig, parse_spec
 
 NARROW = {"COLUMNS": "80"}

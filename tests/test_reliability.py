@@ -15,7 +15,7 @@ import psutil
 import pytest
 from test_campaign import rows, tiny_spec
 
-from chemgap.agent.campaign import run_campaign
+from chemgap.agent.loop import run_campaign
 from chemgap.agent.runtime import RayExecutor
 from chemgap.agent.store import RunStore
 from chemgap.campaigns.spec import parse_spec

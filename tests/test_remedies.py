@@ -13,7 +13,7 @@ from ase.io import read
 from click.testing import CliRunner
 from test_campaign import tiny_spec
 
-from chemgap.agent.campaign import run_campaign
+from chemgap.agent.loop import run_campaign
 from chemgap.agent.cli import main
 from chemgap.agent.errors import RemedyRefused, RunDirError
 from chemgap.agent.remedies import (

@@ -452,7 +452,7 @@ def test_when_the_failure_record_does_not_fit_the_cause_is_what_propagates(
     ``OSError`` (not the state write's) propagates, state.json is the one written before,
     whole, with no temp file beside it, and a warning says the record was not written.
     """
-    from chemgap.agent.campaign import Campaign, run_campaign
+    from chemgap.agent.loop import Campaign, run_campaign
     from chemgap.agent.store import RunStore
     from chemgap.campaigns.spec import parse_spec
 

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from chemgap.agent.cli import main
 from chemgap.agent.errors import RunDirError
-from chemgap.agent.store import RunStore, atomic_write_text, read_state, run_status, structure_key
+from chemgap.agent.report.summary import run_status
+from chemgap.agent.store import RunStore, atomic_write_text, read_state, structure_key
 from chemgap.campaigns.spec import load_spec
 
 
@@ -292,12 +293,12 @@ def test_extxyz_steps_are_flushed_to_disk_before_the_rename(tmp_path, monkeypatc
     """Broken variant: write + rename without fsync (a power cut can leave an empty file)."""
     import os
 
-    from chemgap.agent import campaign
+    from chemgap.agent.structio import write_extxyz
 
     synced = []
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
-    campaign._write_extxyz(tmp_path / "sel.extxyz", [labelled_cu(0)])
+    write_extxyz(tmp_path / "sel.extxyz", [labelled_cu(0)])
     assert synced and (tmp_path / "sel.extxyz").stat().st_size > 0
     assert [p.name for p in tmp_path.iterdir()] == ["sel.extxyz"]
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from chemgap.agent.errors import BadInput
+from chemgap.agent.layout import RunLayout
 from chemgap.agent.structio import read_structures
 from chemgap.common.files import is_disk_full
 
@@ -150,6 +151,6 @@ def _os_filename(exc: BaseException) -> str | None:
 def _run_dir_of(path: str) -> Path | None:
     """The chemgap run directory (the one holding ``state.json``) that ``path`` lies in."""
     for parent in list(Path(path).parents)[:6]:
-        if (parent / "state.json").is_file():
+        if RunLayout(parent).is_run():
             return parent
     return None

@@ -432,7 +432,7 @@ def inspect(
             print_remedies(summary)
         return
     from chemgap.agent.diagnostics.diagnose import export_exemplars, load_regions
-    from chemgap.agent.summary import probe_summary
+    from chemgap.agent.report.summary import probe_summary
 
     regions, payload = load_regions(run)
     if region_id is not None and region_id not in {r.id for r in regions}:

@@ -18,6 +18,7 @@ from chemgap.campaigns.spec import (
     TrustConfig,
     TrustMode,
 )
+from chemgap.models.io import ENSEMBLE_FILE
 
 FLAGS = {
     "exploration.walkers": "--walkers",
@@ -184,9 +185,9 @@ def explore(
         temperatures_K=list(temperatures) or None,
         trust={"mode": mode.value, "lower": lower, "upper": upper},
     )
-    if not (model_dir / "ensemble.json").is_file():
+    if not (model_dir / ENSEMBLE_FILE).is_file():
         raise BadInput(
-            f"MODEL_DIR: {model_dir} holds no ensemble.json (train one with 'chemgap train')"
+            f"MODEL_DIR: {model_dir} holds no {ENSEMBLE_FILE} (train one with 'chemgap train')"
         )
     start = read_structures(seeds, "SEEDS")
     n = walkers or len(start)

@@ -107,7 +107,7 @@ def campaigns() -> None:
 def status(run: Path, as_json: bool) -> None:
     """Where campaign RUN stands: state, iteration, labels, failure regions, learning curve."""
     from chemgap.agent.evaluation import quality_text
-    from chemgap.agent.store import run_status
+    from chemgap.agent.report.summary import run_status
 
     info = run_status(run)
     if as_json:

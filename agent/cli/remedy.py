@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -97,11 +96,12 @@ def _small_table(title: str, columns: list[tuple[str, int, str]]) -> Table:
 
 def load_remedies(run: Path) -> dict[str, Any]:
     """``results.json`` of RUN's experiment (RUN may also be the experiment directory)."""
-    from chemgap.agent.remedies import REMEDIES_DIR, RESULTS_FILE
+    from chemgap.agent.layout import RemediesLayout, RunLayout
+    from chemgap.agent.records import RemedyResultsRecord
 
-    for path in (run / REMEDIES_DIR / RESULTS_FILE, run / RESULTS_FILE):
+    for path in (RunLayout(run).remedies.results, RemediesLayout(run).results):
         if path.exists():
-            return json.loads(path.read_text())
+            return RemedyResultsRecord.read(path).to_dict()
     raise BadInput(
         f"{run}: no remediation experiment has finished there (run: chemgap remedy {run} "
         "--remedy random --remedy region)"

@@ -24,7 +24,8 @@ from chemgap.agent.cli.options import (
 )
 from chemgap.agent.cli.probe import print_probes
 from chemgap.agent.evaluation import quality_text
-from chemgap.agent.report import REPORT_FILE
+from chemgap.agent.layout import RunLayout
+from chemgap.agent.report.summary import summarize
 
 STEP_TEXT = {
     "train": "training {n_members} members on {n} structures",
@@ -241,7 +242,7 @@ def print_summary(summary: dict[str, Any], root: Path) -> None:
 
 
 def _drive(store, address: str | None) -> None:
-    from chemgap.agent.campaign import run_campaign
+    from chemgap.agent.loop import run_campaign
     from chemgap.agent.runtime import ray_runtime
 
     t0 = time.monotonic()
@@ -265,8 +266,8 @@ def _drive(store, address: str | None) -> None:
                 executor=info.executor,
             )
     console.print(f"[bold green]done[/] after {time.monotonic() - t0:.0f} s: {reason}")
-    print_summary(store.summary(), store.root)
-    if (report := store.root / REPORT_FILE).exists():
+    print_summary(summarize(store), store.root)
+    if (report := RunLayout(store.root).report).exists():
         console.print(f"  report:   {report} (open it in a browser; works offline)")
     console.print(f"  regions:  chemgap inspect {store.root}")
     console.print(f"  state:    chemgap status {store.root}")
@@ -294,7 +295,7 @@ def run(
     campaign: str, out: Path | None, sets: Overrides, address: str | None, trust_code: bool
 ) -> None:
     """Run CAMPAIGN (a built-in name or a spec file; default cu-defects) to its end."""
-    from chemgap.agent.campaign import preflight
+    from chemgap.agent.loop import preflight
     from chemgap.agent.store import RunStore
 
     spec = load_campaign(campaign, sets)
@@ -312,7 +313,7 @@ def run(
 @handles_errors(resumable=True)
 def resume(run_dir: Path, address: str | None, trust_code: bool) -> None:
     """Continue the campaign in RUN from its last finished step."""
-    from chemgap.agent.campaign import preflight, remediation_pending
+    from chemgap.agent.loop import preflight, remediation_pending
     from chemgap.agent.store import RunStore
 
     store = RunStore.open(run_dir)

@@ -20,6 +20,7 @@ from chemgap.agent.cli.options import (
 )
 from chemgap.agent.errors import BadInput
 from chemgap.models.config import EnsembleConfig, EnsembleMode, ModelConfig
+from chemgap.models.io import ENSEMBLE_FILE
 
 TRAIN_SECTIONS = {"model": ModelConfig, "ensemble": EnsembleConfig}
 """The sections ``--set`` (train) and ``--train-set`` (diagnose) override."""
@@ -54,9 +55,9 @@ def _element_map(items: tuple[str, ...], init_from: Path | None) -> dict[str, st
 
 
 def _check_dirs(init_from: Path | None, out_dir: Path) -> None:
-    if init_from is not None and not (init_from / "ensemble.json").exists():
-        raise BadInput(f"--init-from: {init_from} is not a model directory (no ensemble.json)")
-    if (out_dir / "ensemble.json").exists():
+    if init_from is not None and not (init_from / ENSEMBLE_FILE).exists():
+        raise BadInput(f"--init-from: {init_from} is not a model directory (no {ENSEMBLE_FILE})")
+    if (out_dir / ENSEMBLE_FILE).exists():
         raise BadInput(f"-o: {out_dir} already holds a model; choose a new directory")
 
 
@@ -464,8 +465,8 @@ def predict(model_dir: Path, input_path: Path, output_path: Path | None, stress:
 
     from chemgap.models.ensemble import Ensemble
 
-    if not (model_dir / "ensemble.json").exists():
-        raise BadInput(f"MODEL_DIR: {model_dir} is not a model directory (no ensemble.json)")
+    if not (model_dir / ENSEMBLE_FILE).exists():
+        raise BadInput(f"MODEL_DIR: {model_dir} is not a model directory (no {ENSEMBLE_FILE})")
     if output_path is not None and output_path.resolve() == input_path.resolve():
         raise BadInput("-o: OUT must differ from IN")
     structures = read_structures(input_path, "IN")

@@ -10,8 +10,6 @@ from chemgap.agent.remedies.arms import ARMS, BASELINE, Arm, ArmKind, arms_of, c
 from chemgap.agent.remedies.base import Base
 from chemgap.agent.remedies.results import probe_rows, region_rows, summarise, table_rows
 from chemgap.agent.remedies.runner import (
-    REMEDIES_DIR,
-    RESULTS_FILE,
     Cell,
     Experiment,
     cells_of,
@@ -23,8 +21,6 @@ from chemgap.agent.remedies.runner import (
 __all__ = [
     "ARMS",
     "BASELINE",
-    "REMEDIES_DIR",
-    "RESULTS_FILE",
     "Arm",
     "ArmKind",
     "Base",

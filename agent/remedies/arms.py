@@ -23,10 +23,12 @@ import numpy as np
 from ase import Atoms
 
 from chemgap.agent.errors import BadInput, RemedyRefused
+from chemgap.agent.layout import RunLayout
 from chemgap.agent.remedies.base import Base
 from chemgap.campaigns.spec import RemediationConfig, RemedyName
 from chemgap.common.keys import STRESS_KEY
 from chemgap.models.config import EnsembleConfig, LongRange, ModelConfig
+from chemgap.models.io import ENSEMBLE_FILE
 
 BASELINE = "baseline"  # the model arms' control: no remedy, the same data retrained
 CONTROL_DATA = str(RemedyName.RANDOM)
@@ -85,7 +87,7 @@ def _no_regions(base: Base, cfg: RemediationConfig) -> str | None:
 
 
 def _no_probes(base: Base, cfg: RemediationConfig) -> str | None:
-    if (base.iteration_dir / "probes" / "candidates.extxyz").exists():
+    if base.layout.probes.candidates.exists():
         return None
     return (
         f"iteration {base.iteration} of {base.root} has no probe structures (the campaign "
@@ -103,7 +105,7 @@ def _transfer_refusal(base: Base, cfg: RemediationConfig) -> str | None:
     if not cfg.element_map:
         return "transfer needs an element map (remediation.element_map / --element-map Si=Ge)"
     source = _transfer_source(base, cfg)
-    if not (Path(source) / "ensemble.json").exists():
+    if not (Path(source) / ENSEMBLE_FILE).exists():
         return f"transfer: {source} is not a chemgap model directory"
     return None
 
@@ -112,7 +114,7 @@ def _transfer_source(base: Base, cfg: RemediationConfig) -> str:
     if cfg.transfer_from:
         p = Path(cfg.transfer_from).expanduser()
         return str(p if p.is_absolute() else Path.cwd() / p)
-    return str(base.root / "iterations" / "001" / "models")
+    return str(RunLayout(base.root).iteration(1).models)
 
 
 def _transfer(base: Base, cfg: RemediationConfig, t: Training) -> Training:

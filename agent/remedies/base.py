@@ -16,14 +16,12 @@ from typing import Any
 from ase import Atoms
 
 from chemgap.agent.errors import RemedyRefused, RunDirError
+from chemgap.agent.layout import IterationLayout, RunLayout
 from chemgap.agent.store import RunStore
-from chemgap.agent.testset import TEST_SPLIT
 from chemgap.campaigns.spec import CampaignSpec
+from chemgap.common.keys import HOLDOUT_SPLIT, TEST_SPLIT, TRAIN_SPLIT
 
 log = logging.getLogger(__name__)
-
-HOLDOUT = "holdout"
-REGIONS_JSON = "regions.json"
 
 
 @dataclass(kw_only=True)
@@ -55,17 +53,22 @@ class Base:
         """Element -> E0 (eV) of the base iteration's model: every arm is built with them."""
         from chemgap.models.e0 import saved_atomic_energies
 
-        return saved_atomic_energies(self.iteration_dir / "models")
+        return saved_atomic_energies(self.models_dir)
+
+    @property
+    def layout(self) -> IterationLayout:
+        """The base iteration's paths."""
+        return RunLayout(self.root).iteration(self.iteration)
 
     @property
     def iteration_dir(self) -> Path:
         """``iterations/NNN`` of the base iteration."""
-        return self.root / "iterations" / f"{self.iteration:03d}"
+        return self.layout.path
 
     @property
     def models_dir(self) -> Path:
         """The base model's directory."""
-        return self.iteration_dir / "models"
+        return self.layout.models
 
     @classmethod
     def from_run(cls, run: str | Path, iteration: int | None = None) -> Base:
@@ -85,7 +88,7 @@ class Base:
                 f"iteration {it} of {store.root} has not finished; finished: "
                 f"{', '.join(map(str, done))}"
             )
-        if not (store.iteration_dir(it, create=False) / "models").is_dir():
+        if not RunLayout(store.root).iteration(it).models.is_dir():
             raise RunDirError(f"{store.root}: iteration {it} has no models directory")
         labelled = store.structures(status="ok")
         before = [a for a in labelled if int(a.info.get("iteration", 0)) < it]
@@ -99,8 +102,8 @@ class Base:
             root=store.root,
             spec=store.spec,
             iteration=it,
-            train=[a for a in before if a.info.get("split") == "train"],
-            holdout=[a for a in before if a.info.get("split") == HOLDOUT],
+            train=[a for a in before if a.info.get("split") == TRAIN_SPLIT],
+            holdout=[a for a in before if a.info.get("split") == HOLDOUT_SPLIT],
             test=test,
         )
         base._load_regions()
@@ -118,7 +121,7 @@ class Base:
     def _load_regions(self) -> None:
         import json
 
-        path = self.iteration_dir / REGIONS_JSON
+        path = self.layout.regions_file
         if not path.exists():
             return
         payload = json.loads(path.read_text())
@@ -129,7 +132,7 @@ class Base:
         """The stored exemplar structures of one region (empty when none were written)."""
         import ase.io
 
-        path = self.iteration_dir / "regions" / f"{region_id}.extxyz"
+        path = self.layout.region_structures(region_id)
         return list(ase.io.read(path, index=":")) if path.exists() else []
 
     def seeds(self) -> list[Atoms]:

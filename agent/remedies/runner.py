@@ -38,17 +38,18 @@ import numpy as np
 from ase import Atoms
 
 from chemgap.agent.errors import RunDirError
+from chemgap.agent.layout import RemediesLayout, RunLayout
+from chemgap.agent.records import RemedyResultsRecord
 from chemgap.agent.remedies.arms import Arm, ArmKind, check_arms, pick, training
 from chemgap.agent.remedies.base import Base
 from chemgap.agent.store import row_to_atoms, structure_key
+from chemgap.agent.structio import read_extxyz, write_extxyz
 from chemgap.campaigns.spec import RemediationConfig
 from chemgap.common.files import atomic_write_text
 from chemgap.common.tasks import Executor, Task
 
 log = logging.getLogger(__name__)
 
-REMEDIES_DIR = "remedies"
-EXPERIMENT_FILE, RESULTS_FILE, LABELS_DB = "experiment.json", "results.json", "labels.db"
 FORMAT_VERSION = 1
 POOL_KEY, PICK_KEY, TRAIN_KEY = 7001, 7002, 500  # seed streams of the experiment
 
@@ -83,23 +84,6 @@ def cells_of(arms: list[Arm], cfg: RemediationConfig) -> list[Cell]:
             sizes = cfg.sizes if cfg.sizes and arm.kind != ArmKind.DATA else [None]
             out.extend(Cell(arm.name, r, n) for n in sizes)
     return out
-
-
-def _write_extxyz(path: Path, structures: list[Atoms]) -> None:
-    import io
-
-    import ase.io
-
-    buf = io.StringIO()
-    if structures:
-        ase.io.write(buf, structures, format="extxyz")
-    atomic_write_text(path, buf.getvalue())
-
-
-def _read_extxyz(path: Path) -> list[Atoms]:
-    import ase.io
-
-    return list(ase.io.read(path, index=":")) if path.stat().st_size else []
 
 
 def train_cell(payload: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +192,7 @@ class Experiment:
         report: Reporter = _noop,
     ):
         self.base, self.cfg, self.out = base, cfg, Path(out)
+        self.layout = RemediesLayout(self.out)
         self.executor, self.report = executor, report
         self.arms = check_arms(base, cfg)
         self.cells = cells_of(self.arms, cfg)
@@ -227,7 +212,7 @@ class Experiment:
 
     def check_settings(self) -> None:
         """Refuse ``out`` when it holds an experiment with other settings; write ours."""
-        path = self.out / EXPERIMENT_FILE
+        path = self.layout.experiment
         mine = self.settings()
         if path.exists():
             theirs = json.loads(path.read_text())
@@ -256,12 +241,12 @@ class Experiment:
         if self._db is None:
             from ase.db import connect
 
-            self._db = connect(str(self.out / LABELS_DB), type="db", append=True)
+            self._db = connect(str(self.layout.labels_db), type="db", append=True)
         return self._db
 
     def plan_dir(self, repeat: int) -> Path:
         """``plan/rK`` of repeat ``repeat``."""
-        path = self.out / "plan" / f"r{repeat}"
+        path = self.layout.plan(repeat)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -276,19 +261,19 @@ class Experiment:
         data = [a for a in self.arms if a.kind == ArmKind.DATA]
         pooled = {"random", "uncertainty", "diverse", "region"}
         for r in range(self.cfg.repeats):
-            folder = self.plan_dir(r)
-            todo = [a for a in data if not (folder / f"{a.name}.extxyz").exists()]
+            self.plan_dir(r)  # made before the pool and the picks are written
+            todo = [a for a in data if not self.layout.pick(r, a.name).exists()]
             if not todo:
                 continue
             pool: list[Atoms] = []
             if any(a.name in pooled for a in todo):
-                path = folder / "pool.extxyz"
+                path = self.layout.pool(r)
                 if path.exists():
-                    pool = _read_extxyz(path)
+                    pool = read_extxyz(path)
                 else:
                     self.report("stage", {"stage": "explore", "repeat": r})
                     pool = explore_pool(self.base, self.ensemble(), self._seed(POOL_KEY, r))
-                    _write_extxyz(path, pool)
+                    write_extxyz(path, pool)
             for k, arm in enumerate(data):
                 if arm not in todo:
                     continue
@@ -297,14 +282,14 @@ class Experiment:
                 for atoms in chosen:
                     atoms.info.update(remedy=arm.name, repeat=r)
                 atomic_write_text(
-                    folder / f"{arm.name}.json", json.dumps({"n": len(chosen), **notes})
+                    self.layout.pick_notes(r, arm.name), json.dumps({"n": len(chosen), **notes})
                 )
-                _write_extxyz(folder / f"{arm.name}.extxyz", chosen)
+                write_extxyz(self.layout.pick(r, arm.name), chosen)
 
     def planned(self, arm: str, repeat: int) -> list[Atoms]:
         """The structures data arm ``arm`` labels in ``repeat`` (empty for other arms)."""
-        path = self.out / "plan" / f"r{repeat}" / f"{arm}.extxyz"
-        return _read_extxyz(path) if path.exists() else []
+        path = self.layout.pick(repeat, arm)
+        return read_extxyz(path)
 
     # ------------------------------------------------------------------ stage 2: label
     def _labelled_keys(self) -> set[str]:
@@ -420,9 +405,8 @@ class Experiment:
         """
         from chemgap.common.tasks import resolve_executor
 
-        folder = self.out / "cells"
-        folder.mkdir(parents=True, exist_ok=True)
-        todo = [c for c in self.cells if not (folder / f"{c.key}.json").exists()]
+        self.layout.cells_dir.mkdir(parents=True, exist_ok=True)
+        todo = [c for c in self.cells if not self.layout.cell_result(c.key).exists()]
         if not todo:
             return
         tasks, costs = [], []
@@ -436,7 +420,7 @@ class Experiment:
                 "training": training(_arm(self.arms, cell.arm), self.base, self.cfg),
                 "elements": self.base.elements(),
                 "seed": self.base.spec.seed * 1000 + TRAIN_KEY + cell.repeat,
-                "out_dir": str(folder / cell.key / "models"),
+                "out_dir": str(self.layout.cell_models(cell.key)),
                 "threads": self._threads(),
                 "probes": self._probes(),
             }
@@ -449,13 +433,12 @@ class Experiment:
                 arm=cell.arm, repeat=cell.repeat, size=cell.size,
                 seed=tasks[done.index].args[0]["seed"], **costs[done.index],
             )  # fmt: skip
-            atomic_write_text(folder / f"{cell.key}.json", json.dumps(out, default=float))
+            atomic_write_text(self.layout.cell_result(cell.key), json.dumps(out, default=float))
             self.report("cell", {"key": cell.key, "done": n, "total": len(tasks)})
 
     def results(self) -> list[dict[str, Any]]:
         """Every finished cell's result, in cell order."""
-        folder = self.out / "cells"
-        paths = [folder / f"{c.key}.json" for c in self.cells]
+        paths = [self.layout.cell_result(c.key) for c in self.cells]
         return [json.loads(p.read_text()) for p in paths if p.exists()]
 
     # ------------------------------------------------------------------ all
@@ -473,7 +456,7 @@ class Experiment:
         masks = region_masks_on_test(self.base, self.ensemble())
         summary = summarise(self.results(), self.arms, self.base.regions, masks, self.settings())
         summary["wall_s"] = round(time.perf_counter() - t0, 3)
-        atomic_write_text(self.out / RESULTS_FILE, json.dumps(summary, indent=1, default=float))
+        RemedyResultsRecord.model_validate(summary).write(self.layout.results)
         return summary
 
 
@@ -497,7 +480,7 @@ def prepare_experiment(
         RunDirError: ``run`` is not usable, or ``out`` holds an experiment with other settings.
     """
     base = Base.from_run(run, cfg.iteration)
-    where = Path(out) if out is not None else base.root / REMEDIES_DIR
+    where = Path(out) if out is not None else RunLayout(base.root).remedies.path
     experiment = Experiment(base, cfg, where)
     experiment.check_settings()
     return experiment

@@ -4,7 +4,7 @@
 produced it yet (the report then says "not run"):
 
 - ``run``: campaign, state, stop reason, iteration, labels, wall time;
-- ``summary``: :func:`chemgap.agent.summary.campaign_summary` (learning curve, regions found
+- ``summary``: :func:`chemgap.agent.report.summary.campaign_summary` (learning curve, regions found
   and resolved, test error per kind, the last probe run, time per step);
 - ``test``: the last scored iteration's ensemble on the test set, per atom and structure
   (reference and predicted forces and energies, calibrated spread, kind, ID/OOD), from the
@@ -31,20 +31,16 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from chemgap.agent.diagnostics import REGIONS_DIR, REGIONS_FILE
-from chemgap.agent.runtime import CLUSTER_FILE
-from chemgap.agent.store import ITERATIONS_DIR, SPEC_FILE, RunStore, run_status
-from chemgap.agent.summary import PROBES_FILE
+from chemgap.agent.layout import TEST_RESIDUALS, DiagnosisLayout, IterationLayout, RunLayout
+from chemgap.agent.records import CalibrationRecord, RemedyResultsRecord
+from chemgap.agent.report.summary import run_status, summarize
+from chemgap.agent.store import RunStore
+from chemgap.common.keys import TEST_SPLIT
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TEST_RESIDUALS", "TestSet", "gather", "read_json"]
 
-# written by the calibrate step of agent/campaign.py (its TEST_RESIDUALS; a test keeps the two
-# equal): the report must not import the campaign, which imports the report
-TEST_RESIDUALS = "test_residuals.npz"
-CALIBRATION_FILE = "calibration.json"
-REFUSED_FILE = "refused.txt"  # agent/campaign.py: why the spec's experiment could not run
 VERSION_PACKAGES = ("torch", "mace-torch", "ase", "ray", "numpy", "e3nn")
 
 
@@ -100,30 +96,36 @@ class TestSet:
         return self.in_distribution[self.system_idx]
 
 
-def _last_scored(root: Path) -> Path | None:
+def _last_scored(root: Path) -> IterationLayout | None:
     """The newest ``iterations/NNN`` holding test residuals, or None."""
-    found = sorted((root / ITERATIONS_DIR).glob(f"[0-9][0-9][0-9]/{TEST_RESIDUALS}"))
-    return found[-1].parent if found else None
+    found = [it for it in RunLayout(root).iterations() if it.test_residuals.exists()]
+    return found[-1] if found else None
 
 
-def _test_set(store: RunStore, folder: Path | None) -> TestSet | None:
+def _calibration(folder: IterationLayout | None) -> dict[str, Any] | None:
+    """That iteration's ``calibration.json`` as written, None when missing or unreadable."""
+    record = CalibrationRecord.read_optional(folder.calibration) if folder else None
+    return record.to_dict() if record else None
+
+
+def _test_set(store: RunStore, folder: IterationLayout | None) -> TestSet | None:
     """The test set as the ensemble of ``folder`` predicted it (None when not scored)."""
     from chemgap.common.keys import ENERGY_KEY, FORCES_KEY
     from chemgap.models.calibration import Calibration, Residuals
 
     if folder is None:
         return None
-    test = store.structures(status="ok", split="test")
-    res = Residuals.load(folder / TEST_RESIDUALS)
+    test = store.structures(status="ok", split=TEST_SPLIT)
+    res = Residuals.load(folder.test_residuals)
     if res.n_structures != len(test) or res.n_atoms.tolist() != [len(a) for a in test]:
-        log.warning("%s does not match the run's test set; parity left out", folder)
+        log.warning("%s does not match the run's test set; parity left out", folder.path)
         return None
-    cal_payload = (read_json(folder / CALIBRATION_FILE) or {}).get("calibration")
+    cal_payload = (_calibration(folder) or {}).get("calibration")
     cal = Calibration.from_dict(cal_payload) if cal_payload else Calibration()
     ref_forces = np.concatenate([np.asarray(a.arrays[FORCES_KEY], dtype=float) for a in test])
     ref_energy = np.array([float(a.info[ENERGY_KEY]) / len(a) for a in test])
     return TestSet(
-        iteration=int(folder.name),
+        iteration=folder.number,
         structures=test,
         kinds=np.array([str(a.info.get("test_kind", "test")) for a in test]),
         in_distribution=np.array([bool(a.info.get("in_distribution", True)) for a in test]),
@@ -143,7 +145,7 @@ def _exemplars(root: Path, region: dict[str, Any]) -> list[Atoms]:
     """The exemplar structures of ``region`` (``regions/<id>.extxyz``), empty when absent."""
     from ase.io import read
 
-    path = root / REGIONS_DIR / f"{region['id']}.extxyz"
+    path = DiagnosisLayout(root).region_structures(region["id"])
     if not path.exists():
         return []
     try:
@@ -158,7 +160,7 @@ def _exemplars(root: Path, region: dict[str, Any]) -> list[Atoms]:
 
 def _regions(root: Path) -> dict[str, Any] | None:
     """The last diagnosis: its payload, each region with its exemplar structures."""
-    payload = read_json(root / REGIONS_FILE)
+    payload = read_json(RunLayout(root).last_diagnosis.regions_file)
     if payload is None:
         return None
     regions = []
@@ -169,13 +171,15 @@ def _regions(root: Path) -> dict[str, Any] | None:
 
 def _remedies(root: Path, folder: Path | None) -> dict[str, Any] | None:
     """The experiment's results with display rows, or its refusal; None when none ran."""
-    from chemgap.agent.remedies import REMEDIES_DIR, RESULTS_FILE, region_rows, table_rows
+    from chemgap.agent.layout import RemediesLayout
+    from chemgap.agent.remedies import region_rows, table_rows
 
-    folder = folder or root / REMEDIES_DIR
-    results = read_json(folder / RESULTS_FILE)
-    if results is not None and results.get("arms"):
+    layout = RemediesLayout(folder) if folder else RunLayout(root).remedies
+    record = RemedyResultsRecord.read_optional(layout.results)
+    if record is not None and record.arms:
+        results = record.to_dict()
         return {"results": results, "rows": table_rows(results), "regions": region_rows(results)}
-    refused = folder / REFUSED_FILE
+    refused = layout.refused
     if refused.exists():
         return {"refused": refused.read_text().strip()}
     return None
@@ -187,8 +191,8 @@ def _versions(root: Path) -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     recorded: dict[str, str] = {}
-    for path in sorted((root / ITERATIONS_DIR).glob("[0-9][0-9][0-9]/models/ensemble.json")):
-        recorded = dict((read_json(path) or {}).get("versions") or recorded)
+    for it in RunLayout(root).trained_iterations():
+        recorded = dict((read_json(it.ensemble_file) or {}).get("versions") or recorded)
     now: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("chemgap", *VERSION_PACKAGES):
         try:
@@ -242,19 +246,19 @@ def gather(root: str | Path, remedies: str | Path | None = None) -> dict[str, An
             "host": state.host,
             "chemgap_version": state.chemgap_version,
         },
-        "summary": store.summary(),
+        "summary": summarize(store),
         "history": list(state.history),
         "test": _test_set(store, folder),
-        "calibration": read_json(folder / CALIBRATION_FILE) if folder else None,
+        "calibration": _calibration(folder),
         "regions": _regions(root),
-        "probes": read_json(root / PROBES_FILE),
+        "probes": read_json(RunLayout(root).probes_file),
         "remedies": _remedies(root, Path(remedies) if remedies else None),
         "meta": {
-            "spec": (root / SPEC_FILE).read_text(),
+            "spec": RunLayout(root).spec.read_text(),
             "versions": _versions(root),
             "timings": _timings(state),
             "time": status["time"],
-            "cluster": read_json(root / CLUSTER_FILE),
+            "cluster": read_json(RunLayout(root).cluster),
         },
     }
 

@@ -20,6 +20,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from chemgap.agent.layout import REPORT_FILE
 from chemgap.agent.report.gather import gather
 from chemgap.agent.report.sections import Report, build_sections
 from chemgap.common.files import atomic_write_text
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["REPORT_FILE", "VENDOR_FILES", "json_safe", "render", "try_write_report", "write_report"]
 
-REPORT_FILE = "report.html"
 VENDOR_FILES = {"plotly": "plotly-basic.min.js", "threedmol": "3Dmol-min.js"}
 
 

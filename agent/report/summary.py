@@ -21,7 +21,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chemgap.agent.diagnostics import REGIONS_FILE
+from chemgap.agent.layout import RunLayout
+from chemgap.agent.store import (
+    RunStatus,
+    RunStore,
+    is_locked,
+    label_counts,
+    read_state,
+)
 
 if TYPE_CHECKING:
     from chemgap.agent.store import RunState
@@ -32,6 +39,8 @@ __all__ = [
     "campaign_summary",
     "learning_curve",
     "probe_summary",
+    "run_status",
+    "summarize",
     "time_budget",
 ]
 
@@ -48,7 +57,6 @@ CURVE_KEYS = (
     "regions",
     "elapsed_s",
 )
-PROBES_FILE = "probes.json"  # the last probe run, at the run's root (agent/campaign.py)
 WORK_STEPS = (
     "train",
     "calibrate",
@@ -113,13 +121,13 @@ def _region_row(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _regions_history(
-    iterations: Path,
+    layout: RunLayout,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Every region any iteration reported (last report wins), and those resolved with when."""
     seen: dict[str, dict[str, Any]] = {}
     resolved = []
-    for folder in sorted(iterations.glob("[0-9][0-9][0-9]")):
-        payload = _read_json(folder / REGIONS_FILE)
+    for folder in layout.iterations():
+        payload = _read_json(folder.regions_file)
         if payload is None:
             continue
         for r in payload.get("regions", []):
@@ -129,7 +137,7 @@ def _regions_history(
         ]
         for r in gone:
             row = {**seen.get(r["id"], {"id": r["id"], "rule": None}), **r}
-            row["resolved_at"] = int(folder.name)
+            row["resolved_at"] = folder.number
             resolved.append(row)
     return seen, resolved
 
@@ -155,13 +163,17 @@ def _kind_errors(state: RunState) -> list[dict[str, Any]]:
     return out
 
 
-def campaign_summary(root: Path, state: RunState, iterations: Path) -> dict[str, Any]:
+def summarize(store: RunStore) -> dict[str, Any]:
+    """What the campaign of ``store`` found so far (:func:`campaign_summary`)."""
+    return campaign_summary(store.root, store.state)
+
+
+def campaign_summary(root: Path, state: RunState) -> dict[str, Any]:
     """What the campaign in ``root`` found (see the module docstring).
 
     Args:
         root: the run directory.
         state: its state.
-        iterations: its ``iterations/`` folder.
 
     Returns:
         ``{"learning_curve", "regions", "resolved", "provenance", "quality", "test_by_kind",
@@ -170,8 +182,9 @@ def campaign_summary(root: Path, state: RunState, iterations: Path) -> dict[str,
         regions tentative when ``ready`` is False;
         ``probes``: :func:`probe_summary`).
     """
-    payload = _read_json(root / REGIONS_FILE) or {}
-    _, resolved = _regions_history(iterations)
+    layout = RunLayout(root)
+    payload = _read_json(layout.last_diagnosis.regions_file) or {}
+    _, resolved = _regions_history(layout)
     return {
         "learning_curve": learning_curve(state),
         "regions": [_region_row(r) for r in payload.get("regions", [])],
@@ -195,7 +208,7 @@ def probe_summary(root: Path) -> dict[str, Any] | None:
     """
     from chemgap.agent.probes.results import report_rows
 
-    payload = _read_json(root / PROBES_FILE)
+    payload = _read_json(RunLayout(root).probes_file)
     if payload is None:
         return None
     return {
@@ -206,4 +219,53 @@ def probe_summary(root: Path) -> dict[str, Any] | None:
         "error": payload.get("error"),
         "seconds": payload.get("seconds"),
         "rows": report_rows(payload),
+    }
+
+
+def run_status(root: str | Path) -> dict[str, Any]:
+    """What ``chemgap status`` reports, read without changing anything in the directory.
+
+    Keys: ``campaign``, ``state`` (running | done | failed | interrupted), ``iteration``,
+    ``step``, ``labels`` (``{"ok": n, "failed": n}``), ``regions`` (count; None with
+    ``regions_unreadable`` saying why when regions.json cannot be read), ``stop_reason``,
+    ``path``, ``updated``, ``history``, ``learning_curve`` (per iteration: oracle calls,
+    holdout and test-set errors in and out of distribution), ``test_errors`` (the last
+    iteration's test-set errors per part, kind and element), ``model_quality`` and
+    ``regions_tentative`` (the last iteration's in-distribution quality against its target;
+    its regions are tentative when it misses it), ``probes`` (the last probe run,
+    :func:`probe_summary`; None before one) and ``time`` (wall time
+    per step and the overhead between the steps); see this module's docstring.
+    """
+    root = Path(root)
+    state = read_state(root)
+    status = state.status
+    if status == RunStatus.RUNNING and not is_locked(root):
+        status = RunStatus.INTERRUPTED  # killed without a chance to say so: resumable
+    regions: int | None = 0
+    unreadable = None
+    regions_path = RunLayout(root).last_diagnosis.regions_file
+    if regions_path.exists():
+        try:
+            payload = json.loads(regions_path.read_text())
+            regions = len(payload["regions"])
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError, KeyError, TypeError) as exc:
+            regions, unreadable = None, f"{regions_path} is unreadable ({type(exc).__name__})"
+    return {
+        "campaign": state.campaign,
+        "state": str(status),
+        "iteration": state.iteration,
+        "step": state.step,
+        "labels": label_counts(RunLayout(root).db),
+        "regions": regions,
+        "regions_unreadable": unreadable,
+        "stop_reason": state.stop_reason,
+        "path": str(root.resolve()),
+        "updated": state.updated,
+        "history": state.history,
+        "learning_curve": learning_curve(state),
+        "test_errors": state.history[-1].get("test") if state.history else None,
+        "probes": probe_summary(root),
+        "model_quality": state.history[-1].get("model_quality") if state.history else None,
+        "regions_tentative": bool(state.history and state.history[-1].get("regions_tentative")),
+        "time": time_budget(state),
     }
