@@ -40,6 +40,20 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def fit_lines(text: str, width: int = 80, sep: str = " · ", indent: str = "  ") -> str:
+    """``text`` made of ``sep``-separated parts, broken between parts into lines of at most
+    ``width`` characters (continuations indented), so a one-line summary fits a terminal and a
+    log alike; a part longer than ``width`` keeps a line of its own.
+    """
+    lines: list[str] = []
+    for part in text.split(sep):
+        if lines and len(lines[-1]) + len(sep) + len(part) <= width:
+            lines[-1] += sep + part
+        else:
+            lines.append(part if not lines else indent + part)
+    return "\n".join(lines)
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     """Print one message to stderr and exit with ``code`` (the message is text: a value in it
     that looks like rich markup, ``[/x]``, is printed as it is).

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from chemgap.agent.cli.common import console, handles_errors
+from chemgap.agent.cli.common import console, fit_lines, handles_errors
 from chemgap.agent.cli.options import Overrides, load_campaign, overrides_option
 from chemgap.common.files import restrict_umask
 
@@ -78,7 +79,8 @@ def main(verbose: int) -> None:
 @handles_errors
 def validate(spec: str, sets: Overrides) -> None:
     """Check a campaign SPEC (a YAML file or a built-in name); list every problem."""
-    console.print(f"[green]ok[/] {load_campaign(spec, sets).summary()}", soft_wrap=True)
+    text = fit_lines(f"ok {load_campaign(spec, sets).summary()}")
+    console.print(f"[green]ok[/]{escape(text[2:])}", soft_wrap=True)
 
 
 @main.command()

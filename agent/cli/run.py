@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from chemgap.agent.cli.common import console, handles_errors
+from chemgap.agent.cli.common import console, fit_lines, handles_errors
 from chemgap.agent.cli.diagnose import provenance_lines
 from chemgap.agent.cli.options import (
     Overrides,
@@ -302,7 +302,7 @@ def run(
     preflight(spec, trust_code=trust_code)
     out = out or Path("runs") / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     store = RunStore.create(out, spec)
-    console.print(spec.summary(), soft_wrap=True)
+    console.print(fit_lines(spec.summary()), soft_wrap=True)
     _drive(store, address)
 
 
