@@ -57,11 +57,11 @@ def print_remedies(summary: dict[str, Any]) -> None:
     title = f"remedies from iteration {s['iteration']} · {s['repeats']} repeats"
     if any(row["kind"] == "data" or row["arm"] == "random" for row in summary["arms"]):
         title += f" · {s['budget']} oracle calls per data arm"
+    title += "\nF MAE: force MAE per component, meV/Å, mean ± 95 % CI over repeats"
     console.print(remedies_table(table_rows(summary), title))
     console.print(
-        "force MAE per component, meV/Å, mean ± 95 % CI over repeats · Δ: change against "
-        "the arm's control (random for data arms, baseline for model arms), paired by "
-        "repeat; * p < 0.05",
+        "Δ: change against the arm's control (random for data arms, baseline for model "
+        "arms), paired by repeat; * p < 0.05",
         style="dim",
     )
     regions = region_rows(summary)
