@@ -1,4 +1,4 @@
-"""Contract checks every model kind must pass (DESIGN style rules 8 and 11), reusable by tests.
+"""Contract checks every model kind must pass (docs/architecture.md, "The model contract"), reusable by tests.
 
 :func:`check_model_contract` takes any :class:`~chemgap.models.contract.EnsembleModel` and a few
 structures and checks, for the ensemble-mean prediction and every member:
