@@ -1,4 +1,6 @@
-"""Contract checks every model kind must pass (docs/architecture.md, "The model contract"), reusable by tests.
+"""Contract checks every model kind must pass (docs/architecture.md, "The model contract").
+
+Reusable by tests.
 
 :func:`check_model_contract` takes any :class:`~chemgap.models.contract.EnsembleModel` and a few
 structures and checks, for the ensemble-mean prediction and every member:
