@@ -93,18 +93,11 @@ class RunStatus(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+LOOP_STEPS = ("train", "calibrate", "explore", "probe", "select", "label", "evaluate")
+"""An iteration's steps in order (:data:`chemgap.agent.loop.steps.STEPS` runs them)."""
+
 # the campaign's steps as state.json may name them (chemgap.agent.loop's state machine)
-Step = Literal[
-    "init",
-    "initial_labels",
-    "train",
-    "calibrate",
-    "explore",
-    "probe",
-    "select",
-    "label",
-    "evaluate",
-]
+Step = Literal[("init", "initial_labels", *LOOP_STEPS)]
 
 
 class HistoryRow(BaseModel):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from chemgap.agent.layout import RunLayout
 from chemgap.agent.store import (
+    LOOP_STEPS,
     RunStatus,
     RunStore,
     is_locked,
@@ -57,16 +58,9 @@ CURVE_KEYS = (
     "regions",
     "elapsed_s",
 )
-WORK_STEPS = (
-    "train",
-    "calibrate",
-    "explore",
-    "probe",
-    "select",
-    "label",
-    "evaluate",
-    "diagnose",
-)  # the loop's steps; the rest is bookkeeping between them (benchmarks/campaign_profile.py)
+WORK_STEPS = (*LOOP_STEPS, "diagnose")
+"""The loop's steps (the evaluate step's diagnosis timed apart); the rest is bookkeeping between
+them (benchmarks/campaign_profile.py)."""
 
 
 def learning_curve(state: RunState) -> list[dict[str, Any]]:
