@@ -3,21 +3,10 @@
 Each probe computes a property with every ensemble member, their mean and the oracle (the
 same procedure for each: single points, lockstep relaxations with ASE's optimisers, or MD
 with common random numbers; EOS and elastic constants at each row's own relaxed lattice), and
-judges the difference against ML-PEG-style bounds:
-
-========== ===================================================================
-eos        E(V) around each row's own V0, Birch–Murnaghan V0, E0, B0 (:mod:`.eos`)
-elastic    C_ij from finite strains and stresses at each row's lattice (:mod:`.elastic`)
-vacancy    vacancy formation energy (relaxed, unrelaxed) vs supercell size, the defect
-           cell's energy error, RMSD (:mod:`.vacancy`)
-surface    surface energies (relaxed, unrelaxed) of low-index facets, the slabs' energy
-           errors (:mod:`.surface`)
-dimer      pair curves, MLIP Arena / ML-PEG shape metrics, well (:mod:`.dimer`)
-vibrations harmonic frequencies / Γ phonons, imaginary modes (:mod:`.vibrations`)
-md_stability NVT to a cap or failure, MLIPAudit score (:mod:`.md_stability`)
-nve_drift  NVE energy drift and drift ratio (:mod:`.nve_drift`)
-rdf        g(r) of model MD against oracle MD (:mod:`.rdf`)
-========== ===================================================================
+judges the difference against ML-PEG-style bounds. One module per probe (its docstring says
+what it measures and how it is judged), listed in :data:`PROBES` (:mod:`.registry`, which also
+says how to add one); its settings and default bounds are the spec's
+(``campaigns/spec/probes/<name>.py``).
 
 Public API (what a campaign needs)::
 
@@ -37,8 +26,9 @@ anything runs.
 
 from chemgap.campaigns.spec import ProbeName, ProbesConfig
 
+from .registry import PROBES
 from .results import Judge, Metric, ProbeReport, ProbeResult, score
-from .runner import PROBES, check_probes, probe_model, run_probes, write_report
+from .runner import check_probes, probe_model, run_probes, write_report
 from .system import ProbeSystem, load_system
 
 __all__ = [

@@ -1,8 +1,9 @@
-"""The probe registry and :func:`run_probes`: check the request, run each probe, never raise.
+""":func:`run_probes`: check the request, run each probe, never raise.
 
 Probes are a ``StrEnum`` (:class:`~chemgap.campaigns.spec.ProbeName`) plus the registry
-:data:`PROBES` of modules (docs/architecture.md), each with ``applies(ctx)`` (why it cannot
-run on the system, or None) and ``run(ctx) -> ProbeResult``. :func:`run_probes` refuses a bad
+:data:`~.registry.PROBES` of modules (docs/architecture.md; how to add one: :mod:`.registry`),
+each with ``applies(ctx)`` (why it cannot run on the system, or None) and
+``run(ctx) -> ProbeResult``; this module names no probe. :func:`run_probes` refuses a bad
 request before anything runs (:class:`~chemgap.agent.errors.BadInput`: an unknown probe, an
 element the model or the oracle cannot do, a probe that does not apply); once running, a probe
 that raises is recorded in its result (``error``) and the others still run.
@@ -15,12 +16,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 
 from ase import Atoms
 from ase.calculators.calculator import BaseCalculator
 
 from chemgap.agent.errors import BadInput
+from chemgap.agent.layout import ProbesLayout
 from chemgap.campaigns.spec import (
     CampaignSpec,
     ProbeName,
@@ -31,6 +32,7 @@ from chemgap.campaigns.spec import (
 )
 from chemgap.common.files import atomic_write
 from chemgap.models.contract import EnsembleModel
+from chemgap.models.io import ENSEMBLE_FILE
 from chemgap.oracle.config import (
     OracleConfig,
     OracleName,
@@ -39,16 +41,15 @@ from chemgap.oracle.config import (
     require_trust,
 )
 
-from . import dimer, elastic, eos, md_stability, nve_drift, rdf, surface, vacancy, vibrations
 from .context import ProbeContext
 from .potentials import Potentials
+from .registry import PROBES
 from .results import ProbeReport, ProbeResult
 from .system import ProbeSystem
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "PROBES",
     "OracleSpec",
     "SystemSpec",
     "check_probes",
@@ -56,19 +57,6 @@ __all__ = [
     "run_probes",
     "write_report",
 ]
-
-PROBES: dict[ProbeName, ModuleType] = {
-    ProbeName.EOS: eos,
-    ProbeName.ELASTIC: elastic,
-    ProbeName.VACANCY: vacancy,
-    ProbeName.SURFACE: surface,
-    ProbeName.DIMER: dimer,
-    ProbeName.VIBRATIONS: vibrations,
-    ProbeName.MD_STABILITY: md_stability,
-    ProbeName.NVE_DRIFT: nve_drift,
-    ProbeName.RDF: rdf,
-}
-"""Probe name -> its module (``applies``, ``run``)."""
 
 CHEAP_ORACLES = frozenset({OracleName.EMT, OracleName.SW, OracleName.TERSOFF})
 
@@ -255,17 +243,17 @@ def write_report(
     """
     import ase.io
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {"probes": out / "probes.json"}
+    layout = ProbesLayout(Path(out_dir))
+    layout.path.mkdir(parents=True, exist_ok=True)
+    written = {"probes": layout.report}
     text = json.dumps(report.to_dict(), indent=1, ensure_ascii=False)
     atomic_write(written["probes"], lambda fh: fh.write(text))
     candidates = report.candidates(per_probe)
-    stale = out / "candidates.extxyz"
+    stale = layout.candidates
     if not candidates and stale.exists():  # a rerun into the same folder proposes none
         stale.unlink()
     if candidates:
-        written["candidates"] = out / "candidates.extxyz"
+        written["candidates"] = layout.candidates
         atomic_write(
             written["candidates"], lambda fh: ase.io.write(fh, candidates, format="extxyz")
         )
@@ -308,8 +296,8 @@ def probe_model(
     from .system import load_system
 
     model_dir = Path(model_dir)
-    if not (model_dir / "ensemble.json").is_file():
-        raise BadInput(f"MODEL_DIR: {model_dir} holds no ensemble.json (train one first)")
+    if not (model_dir / ENSEMBLE_FILE).is_file():
+        raise BadInput(f"MODEL_DIR: {model_dir} holds no {ENSEMBLE_FILE} (train one first)")
     system, spec = load_system(system_source)
     if oracle is None and spec is None:
         raise BadInput("--oracle: name the oracle (e.g. emt) when --system is a structure file")
