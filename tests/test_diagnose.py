@@ -284,7 +284,7 @@ def test_diagnose_cli_on_files_and_on_a_run(cu, tmp_path):
 
     from chemgap.agent.cli.diagnose import diagnose as diagnose_cmd
     from chemgap.agent.report.summary import run_status
-from chemgap.agent.store import RunStore
+    from chemgap.agent.store import RunStore
     from chemgap.campaigns.spec import parse_spec
 
     ens, test = cu

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from chemgap.agent.diagnostics.features import FeatureKind, Features
+from chemgap.agent.diagnostics.table import FeatureKind, Features
 
 NEGATIVE_OPS = frozenset({"≠", "∉"})
 SET_OPS = frozenset({"∈", "∉"})
