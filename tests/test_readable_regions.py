@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from chemgap.agent.cli.diagnose import diagnose as diagnose_cmd
 from chemgap.agent.cli.diagnose import inspect as inspect_cmd
 from chemgap.agent.diagnostics import diagnose as diagnose_mod
-from chemgap.agent.diagnostics import regions as regions_mod
+from chemgap.agent.diagnostics import search as regions_mod
 from chemgap.agent.diagnostics.diagnose import diagnose, load_previous, load_regions, write_regions
 from chemgap.agent.diagnostics.features import (
     PROVENANCE_FEATURES,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chemgap.agent.diagnostics import regions as regions_mod
+from chemgap.agent.diagnostics import search as regions_mod
 from chemgap.agent.diagnostics.diagnose import explain_empty
 from chemgap.agent.diagnostics.features import FeatureKind, Features
 from chemgap.agent.diagnostics.regions import (

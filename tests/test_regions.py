@@ -214,7 +214,7 @@ def test_tree_rules_are_scored_on_the_held_out_half_only(monkeypatch):
     severity) on all structures: that gives a ratio of ~2.0 against ~1.43 on the held-out half,
     and a CI that lies above the honest ratio.
     """
-    from chemgap.agent.diagnostics import regions as regions_mod
+    from chemgap.agent.diagnostics import finders as regions_mod
 
     n_struct, per = 20, 10
     feats, sidx, hot = _hot_features(n_struct, per, 4)

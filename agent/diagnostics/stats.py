@@ -20,7 +20,7 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     dependent tests (Benjamini & Yekutieli, Ann. Stat. 29, 1165, 2001). Negatively dependent
     p-values are not covered: the one-sided tests of the two sides of one cut are such a pair,
     so the region finder folds them into one two-sided test first
-    (:func:`chemgap.agent.diagnostics.regions.fold_complements`).
+    (:func:`chemgap.agent.diagnostics.scoring.fold_complements`).
     """
     p = np.asarray(p_values, dtype=float)
     m = len(p)

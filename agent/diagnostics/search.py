@@ -1,0 +1,315 @@
+"""The failure-region search: every finder's candidates scored, corrected, folded and ranked.
+
+:func:`search_regions` runs the finders (:mod:`~chemgap.agent.diagnostics.finders`), scores
+each candidate (:mod:`~chemgap.agent.diagnostics.scoring`), tests both sides of a cut once,
+adjusts the p-values left together with Benjamini-Hochberg (:func:`_judge`), folds and ranks
+the significant ones (:mod:`~chemgap.agent.diagnostics.folding`) and summarises what the
+search could have found (:func:`search_summary`). The method and its references are in
+:mod:`chemgap.agent.diagnostics.regions`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from chemgap.agent.diagnostics.finders import FINDERS, Candidate, RegionInputs, RegionMethod
+from chemgap.agent.diagnostics.folding import fold_overlapping, rank_regions
+from chemgap.agent.diagnostics.region import Region
+from chemgap.agent.diagnostics.rules import readability, rule_text, simplify_conditions
+from chemgap.agent.diagnostics.scoring import Scorer, fold_complements
+from chemgap.agent.diagnostics.stats import benjamini_hochberg, min_p_value, structures_needed
+from chemgap.agent.diagnostics.table import Features
+from chemgap.campaigns.spec import DiagnosticsConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class RegionSearch:
+    """What :func:`search_regions` found, and what it could have found.
+
+    Attributes:
+        regions: the significant regions, merged, most severe first (at most ``max_regions``).
+        n_tested: hypotheses tested (the Benjamini-Hochberg family size; both sides of a cut
+            count once, :func:`fold_complements`).
+        summary: :func:`search_summary` of every tested rule (why a result is empty).
+    """
+
+    regions: list[Region]
+    n_tested: int
+    summary: dict[str, Any]
+
+
+def find_regions(
+    features: Features,
+    errors: np.ndarray,
+    uncertainty: np.ndarray,
+    cfg: DiagnosticsConfig | None = None,
+    *,
+    methods: Sequence[str] | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[list[Region], int]:
+    """Find, test, correct, merge and rank failure regions (:func:`search_regions`).
+
+    Returns:
+        (regions, n_tested): the significant regions, most severe first, and how many
+        hypotheses were tested (the BH family size; both sides of a cut count once).
+    """
+    found = search_regions(features, errors, uncertainty, cfg, methods=methods, rng=rng)
+    return found.regions, found.n_tested
+
+
+def search_regions(
+    features: Features,
+    errors: np.ndarray,
+    uncertainty: np.ndarray,
+    cfg: DiagnosticsConfig | None = None,
+    *,
+    methods: Sequence[str] | None = None,
+    rng: np.random.Generator | None = None,
+) -> RegionSearch:
+    """Find, test, correct, merge and rank failure regions; summarise what could be found.
+
+    Every finder's candidates are scored (one-sided structure-level test, cluster-bootstrap
+    CIs), both sides of a cut are folded into one two-sided hypothesis
+    (:func:`fold_complements`), the p-values left are Benjamini-Hochberg adjusted together
+    (:func:`_judge`), and the significant ones are merged and ranked.
+
+    Args:
+        features: the feature table, one row per atom.
+        errors: (n_atoms,) per-atom force-error norm |F_pred - F_ref|, eV/Å.
+        uncertainty: (n_atoms,) per-atom calibrated force std, eV/Å (NaN where unknown).
+        cfg: the thresholds (``alpha``, ``bootstrap``, ``min_region_atoms``, ``min_ratio``,
+            ``tree_depth``, ``silent_factor``, ``max_regions``); None: the defaults of
+            :class:`~chemgap.campaigns.spec.DiagnosticsConfig`.
+        methods: the finders to run (names of :class:`RegionMethod`); None: all of them.
+        rng: the generator of every random choice (bootstrap, the tree's honest split);
+            None: ``default_rng(0)``.
+
+    Returns:
+        :class:`RegionSearch`.
+    """
+    cfg = cfg if cfg is not None else DiagnosticsConfig()
+    rng = rng if rng is not None else np.random.default_rng(0)
+    errors = np.asarray(errors, dtype=float)
+    uncertainty = np.asarray(uncertainty, dtype=float)
+    n_atoms = features.n_atoms
+    if len(errors) != n_atoms or len(uncertainty) != n_atoms:
+        raise ValueError(f"errors/uncertainty must have {n_atoms} entries (one per atom)")
+    inp = RegionInputs(
+        features=features,
+        errors=errors,
+        uncertainty=uncertainty,
+        min_atoms=cfg.min_region_atoms,
+        min_ratio=cfg.min_ratio,
+        tree_depth=cfg.tree_depth,
+        rng=rng,
+    )
+    candidates = _candidates(inp, methods)
+    regions: list[Region] = []
+    sizes: list[tuple[int, int]] = []
+    if candidates:
+        scorer = Scorer(inp=inp, n_boot=cfg.bootstrap, rng=rng)
+        scored = [scorer.region(cand) for cand in candidates]
+        tested = fold_complements([r for r, _ in scored], [scorer.sides(c) for c in candidates])
+        candidates = [candidates[i] for i in tested]
+        regions = [scored[i][0] for i in tested]
+        sizes = [scored[i][1] for i in tested]
+        _judge(regions, cfg)
+    summary = search_summary(
+        regions,
+        sizes,
+        n_structures=features.n_struct,
+        n_atoms=n_atoms,
+        cfg=cfg,
+        two_sided=[r.complement is not None for r in regions],
+    )
+    keep = [i for i, r in enumerate(regions) if r.significant]
+    log.info(
+        "%d hypotheses tested (%d of them two-sided, both sides of a cut), %d significant "
+        "before merging",
+        len(regions),
+        sum(r.complement is not None for r in regions),
+        len(keep),
+    )
+    folded = fold_overlapping([regions[i] for i in keep], [candidates[i].mask for i in keep])
+    ranked = rank_regions(folded)
+    return RegionSearch(regions=ranked[: cfg.max_regions], n_tested=len(regions), summary=summary)
+
+
+def search_summary(
+    tested: Sequence[Region],
+    sizes: Sequence[tuple[int, int]],
+    *,
+    n_structures: int,
+    n_atoms: int,
+    cfg: DiagnosticsConfig,
+    two_sided: Sequence[bool] | None = None,
+) -> dict[str, Any]:
+    """What a search could have found at its size, and the strongest rules it did see.
+
+    The reasoning, so that the sentences built on it
+    (:func:`chemgap.agent.diagnostics.explain.explain_empty`) are true:
+
+    - every rule is tested with a one-sided Mann-Whitney U test of the per-structure mean error
+      inside (``n_in`` structures) against outside (``n_out``); its p-value cannot fall below
+      ``min_p_value(n_in, n_out)``, the p-value at complete separation (every structure's mean
+      inside above every one outside; :func:`chemgap.agent.diagnostics.stats.min_p_value`);
+      a rule tested two-sided because its complement was proposed too (:func:`fold_complements`)
+      has p = 2 x the one-sided p of its side, so its floor is min(1, 2 ``min_p_value``) (the
+      smallest one-sided p is symmetric in the two sample sizes);
+    - a Benjamini-Hochberg q-value is never below its own p-value (q_(i) = min over j ≥ i of
+      m p_(j) / j, and p_(j) ≥ p_(i), m / j ≥ 1), so no rule's q can fall below the smallest
+      complete-separation p over the rules tried: ``min_q_achievable``. That bound is reached
+      only when every rule is that extreme; a rule that is the only one with a small p-value
+      gets q = m p (BH rank 1 of m), so ``min_q_lone`` = min(1, m x ``min_q_achievable``) is
+      what a lone, perfectly separated finding would get;
+    - when ``min_q_achievable`` > alpha no rule could have been reported whatever the errors;
+      ``structures_needed`` is then the fewest structures with which any test can reach
+      p ≤ alpha at all (:func:`chemgap.agent.diagnostics.stats.structures_needed`), a necessary
+      (not sufficient) size: for p ≤ alpha / 2 one-sided when every rule tried was two-sided
+      (more structures keep the same kinds of features, so the same cuts), for p ≤ alpha
+      when any was one-sided;
+    - the test ranks structures, so it has no smallest detectable ratio of its own: any rule
+      whose error ratio is ≥ ``min_ratio`` could have been reported when its structures
+      separate well enough; ``min_ratio`` is therefore the smallest reportable ratio whenever
+      ``min_q_achievable`` ≤ alpha;
+    - the bounds assume distinct per-structure mean errors (continuous force errors have no
+      exact ties; with ties scipy's tie-corrected approximation can fall a little lower);
+    - what was seen: the rule with the largest error ratio and its q (``max_ratio_seen``), the
+      rule with the smallest q and its ratio (``min_q_seen``), and how many rules reached
+      q ≤ alpha but fell short of ``min_ratio`` (``n_below_min_ratio``).
+
+    Args:
+        tested: every tested rule as a judged :class:`Region` (q-values set).
+        sizes: (n_in, n_out) structures of each rule's test, in the same order.
+        n_structures: structures diagnosed.
+        n_atoms: atoms diagnosed.
+        cfg: the thresholds (``alpha``, ``min_ratio``, ``min_region_atoms``).
+        two_sided: per rule, whether its p-value is two-sided (both sides of a cut folded into
+            one hypothesis); None: all one-sided.
+
+    Returns:
+        A JSON-ready dict: n_structures, n_atoms, n_rules_tested, n_two_sided (rules tested
+        two-sided), alpha, min_ratio, min_region_atoms, min_q_achievable, min_q_lone,
+        best_sizes ([n_in, n_out] of the rule that could reach the smallest p), best_two_sided
+        (whether that rule's p is two-sided), structures_needed (None when q ≤ alpha was
+        achievable), n_below_min_ratio, max_ratio_seen and min_q_seen (``{"rule", "ratio",
+        "q_value", "held_out"}`` or None). With no rule tested the achievable figures are None.
+    """
+    m = len(tested)
+    two = [bool(t) for t in two_sided] if two_sided is not None else [False] * m
+    if len(two) != m:
+        raise ValueError("search_summary: two_sided must have one entry per tested rule")
+    out: dict[str, Any] = {
+        "n_structures": int(n_structures),
+        "n_atoms": int(n_atoms),
+        "n_rules_tested": m,
+        "n_two_sided": sum(two),
+        "alpha": float(cfg.alpha),
+        "min_ratio": float(cfg.min_ratio),
+        "min_region_atoms": int(cfg.min_region_atoms),
+        "min_q_achievable": None,
+        "min_q_lone": None,
+        "best_sizes": None,
+        "best_two_sided": None,
+        "structures_needed": None,
+        "n_below_min_ratio": sum(
+            bool(r.q_value <= cfg.alpha and not r.ratio >= cfg.min_ratio) for r in tested
+        ),
+        "max_ratio_seen": None,
+        "min_q_seen": None,
+    }
+    if not m:
+        return out
+    p_min = [
+        min(1.0, (2.0 if t else 1.0) * min_p_value(int(a), int(b)))
+        for (a, b), t in zip(sizes, two, strict=True)
+    ]
+    best = int(np.argmin(p_min))
+    out["min_q_achievable"] = p_min[best]
+    out["min_q_lone"] = min(1.0, m * p_min[best])
+    out["best_sizes"] = [int(sizes[best][0]), int(sizes[best][1])]
+    out["best_two_sided"] = two[best]
+    if p_min[best] > cfg.alpha:
+        out["structures_needed"] = structures_needed(cfg.alpha / 2 if all(two) else cfg.alpha)
+    finite = [r for r in tested if np.isfinite(r.ratio)]
+    if finite:
+        top = max(finite, key=lambda r: (r.ratio, -r.q_value))
+        out["max_ratio_seen"] = _seen(top)
+    out["min_q_seen"] = _seen(min(tested, key=lambda r: (r.q_value, -_finite_or(r.ratio))))
+    return out
+
+
+def _finite_or(value: float, default: float = -np.inf) -> float:
+    return float(value) if np.isfinite(value) else default
+
+
+def _seen(r: Region) -> dict[str, Any]:
+    """The summary's view of one tested rule."""
+    return {"rule": r.rule, "ratio": r.ratio, "q_value": r.q_value, "held_out": r.held_out}
+
+
+def _candidates(inp: RegionInputs, methods: Sequence[str] | None) -> list[Candidate]:
+    """Every finder's candidates of at least ``min_atoms`` atoms (and not all atoms), plain.
+
+    Each rule is made plain first (:func:`~chemgap.agent.diagnostics.rules.simplify_conditions`:
+    sets for negated categories, conditions that change nothing dropped; same atoms), its
+    earlier machine form kept in ``earlier``. An atom set a finder proposes twice is tested
+    once, under its most readable rule (:func:`~chemgap.agent.diagnostics.rules.readability`;
+    the first proposed on ties); the others go to ``also``.
+    """
+    n_atoms = inp.features.n_atoms
+    candidates: list[Candidate] = []
+    seen: dict[bytes, Candidate] = {}
+    for name in methods or list(FINDERS):
+        for cand in FINDERS[RegionMethod(name)](inp):
+            n_in = int(cand.mask.sum())
+            if n_in < inp.min_atoms or n_in == n_atoms:
+                continue
+            _make_plain(cand, inp.features)
+            key = np.packbits(cand.mask).tobytes() + cand.method.encode()
+            if key not in seen:
+                seen[key] = cand
+                candidates.append(cand)
+                continue
+            kept = seen[key]
+            if readability(cand.conditions) < readability(kept.conditions):
+                kept.conditions, cand.conditions = cand.conditions, kept.conditions
+                kept.earlier, cand.earlier = cand.earlier, kept.earlier
+            kept.also.append(cand.conditions)
+            kept.earlier.extend(cand.earlier)
+    return candidates
+
+
+def _make_plain(cand: Candidate, features: Features) -> None:
+    """Replace a rule of several conditions by its plainest form (same atoms), in place."""
+    if len(cand.conditions) < 2:
+        return
+    plain = simplify_conditions(cand.conditions, features, cand.mask)
+    if rule_text(plain) != cand.rule:
+        cand.earlier.append(cand.rule)
+        cand.conditions = plain
+
+
+def _judge(regions: list[Region], cfg: DiagnosticsConfig) -> None:
+    """BH-adjust the p-values of all hypotheses together; set significant, silent, severity.
+
+    ``regions`` are the hypotheses left by :func:`fold_complements`: one-sided structure-level
+    Mann-Whitney p-values, and two-sided ones (p = min(1, 2 min(p_a, p_b))) where both sides of
+    a cut were proposed. The Benjamini-Hochberg step-up procedure over all of them controls
+    the false-discovery rate at ``alpha`` for positively dependent tests, which the nested
+    rules across cut points are once the negatively dependent complementary pairs are folded.
+    """
+    q = benjamini_hochberg(np.array([r.p_value for r in regions]))
+    for r, qv in zip(regions, q, strict=True):
+        r.q_value = float(qv)
+        r.significant = bool(qv <= cfg.alpha and r.ratio >= cfg.min_ratio)
+        r.silent = bool(r.significant and np.isfinite(r.error_to_uncertainty))
+        r.silent = r.silent and r.error_to_uncertainty >= cfg.silent_factor
+        r.severity = float((r.ratio_ci[0] - 1.0) * (2.0 if r.silent else 1.0))
