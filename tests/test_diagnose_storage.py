@@ -17,7 +17,7 @@ from ase.build import molecule
 from click.testing import CliRunner
 from test_diagnose import NoisyModel, cu_test_set
 
-from chemgap.agent.diagnostics import diagnose as diagnose_mod
+from chemgap.agent.diagnostics import storage as diagnose_mod
 from chemgap.agent.diagnostics.diagnose import diagnose, load_regions, write_regions
 from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import DiagnosticsConfig

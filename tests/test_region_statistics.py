@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from chemgap.agent.diagnostics import search as regions_mod
-from chemgap.agent.diagnostics.diagnose import explain_empty
+from chemgap.agent.diagnostics.explain import explain_empty
 from chemgap.agent.diagnostics.features import FeatureKind, Features
 from chemgap.agent.diagnostics.regions import (
     Condition,

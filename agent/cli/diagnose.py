@@ -196,7 +196,7 @@ def _diagnostics_cfg(run: Path | None, sets: Overrides, splits: tuple[str, ...])
 
 
 def _print_diagnosis(done: Any, alpha: float) -> None:
-    from chemgap.agent.diagnostics.diagnose import explain_empty
+    from chemgap.agent.diagnostics.explain import explain_empty
 
     res = done.result
     b = res.baseline
@@ -373,7 +373,7 @@ def diagnose(
     over files chemgap did not write; prints the regions ranked by severity (or why there is
     none) and the split table (in- vs out-of-distribution error).
     """
-    from chemgap.agent.diagnostics.diagnose import run_diagnosis
+    from chemgap.agent.diagnostics.service import run_diagnosis
 
     if run is not None and (models is not None or data is not None):
         raise BadInput("diagnose: give RUN or --models/--data, not both")
@@ -431,7 +431,7 @@ def inspect(
         else:
             print_remedies(summary)
         return
-    from chemgap.agent.diagnostics.diagnose import export_exemplars, load_regions
+    from chemgap.agent.diagnostics.storage import export_exemplars, load_regions
     from chemgap.agent.report.summary import probe_summary
 
     regions, payload = load_regions(run)
@@ -454,7 +454,7 @@ def inspect(
 
 def _overview(regions: list[Any], payload: dict[str, Any]) -> None:
     """``inspect RUN``: the regions (or why there are none), the resolved, the splits."""
-    from chemgap.agent.diagnostics.diagnose import explain_empty
+    from chemgap.agent.diagnostics.explain import explain_empty
 
     it = payload.get("iteration")
     if payload.get("source"):

@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from chemgap.agent.diagnostics.features import PROVENANCE_FEATURES, FeatureKind, Features
 from chemgap.agent.diagnostics.stats import benjamini_hochberg
+from chemgap.agent.diagnostics.table import PROVENANCE_FEATURES, FeatureKind, Features
 
 log = logging.getLogger(__name__)
 
 MIN_GROUP_STRUCTURES = 2  # a value of a categorical column is compared with ≥ this many structures
 MIN_STRUCTURES = 4  # fewest structures (with a value) for any test
+KRUSKAL, SPEARMAN = "Kruskal-Wallis", "Spearman"  # the tests, by the kind of column
 
 
 def _structure_errors(features: Features, errors: np.ndarray) -> np.ndarray:
@@ -52,18 +53,18 @@ def _categorical(values: np.ndarray, per: np.ndarray, baseline: float) -> dict[s
     means = [float(g.mean()) for g in groups]
     worst = int(np.argmax(means))
     res = kruskal(*groups)
-    return {
-        "test": "Kruskal-Wallis",
-        "statistic": float(res.statistic),
-        "p_value": float(res.pvalue),
-        "n_structures": int(sum(map(len, groups))),
-        "n_values": len(groups),
-        "worst": {
+    return dict(  # key ``test``: the statistical test (a keyword, never a split name)
+        test=KRUSKAL,
+        statistic=float(res.statistic),
+        p_value=float(res.pvalue),
+        n_structures=int(sum(map(len, groups))),
+        n_values=len(groups),
+        worst={
             "value": str(names[worst]),
             "n_structures": len(groups[worst]),
             "ratio": means[worst] / baseline if baseline > 0 else float("nan"),
         },
-    }
+    )
 
 
 def _numeric(values: np.ndarray, per: np.ndarray, baseline: float) -> dict[str, Any] | None:
@@ -77,25 +78,25 @@ def _numeric(values: np.ndarray, per: np.ndarray, baseline: float) -> dict[str, 
     rho = float(res.statistic) if np.isfinite(res.statistic) else 0.0
     end = np.max(values[ok]) if rho >= 0 else np.min(values[ok])  # the end with higher errors
     top = values[ok] == end
-    return {
-        "test": "Spearman",
-        "statistic": rho,
-        "p_value": float(res.pvalue) if np.isfinite(res.pvalue) else 1.0,
-        "n_structures": int(ok.sum()),
-        "n_values": len(np.unique(values[ok])),
-        "worst": {
+    return dict(  # key ``test``: the statistical test (a keyword, never a split name)
+        test=SPEARMAN,
+        statistic=rho,
+        p_value=float(res.pvalue) if np.isfinite(res.pvalue) else 1.0,
+        n_structures=int(ok.sum()),
+        n_values=len(np.unique(values[ok])),
+        worst={
             "value": f"{float(end):g}",
             "n_structures": int(top.sum()),
             "ratio": float(per[ok][top].mean() / baseline) if baseline > 0 else float("nan"),
         },
-    }
+    )
 
 
-def _message(entry: dict[str, Any]) -> str:
-    """The warning sentence of one flagged provenance column."""
+def _message(entry: dict[str, Any], numeric: bool) -> str:
+    """The warning sentence of one flagged provenance column (``numeric``: tested by Spearman)."""
     w = entry["worst"]
     name = entry["feature"]
-    if entry["test"] == "Spearman":
+    if numeric:
         trend = "rises" if entry["statistic"] > 0 else "falls"
         what = f"error {trend} with {name} (Spearman ρ {entry['statistic']:.2f}"
     else:
@@ -130,22 +131,25 @@ def check_provenance(features: Features, errors: np.ndarray, alpha: float) -> li
     per = _structure_errors(features, np.asarray(errors, dtype=float))
     baseline = float(per.mean()) if len(per) else float("nan")
     out: list[dict[str, Any]] = []
+    numeric: list[bool] = []
     for name in PROVENANCE_FEATURES:
         if name not in features.structure:
             continue
         col = features.structure[name]
-        if features.kinds.get(name) == FeatureKind.NUMERIC:
+        is_numeric = features.kinds.get(name) == FeatureKind.NUMERIC
+        if is_numeric:
             entry = _numeric(col.astype(float), per, baseline)
         else:
             entry = _categorical(col.astype(str), per, baseline)
         if entry is not None:
             out.append({"feature": name, **entry})
+            numeric.append(is_numeric)
     q = benjamini_hochberg(np.array([e["p_value"] for e in out]))
-    for entry, qv in zip(out, q, strict=True):
+    for entry, qv, by_rank in zip(out, q, numeric, strict=True):
         entry["q_value"] = float(qv)
         entry["flagged"] = bool(qv <= alpha)
         if entry["flagged"]:
-            entry["message"] = _message(entry)
+            entry["message"] = _message(entry, by_rank)
             log.info("sampling check: %s", entry["message"])  # every face prints the flags
     return out
 

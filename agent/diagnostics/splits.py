@@ -40,6 +40,7 @@ from ase import Atoms
 
 from chemgap.agent.diagnostics.features import Features, as_float
 from chemgap.agent.errors import BadInput
+from chemgap.agent.layout import MODELS_DIR
 from chemgap.campaigns.spec import DiagnosticsConfig, SplitName
 from chemgap.common.keys import reference_energies, reference_forces
 from chemgap.common.metrics import ErrorReport, HasMeanPrediction, error_report, score
@@ -503,7 +504,7 @@ class _SplitStudy:
             )
         perm = rng.permutation(train_side)
         id_idx, fit_idx = sorted(perm[:n_id].tolist()), sorted(perm[n_id:].tolist())
-        out_dir = self.workdir / split.name / "models"
+        out_dir = self.workdir / split.name / MODELS_DIR
         ens = self._train(split.name, fit_idx, out_dir)
         id_side = _score(ens, [self.structures[i] for i in id_idx])
         ood_side = _score(ens, [self.structures[i] for i in split.test])

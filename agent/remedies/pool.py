@@ -150,46 +150,39 @@ def pick_region(
     """Frames with atoms in the flagged regions (regions in rank order, taken in turn; within a
     region the frames with most region atoms first), topped up with rattled exemplars.
 
+    Each region's atoms in the pool are those its rule selects on the diagnosis' features
+    rebuilt on the pool (:class:`chemgap.agent.diagnostics.selector.RegionSelector`: a rule
+    naming a feature the pool's features lack selects no frame, with a warning).
+
     Returns:
         The structures, and ``{"from_pool": n, "from_exemplars": n, "per_region": {id: n}}``.
     """
-    from chemgap.agent.diagnostics.features import (
-        EnvironmentClasses,
-        compute_features,
-        match_environment_classes,
-    )
-    from chemgap.agent.diagnostics.rules import Condition, UnknownFeature, rule_mask
+    from chemgap.agent.diagnostics.region import as_region
+    from chemgap.agent.diagnostics.selector import RegionSelector
 
-    regions = base.regions
+    regions = [as_region(r) for r in base.regions]
     if not regions:
         raise RemedyRefused(
             f"remedy region: iteration {base.iteration} of {base.root} flagged no failure region"
         )
-    features = compute_features(
-        pool, environment_classes=base.spec.diagnostics.environment_classes, seed=base.spec.seed
+    selector = RegionSelector.rebuild(
+        pool, base.spec.diagnostics, seed=base.spec.seed, environment=base.environment
     )
-    if base.environment:
-        features = match_environment_classes(
-            features, EnvironmentClasses.from_dict(base.environment)
-        )
     queues: list[list[int]] = []
     for r in regions:
-        try:
-            mask = rule_mask([Condition(**c) for c in r["conditions"]], features)
-        except UnknownFeature:
-            mask = np.zeros(features.n_atoms, dtype=bool)
-        counts = np.bincount(features.system_idx[mask], minlength=len(pool))
+        mask = selector.select(r)
+        counts = np.bincount(selector.features.system_idx[mask], minlength=len(pool))
         queues.append([int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0])
     chosen: list[int] = []
-    per_region = {r["id"]: 0 for r in regions}
+    per_region = {r.id: 0 for r in regions}
     while len(chosen) < budget and any(queues):
         for r, queue in zip(regions, queues, strict=True):
             while queue and queue[0] in chosen:
                 queue.pop(0)
             if queue and len(chosen) < budget:
                 chosen.append(queue.pop(0))
-                per_region[r["id"]] += 1
-    exemplars = [a for r in regions for a in base.exemplars(r["id"])]
+                per_region[r.id] += 1
+    exemplars = [a for r in regions for a in base.exemplars(r.id)]
     out, made = _fill([pool[i] for i in chosen], exemplars, budget, base, rng)
     _need("region", len(out), budget, "the pool inside the regions plus their exemplars")
     info = {"from_pool": len(chosen), "from_exemplars": made, "per_region": per_region}
@@ -199,17 +192,15 @@ def pick_region(
 
 def pick_probe(base: Base, budget: int, rng: np.random.Generator) -> tuple[list[Atoms], int]:
     """The base iteration's probe structures, topped up with their thermal rattles."""
-    import ase.io
+    from chemgap.agent.structio import read_extxyz
 
-    path = base.iteration_dir / "probes" / "candidates.extxyz"
-    found = list(ase.io.read(path, index=":")) if path.exists() else []
+    found = read_extxyz(base.layout.probes.candidates)
     if not found:
         raise RemedyRefused(
             f"remedy probe: iteration {base.iteration} of {base.root} has no probe structures "
             "(set probes.names and probes.every in the campaign)"
         )
     for atoms in found:
-        atoms.calc = None
         atoms.info["source"] = "remedy"
     order = [found[i] for i in rng.permutation(len(found))]
     out, made = _fill(order, found, budget, base, rng)

@@ -13,10 +13,12 @@ there is negative with p < ``ALPHA``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from chemgap.agent.diagnostics.region import Region, as_region
 from chemgap.agent.remedies.arms import Arm
 
 ALPHA = 0.05
@@ -32,38 +34,28 @@ METRICS: dict[str, tuple[tuple[str, ...], str]] = {
 
 def region_masks_on_test(base: Any, ensemble: Any) -> dict[str, list[bool]]:
     """(n_test_atoms,) mask of every base region's rule on the test set, with the features
-    the base diagnosis saw (its environment classes, the base model's charges).
+    the base diagnosis saw (its environment classes, the base model's charges), rebuilt through
+    :class:`chemgap.agent.diagnostics.selector.RegionSelector`; a region selecting no test atom
+    (its rule names a feature the rebuilt features lack: a warning) is not scored.
     """
-    from chemgap.agent.diagnostics.features import (
-        EnvironmentClasses,
-        compute_features,
-        match_environment_classes,
-        with_model_charges,
-    )
-    from chemgap.agent.diagnostics.rules import Condition, UnknownFeature, rule_mask
+    from chemgap.agent.diagnostics.region import as_region
+    from chemgap.agent.diagnostics.selector import RegionSelector
 
-    if not base.regions:
+    regions = [as_region(r) for r in base.regions]
+    if not regions:
         return {}
-    cfg = base.spec.diagnostics
-    features = compute_features(
-        base.test, environment_classes=cfg.environment_classes, seed=base.spec.seed
+    selector = RegionSelector.rebuild(
+        base.test,
+        base.spec.diagnostics,
+        seed=base.spec.seed,
+        prediction=ensemble.predict(base.test),
+        environment=base.environment,
     )
-    pred = ensemble.predict(base.test)
-    features = with_model_charges(
-        features, getattr(pred, "charges_mean", None), getattr(pred, "charges_std", None)
-    )
-    if base.environment:
-        features = match_environment_classes(
-            features, EnvironmentClasses.from_dict(base.environment)
-        )
     out = {}
-    for r in base.regions:
-        try:
-            mask = rule_mask([Condition(**c) for c in r["conditions"]], features)
-        except UnknownFeature:
-            continue
+    for r in regions:
+        mask = selector.select(r)
         if mask.any():
-            out[r["id"]] = mask.tolist()
+            out[r.id] = mask.tolist()
     return out
 
 
@@ -133,11 +125,14 @@ def _group_key(cell: dict[str, Any]) -> str:
 def summarise(
     cells: list[dict[str, Any]],
     arms: list[Arm],
-    regions: list[dict[str, Any]],
+    regions: Sequence[Region | Mapping[str, Any]],
     masks: dict[str, list[bool]],
     settings: dict[str, Any],
 ) -> dict[str, Any]:
     """The experiment's summary (``results.json``).
+
+    ``regions`` are the base iteration's (:class:`~chemgap.agent.diagnostics.region.Region`;
+    a ``regions.json`` dict is read as one); those with a mask in ``masks`` are summarised.
 
     Returns:
         ``{"settings", "arms": [{"arm", "size", "kind", "control", "repeats", "metrics":
@@ -176,7 +171,8 @@ def summarise(
         }
     for row in table.values():
         row["vs_control"] = _versus(row, table)
-    out_regions = [_fixed(r, table) for r in regions if r["id"] in masks]
+    flagged = [as_region(r) for r in regions]
+    out_regions = [_fixed(r, table) for r in flagged if r.id in masks]
     return {
         "settings": settings,
         "arms": list(table.values()),
@@ -209,8 +205,8 @@ def _versus(row: dict[str, Any], table: dict[str, dict[str, Any]]) -> dict[str, 
     return out
 
 
-def _fixed(region: dict[str, Any], table: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    name = f"region:{region['id']}"
+def _fixed(region: Region, table: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    name = f"region:{region.id}"
     best, fixed = None, None
     for key, row in table.items():
         mean = row["metrics"].get(name, {}).get("mean", np.nan)
@@ -222,7 +218,7 @@ def _fixed(region: dict[str, Any], table: dict[str, dict[str, Any]]) -> dict[str
         significant = bool(vs) and vs["diff"] < 0 and vs["p"] < ALPHA
         if significant and (fixed is None or mean < table[fixed]["metrics"][name]["mean"]):
             fixed = key
-    return {"id": region["id"], "rule": region.get("rule"), "best": best, "fixed_by": fixed}
+    return {"id": region.id, "rule": region.rule, "best": best, "fixed_by": fixed}
 
 
 def _pm(metric: dict[str, Any], scale: float, digits: int = 0) -> str:

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from chemgap.agent.diagnostics.region import Region
 from chemgap.agent.errors import BadInput
-from chemgap.agent.report.gather import read_json
-from chemgap.agent.store import ITERATIONS_DIR, RunStore
-from chemgap.common.keys import ISOLATED_ATOM_SPLIT
+from chemgap.agent.layout import DiagnosisLayout, RunLayout
+from chemgap.agent.store import RunStore
+from chemgap.common.keys import ISOLATED_ATOM_SPLIT, TEST_SPLIT
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +38,19 @@ NO_REGION = "none"
 
 
 def _last_models(root: Path) -> Path:
-    found = sorted((root / ITERATIONS_DIR).glob("[0-9][0-9][0-9]/models/ensemble.json"))
-    if not found:
+    trained = RunLayout(root).trained_iterations()
+    if not trained:
         raise BadInput(f"{root}: no trained ensemble yet, so nothing to export to chemiscope")
-    return found[-1].parent
+    return trained[-1].models
 
 
 def _structures(store: RunStore) -> list[Atoms]:
     """The test set first, then every other labelled structure, in data.db order."""
-    test = store.structures(status="ok", split="test")
+    test = store.structures(status="ok", split=TEST_SPLIT)
     rest = [
         a
         for a in store.structures(status="ok")
-        if a.info.get("split") not in ("test", ISOLATED_ATOM_SPLIT)
+        if a.info.get("split") not in (TEST_SPLIT, ISOLATED_ATOM_SPLIT)
     ]
     return test + rest
 
@@ -74,42 +75,31 @@ def _errors(structures: list[Atoms], pred: Any) -> dict[str, np.ndarray]:
 
 def _features(store: RunStore, structures: list[Atoms], pred: Any) -> Any:
     """The diagnosis' feature table of ``structures`` (environment classes named as in the last
-    diagnosis, the model's charges where it has them), with the per-atom SOAP.
+    diagnosis, the model's charges where it has them, with the per-atom SOAP), as a
+    :class:`~chemgap.agent.diagnostics.selector.RegionSelector`, and the last diagnosis'
+    regions (none when the run has no readable ``regions.json``).
     """
-    from chemgap.agent.diagnostics.features import (
-        EnvironmentClasses,
-        compute_features,
-        match_environment_classes,
-        with_model_charges,
+    from chemgap.agent.diagnostics.selector import RegionSelector
+    from chemgap.agent.diagnostics.storage import load_previous
+
+    stored = load_previous(DiagnosisLayout(store.root).regions_file)
+    selector = RegionSelector.rebuild(
+        structures,
+        store.spec.diagnostics,
+        seed=store.spec.seed,
+        prediction=pred,
+        environment=stored.environment if stored is not None else None,
     )
-
-    cfg = store.spec.diagnostics
-    features = compute_features(
-        structures, environment_classes=cfg.environment_classes, seed=store.spec.seed
-    )
-    features = with_model_charges(
-        features, getattr(pred, "charges_mean", None), getattr(pred, "charges_std", None)
-    )
-    payload = read_json(store.root / "regions.json") or {}
-    if payload.get("environment"):
-        features = match_environment_classes(
-            features, EnvironmentClasses.from_dict(payload["environment"])
-        )
-    return features, payload.get("regions") or []
+    return selector, stored.regions if stored is not None else []
 
 
-def _region_of_atoms(features: Any, regions: list[dict[str, Any]]) -> list[str]:
-    """(n_atoms,) the first region (last diagnosis' order) each atom falls in, or ``none``."""
-    from chemgap.agent.diagnostics.rules import Condition, UnknownFeature, rule_mask
-
-    out = np.full(features.n_atoms, NO_REGION, dtype=object)
+def _region_of_atoms(selector: Any, regions: list[Region]) -> list[str]:
+    """(n_atoms,) the first region (last diagnosis' order) each atom falls in, or ``none``
+    (a region whose rule names a feature these structures' features lack selects no atom).
+    """
+    out = np.full(selector.features.n_atoms, NO_REGION, dtype=object)
     for r in regions:
-        try:
-            mask = rule_mask([Condition(**c) for c in r["conditions"]], features)
-        except (UnknownFeature, TypeError, KeyError):
-            log.info("region %s cannot be applied to the exported structures", r.get("id"))
-            continue
-        out[mask & (out == NO_REGION)] = r["id"]
+        out[selector.select(r) & (out == NO_REGION)] = r.id
     return [str(x) for x in out]
 
 
@@ -188,7 +178,8 @@ def chemiscope_input(run: str | Path) -> dict[str, Any]:
         raise BadInput(f"{run}: no labelled structure yet, so nothing to export to chemiscope")
     pred = Ensemble.load(models).predict(structures)
     err = _errors(structures, pred)
-    features, regions = _features(store, structures, pred)
+    selector, regions = _features(store, structures, pred)
+    features = selector.features
     pcs = _soap_map(features)
     props: dict[str, dict[str, Any]] = {
         "SOAP PC1": {"target": "structure", "values": pcs[:, 0].tolist()},
@@ -212,7 +203,7 @@ def chemiscope_input(run: str | Path) -> dict[str, Any]:
         **_structure_info(structures),
         "|ΔF|": {"target": "atom", "values": err["atom_error"].tolist(), "units": "eV/Å"},
         "force σ": {"target": "atom", "values": err["atom_sigma"].tolist(), "units": "eV/Å"},
-        "region": {"target": "atom", "values": _region_of_atoms(features, regions)},
+        "region": {"target": "atom", "values": _region_of_atoms(selector, regions)},
         **_feature_columns(features),
     }
     frames = [Atoms(a.numbers, a.positions, cell=a.cell, pbc=a.pbc) for a in structures]
