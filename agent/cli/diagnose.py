@@ -36,10 +36,16 @@ def _ratio_ci(r: Any) -> str:
     return f"{_f(r.ratio, '.2f')} ({_f(r.ratio_ci[0], '.2f')}–{_f(r.ratio_ci[1], '.2f')})"
 
 
+REGION_ERROR = "mean |ΔF|\neV/Å"  # the region tables' one metric: mean force-error norm
+REGION_RATIO = "× baseline\n(95% CI)"
+
+
 def regions_table(regions: list[Any], title: str) -> Table:
     """Failure regions as a table, one row each, in the order given; fits 80 columns.
 
-    Rules are the readable ones (environment classes by their chemistry; ``chemgap inspect
+    Its one metric is the mean force-error norm |F_pred - F_ref| of a region's atoms, eV/Å
+    (header ``mean |ΔF| eV/Å``), and its ratio to the mean over all atoms. Rules are the
+    readable ones (environment classes by their chemistry; ``chemgap inspect
     --region`` shows the machine form too). Long rules fold inside their column; a silent
     region is marked in its rule cell, and one with regions folded under it says how many;
     the iterations a region was seen in show only inside a campaign.
@@ -52,16 +58,17 @@ def regions_table(regions: list[Any], title: str) -> Table:
         collapse_padding=True,
         show_edge=False,
         caption_justify="left",
-        caption="error: mean force-error norm, eV/Å · ×: ratio to the baseline (95% CI) · "
-        "q: BH-adjusted p · SILENT: high error, low uncertainty · held-out: tree rule scored "
-        "on the structures it was not grown on",
+        caption="× baseline: ratio to the baseline, the mean |ΔF| of all atoms (95% CI) · "
+        "mean |ΔF|: mean force-error norm of the region's atoms, eV/Å · q: BH-adjusted p · "
+        "SILENT: high error, low uncertainty · held-out: tree rule scored on the structures "
+        "it was not grown on",
     )
     show_seen = any(r.first_seen is not None for r in regions)
     table.add_column("id", no_wrap=True)
     table.add_column("rule", overflow="fold", ratio=1, min_width=14)
     table.add_column("atoms", justify="right", no_wrap=True)
-    table.add_column("error", justify="right", no_wrap=True)
-    table.add_column("× (95% CI)", no_wrap=True)
+    table.add_column(REGION_ERROR, justify="right", no_wrap=True)
+    table.add_column(REGION_RATIO, no_wrap=True)
     table.add_column("q", justify="right", no_wrap=True)
     if show_seen:
         table.add_column("seen", justify="right", no_wrap=True)
@@ -87,10 +94,22 @@ def _seen(r: Any) -> str:
     return str(r.first_seen) if r.first_seen == r.last_seen else f"{r.first_seen}–{r.last_seen}"
 
 
+SPLIT_COLUMNS = (  # the split tables' metric: force MAE per Cartesian component, eV/Å
+    "ID F MAE\neV/Å",
+    "OOD F MAE\neV/Å",
+    "OOD/ID",
+    "vs rnd",
+    "OOD E MAE\nmeV/atom",
+)
+
+
 def splits_table(splits: list[dict[str, Any]]) -> Table:
     """The split study as a table: in- vs out-of-distribution error per split; fits 80 columns.
 
-    What each split holds out is listed under the table (:func:`split_legend`).
+    Its metric is the force MAE per Cartesian component, eV/Å (``force_mae`` of
+    :mod:`chemgap.common.metrics`), with the OOD energy MAE per atom in meV/atom beside it;
+    each header names its metric and unit. What each split holds out is listed under the table
+    (:func:`split_legend`).
     """
     trained = any(s.get("trained") for s in splits)
     title = "splits: " + (
@@ -106,12 +125,13 @@ def splits_table(splits: list[dict[str, Any]]) -> Table:
         collapse_padding=True,
         show_edge=False,
         caption_justify="left",
-        caption="MAE: force, eV/Å per component · OOD E: energy MAE, meV/atom · "
-        "vs rnd: OOD MAE over the random split's",
+        caption="F MAE: force MAE per Cartesian component · E MAE: energy MAE per atom · "
+        "OOD/ID: OOD F MAE over ID F MAE · vs rnd: OOD F MAE over the random split's "
+        "OOD F MAE",
     )
     table.add_column("split", no_wrap=True)
     table.add_column("train/test", justify="right", no_wrap=True)
-    for col in ("ID MAE", "OOD MAE", "OOD/ID", "vs rnd", "OOD E"):
+    for col in SPLIT_COLUMNS:
         table.add_column(col, justify="right", no_wrap=True)
     for s in splits:
         if s.get("skipped"):
@@ -204,7 +224,8 @@ def _print_diagnosis(done: Any, alpha: float) -> None:
         console.print(f"diagnosed: {res.source}", markup=False)
     console.print(
         f"{b['n_structures']} structures, {b['n_atoms']} atoms · models {done.models} · "
-        f"force MAE {b['force_mae']:.4f} eV/Å, mean error norm {b['force_error_mean']:.4f} eV/Å, "
+        f"force MAE {b['force_mae']:.4f} eV/Å per component, mean |ΔF| "
+        f"{b['force_error_mean']:.4f} eV/Å, "
         f"energy MAE {1000 * b['energy_mae_per_atom']:.3g} meV/atom · "
         f"uncertainty{' (calibrated)' if b['calibrated'] else ''} "
         f"{b['uncertainty_mean']:.4f} eV/Å, "
@@ -284,7 +305,11 @@ def _print_resolved(resolved: list[dict[str, Any]]) -> None:
 
 
 def _on_split(res: Any) -> None:
-    msg = f"skipped ({res.skipped})" if res.skipped else f"OOD force MAE {res.ood_force_mae:.4f}"
+    msg = (
+        f"skipped ({res.skipped})"
+        if res.skipped
+        else f"OOD force MAE {res.ood_force_mae:.4f} eV/Å per component"
+    )
     console.print(f"split {res.name}: {msg}")
 
 
@@ -505,9 +530,9 @@ def _detail(r: Any) -> None:
     )
     table.add_row("elements", ", ".join(f"{k} {v}" for k, v in r.elements.items()))
     table.add_row(
-        "force error",
+        "mean |ΔF|",
         f"{_f(r.mean_error, '.4f')} eV/Å (95% CI {_f(r.ci[0], '.4f')}–{_f(r.ci[1], '.4f')}), "
-        f"baseline {_f(r.baseline, '.4f')}",
+        f"baseline (all atoms) {_f(r.baseline, '.4f')} eV/Å",
     )
     table.add_row(
         "ratio to baseline",
@@ -540,14 +565,14 @@ def _detail(r: Any) -> None:
     console.print(table)
     file = r.exemplars[0].get("file") if r.exemplars else None
     ex = Table(
-        title="exemplars (highest error inside the region)",
+        title="exemplars (highest mean |ΔF| inside the region)",
         caption=f"frames of {file}" if file else None,
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
         show_edge=False,
     )
-    for col in ("frame", "index", "db id", "formula", "atoms", "inside", "error eV/Å"):
+    for col in ("frame", "index", "db id", "formula", "atoms", "inside", "mean |ΔF| eV/Å"):
         ex.add_column(col, overflow="fold")
     for e in r.exemplars:
         ex.add_row(

@@ -105,7 +105,7 @@ def _message(entry: dict[str, Any], numeric: bool) -> str:
         )
     return (
         f"{what}, {entry['n_structures']} structures, q = {entry['q_value']:.2g}); "
-        f"{name} = {w['value']}: {w['ratio']:.2f}× the mean error over "
+        f"{name} = {w['value']}: {w['ratio']:.2f}× the mean force-error norm over "
         f"{w['n_structures']} structures. Possibly a sampling artefact, not a failure region: "
         "check how these structures were made."
     )
