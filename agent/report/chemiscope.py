@@ -25,7 +25,7 @@ from ase import Atoms
 
 from chemgap.agent.diagnostics.region import Region
 from chemgap.agent.errors import BadInput
-from chemgap.agent.layout import DiagnosisLayout, RunLayout
+from chemgap.agent.layout import RunLayout
 from chemgap.agent.store import RunStore
 from chemgap.common.keys import ISOLATED_ATOM_SPLIT, TEST_SPLIT
 
@@ -82,7 +82,7 @@ def _features(store: RunStore, structures: list[Atoms], pred: Any) -> Any:
     from chemgap.agent.diagnostics.selector import RegionSelector
     from chemgap.agent.diagnostics.storage import load_previous
 
-    stored = load_previous(DiagnosisLayout(store.root).regions_file)
+    stored = load_previous(RunLayout(store.root).last_diagnosis.regions_file)
     selector = RegionSelector.rebuild(
         structures,
         store.spec.diagnostics,
