@@ -11,13 +11,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ase import Atoms
+
+if TYPE_CHECKING:
+    from chemgap.agent.diagnostics.features import EnvironmentClasses
+    from chemgap.agent.diagnostics.region import Region
 
 from chemgap.agent.errors import RemedyRefused, RunDirError
 from chemgap.agent.layout import IterationLayout, RunLayout
 from chemgap.agent.store import RunStore
+from chemgap.agent.structio import read_extxyz
 from chemgap.campaigns.spec import CampaignSpec
 from chemgap.common.keys import HOLDOUT_SPLIT, TEST_SPLIT, TRAIN_SPLIT
 
@@ -36,8 +41,8 @@ class Base:
         holdout: labelled holdout structures of the same iterations (early stopping, the ID
             holdout score).
         test: the run's fixed labelled test set (never trained on).
-        regions: the base iteration's failure regions as stored (``regions.json`` dicts).
-        environment: that diagnosis' environment classes (dict form) or None.
+        regions: the base iteration's failure regions (read from its ``regions.json``).
+        environment: that diagnosis' environment classes, or None.
     """
 
     root: Path
@@ -46,8 +51,8 @@ class Base:
     train: list[Atoms]
     holdout: list[Atoms]
     test: list[Atoms]
-    regions: list[dict[str, Any]] = field(default_factory=list)
-    environment: dict[str, Any] | None = None
+    regions: list[Region] = field(default_factory=list)
+    environment: EnvironmentClasses | None = None
 
     def atomic_energies(self) -> dict[str, float]:
         """Element -> E0 (eV) of the base iteration's model: every arm is built with them."""
@@ -119,21 +124,18 @@ class Base:
         return base
 
     def _load_regions(self) -> None:
-        import json
+        from chemgap.agent.diagnostics.features import EnvironmentClasses
+        from chemgap.agent.diagnostics.storage import load_regions
 
-        path = self.layout.regions_file
-        if not path.exists():
+        if not self.layout.regions_file.exists():
             return
-        payload = json.loads(path.read_text())
-        self.regions = list(payload.get("regions", []))
-        self.environment = payload.get("environment")
+        self.regions, payload = load_regions(self.layout.regions_file)
+        env = payload.get("environment")
+        self.environment = EnvironmentClasses.from_dict(env) if env else None
 
     def exemplars(self, region_id: str) -> list[Atoms]:
         """The stored exemplar structures of one region (empty when none were written)."""
-        import ase.io
-
-        path = self.layout.region_structures(region_id)
-        return list(ase.io.read(path, index=":")) if path.exists() else []
+        return read_extxyz(self.layout.region_structures(region_id))
 
     def seeds(self) -> list[Atoms]:
         """The campaign's seed structures (the same the loop started its walkers from)."""
