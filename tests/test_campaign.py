@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from chemgap.agent.loop import run_campaign
 from chemgap.agent.cli import main
+from chemgap.agent.loop import run_campaign
 from chemgap.agent.runtime import RayExecutor
 from chemgap.agent.store import RunStore
 from chemgap.campaigns.spec import parse_spec

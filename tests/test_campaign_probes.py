@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from test_campaign import tiny_spec
 
-from chemgap.agent.loop import Campaign, run_campaign
 from chemgap.agent.cli import main
+from chemgap.agent.loop import Campaign, run_campaign
 from chemgap.agent.probes import PROBES
 from chemgap.agent.store import RunStore
 from chemgap.campaigns.spec import SpecError, parse_spec

@@ -20,9 +20,9 @@ from ase.io import read
 from click.testing import CliRunner
 from test_campaign_probes import probe_spec
 
+from chemgap.agent.cli import main
 from chemgap.agent.layout import TEST_RESIDUALS
 from chemgap.agent.loop import run_campaign
-from chemgap.agent.cli import main
 from chemgap.agent.report import REPORT_FILE, try_write_report, write_report
 from chemgap.agent.report.gather import TEST_RESIDUALS as REPORT_TEST_RESIDUALS
 from chemgap.agent.report.gather import gather
