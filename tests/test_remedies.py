@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ from ase.io import read
 from click.testing import CliRunner
 from test_campaign import tiny_spec
 
-from chemgap.agent.loop import run_campaign
 from chemgap.agent.cli import main
 from chemgap.agent.errors import RemedyRefused, RunDirError
+from chemgap.agent.loop import run_campaign
 from chemgap.agent.remedies import (
     BASELINE,
     Base,
@@ -25,7 +26,7 @@ from chemgap.agent.remedies import (
     run_experiment,
 )
 from chemgap.agent.remedies.pool import pick_random
-from chemgap.agent.remedies.results import mean_ci, paired
+from chemgap.agent.remedies.results import adjust, holm, mean_ci, min_p_value, paired
 from chemgap.agent.runtime import RayExecutor
 from chemgap.agent.store import RunStore, structure_key
 from chemgap.campaigns.spec import RemediationConfig, parse_spec
@@ -97,6 +98,43 @@ def test_every_data_arm_spends_the_same_budget_from_the_same_pool(experiment):
     # the data arms trained on the base data plus their budget
     base = Base.from_run(out.parent)
     assert rows["random"]["metrics"]["n_train"]["values"] == [len(base.train) + BUDGET] * REPEATS
+
+
+def test_the_region_arm_never_trains_on_a_scored_structure(experiment, tmp_path):
+    """The regions were flagged on the test set that scores the arms, and their exemplars are
+    test structures: the region arm labels pool frames inside the regions and rattles of those
+    frames, never a test structure or a rattle of one. Broken variant caught: the pick topped
+    up with rattled exemplars (the test structures) when the pool ran short.
+    """
+    import shutil
+
+    from chemgap.agent.diagnostics.region import Region
+    from chemgap.agent.remedies.pool import pick_region
+    from chemgap.agent.structio import write_extxyz
+
+    out, _ = experiment
+    run = Path(shutil.copytree(out.parent, tmp_path / "run"))
+    base = Base.from_run(run)
+    base.regions = [Region(
+        id="RCu", rule="element = Cu", conditions=[
+            {"feature": "element", "op": "=", "value": "Cu"}], method="slice",
+        n_atoms=1, n_structures=1, coverage=0.1, mean_error=0.2, ci=(0.1, 0.3), baseline=0.1,
+        ratio=2.0, ratio_ci=(1.5, 2.5), p_value=0.01,
+    )]  # fmt: skip
+    write_extxyz(base.layout.region_structures("RCu"), base.test)  # the exemplars: test cells
+    pool = read(out / "plan" / "r0" / "pool.extxyz", ":")
+    budget = len(pool) + 4  # more than the pool holds: the pick must top up
+    chosen, info = pick_region(base, pool, budget, np.random.default_rng(0))
+    assert len(chosen) == budget
+    pool_keys = {structure_key(a) for a in pool}
+    test_keys = {structure_key(a) for a in base.test}
+    for atoms in chosen:
+        key = structure_key(atoms)
+        assert key not in test_keys and atoms.info.get("rattle_of") not in test_keys
+        assert key in pool_keys or atoms.info.get("rattle_of") in pool_keys
+    sources = info["sources"]
+    assert sources["pool frames"] + sources["rattled pool frames"] == budget
+    assert sources["rattled pool frames"] >= 4
 
 
 def test_shortfall_is_refused_not_padded(experiment):
@@ -209,10 +247,36 @@ def test_statistics_match_scipy(rng):
     lo, hi = stats.t.interval(0.95, len(a) - 1, loc=a.mean(), scale=stats.sem(a))
     assert mean == pytest.approx(a.mean()) and half == pytest.approx((hi - lo) / 2)
     out = paired(a, c)
-    assert out["p"] == pytest.approx(stats.ttest_rel(a, c).pvalue)
+    exact = stats.permutation_test(
+        (a, c), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
+        alternative="two-sided", n_resamples=np.inf,
+    )  # fmt: skip
+    assert out["p"] == pytest.approx(exact.pvalue)
     assert out["diff"] == pytest.approx(np.mean(a - c))
     assert out["rel"] == pytest.approx(np.mean(a - c) / c.mean())
     assert np.isnan(mean_ci(np.array([1.0]))[1])
+
+
+def test_identical_paired_differences_never_give_p_zero():
+    """Broken variant: the paired t-test's p = 0.0 when every difference is the same."""
+    arm, control = np.array([1.0, 2.0, 3.0]), np.array([2.0, 3.0, 4.0])
+    assert paired(arm, control)["p"] == pytest.approx(2 / 2**3) == min_p_value(3)
+    assert paired(control, control)["p"] == 1.0
+    assert min_p_value(5) > 0.05 > min_p_value(6)
+
+
+def test_holm_adjusts_within_a_table():
+    """Holm's step-down on a known family; NaN stays out of it."""
+    adjusted = holm([0.01, 0.04, 0.03, float("nan")])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and np.isnan(adjusted[3])
+    vs = {"p": 0.01, "n": 8, "diff": -1.0}
+    other = {"p": 0.02, "n": 8, "diff": -1.0}
+    table = {"a": {"vs_control": {"force_mae_id": vs, "region:R1": other}},
+             "b": {"vs_control": {"force_mae_id": dict(vs), "region:R1": dict(other)}}}  # fmt: skip
+    families = adjust(table)
+    assert families["test"]["m"] == 2 and vs["p_adj"] == pytest.approx(0.02)
+    assert table["b"]["vs_control"]["region:R1"]["p_adj"] == pytest.approx(0.04)
+    assert families["test"]["min_p_adj"] == pytest.approx(2 * 2 / 2**8)
 
 
 def test_the_specs_remediation_section_runs_after_the_loop(tmp_path):

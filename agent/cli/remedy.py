@@ -24,7 +24,7 @@ from chemgap.agent.errors import BadInput
 from chemgap.campaigns.spec import ProbeName, RemedyName
 from chemgap.models.config import LongRange
 
-# arm, repeats, F MAE ID and its change, F MAE OOD and its change, calls, train s: 80 columns
+# arm, repeats, F MAE ID and its change, F MAE OOD and its change, calls, atoms: 80 columns
 _COLUMNS = (
     ("arm", 15, "left"),
     ("n", 2, "right"),
@@ -33,7 +33,7 @@ _COLUMNS = (
     ("F MAE OOD", 9, "right"),
     ("Δ OOD", 7, "right"),
     ("calls", 5, "right"),
-    ("train s", 7, "right"),
+    ("atoms", 7, "right"),
 )
 
 
@@ -51,7 +51,8 @@ def remedies_table(rows: list[tuple[str, ...]], title: str | None = None) -> Tab
 
 def print_remedies(summary: dict[str, Any]) -> None:
     """An experiment's summary: the arms table, its caption, and who fixed each region."""
-    from chemgap.agent.remedies import probe_rows, region_rows, table_rows
+    from chemgap.agent.remedies import probe_rows, region_rows, source_rows, table_rows
+    from chemgap.agent.remedies.results import comparison_caption
 
     s = summary["settings"]
     title = f"remedies from iteration {s['iteration']} · {s['repeats']} repeats"
@@ -59,11 +60,12 @@ def print_remedies(summary: dict[str, Any]) -> None:
         title += f" · {s['budget']} oracle calls per data arm"
     title += "\nF MAE: force MAE per component, meV/Å, mean ± 95 % CI over repeats"
     console.print(remedies_table(table_rows(summary), title))
-    console.print(
-        "Δ: change against the arm's control (random for data arms, baseline for model "
-        "arms), paired by repeat; * p < 0.05",
-        style="dim",
-    )
+    console.print(comparison_caption(summary), style="dim")
+    sources = source_rows(summary)
+    if sources:
+        console.print("labels per repeat (never a test structure or a rattle of one):")
+        for line in sources:
+            console.print(f"  {line}")
     regions = region_rows(summary)
     if regions:
         table = _small_table(

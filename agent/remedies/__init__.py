@@ -8,7 +8,13 @@ intervals: :mod:`.arms` (the registry), :mod:`.pool` (what the data remedies lab
 
 from chemgap.agent.remedies.arms import ARMS, BASELINE, Arm, ArmKind, arms_of, check_arms
 from chemgap.agent.remedies.base import Base
-from chemgap.agent.remedies.results import probe_rows, region_rows, summarise, table_rows
+from chemgap.agent.remedies.results import (
+    probe_rows,
+    region_rows,
+    source_rows,
+    summarise,
+    table_rows,
+)
 from chemgap.agent.remedies.runner import (
     Cell,
     Experiment,
@@ -34,6 +40,7 @@ __all__ = [
     "probe_rows",
     "region_rows",
     "run_experiment",
+    "source_rows",
     "summarise",
     "table_rows",
 ]

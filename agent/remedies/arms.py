@@ -253,10 +253,15 @@ def _check_probes(spec: Any, cfg: RemediationConfig) -> None:
 
 def training(arm: Arm, base: Base, cfg: RemediationConfig) -> Training:
     """The arm's architecture and training settings: the campaign's, with the experiment's
-    ensemble size and epoch cap and the base model's reference energies E0 (the oracle's
-    isolated atoms in a run with ``model.e0: isolated``), changed by the arm.
+    ensemble size and epoch cap, no wall-time cap beyond the scaled safety net (a budget of
+    optimiser steps, the same on a loaded machine) and the base model's reference energies E0
+    (the oracle's isolated atoms in a run with ``model.e0: isolated``), changed by the arm.
     """
-    update: dict[str, Any] = {}
+    # every arm trains for the same optimiser steps (max_epochs over the same number of
+    # structures), never up to the campaign's wall cap: arms run side by side on a loaded
+    # machine, where a wall cap gives each arm what the load left it; the scaled cap that
+    # remains is a safety net ~3x the need (EnsembleConfig.scaled_to)
+    update: dict[str, Any] = {"wall_time_s": None}
     if cfg.members is not None:
         update["members"] = cfg.members
     if cfg.max_epochs is not None:
@@ -276,7 +281,9 @@ def pick(
     ensemble: Any,
     rng: np.random.Generator,
 ) -> tuple[list[Atoms], dict[str, Any]]:
-    """The ``cfg.budget`` structures data arm ``arm`` labels in one repeat, and notes on them.
+    """The ``cfg.budget`` structures data arm ``arm`` labels in one repeat, and notes on them
+    (``sources``: where they came from, with counts; never a test structure or a perturbation
+    of one).
 
     Raises:
         RemedyRefused: the arm cannot find ``cfg.budget`` structures.
@@ -284,15 +291,18 @@ def pick(
     from chemgap.agent.remedies import pool as P
 
     name, budget = arm.name, cfg.budget
+    pooled = {"sources": {"pool frames": budget}}
     if name == "random":
-        return P.pick_random(pool, budget, rng), {}
+        return P.pick_random(pool, budget, rng), pooled
     if name in ("uncertainty", "diverse"):
-        return P.pick_selected(pool, budget, name, ensemble, rng), {}
+        return P.pick_selected(pool, budget, name, ensemble, rng), pooled
     if name == "region":
         return P.pick_region(base, pool, budget, rng)
     if name == "probe":
         found, made = P.pick_probe(base, budget, rng)
-        return found, {"rattled": made}
+        return found, {"sources": {"probe geometries": budget - made, "rattled probe "
+                                   "geometries": made}}  # fmt: skip
     if name == "cell_size":
-        return P.pick_cell_size(base, budget, cfg.cell_repeat, rng), {}
+        out = P.pick_cell_size(base, budget, cfg.cell_repeat, rng)
+        return out, {"sources": {"rattled enlarged seeds": budget}}
     raise RemedyRefused(f"remedy {name}: not a data remedy")

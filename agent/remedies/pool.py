@@ -115,8 +115,14 @@ def pick_selected(
 
 
 def _rattled(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> Atoms:
+    """``atoms`` thermally rattled, recording what it is a rattle of (``info["rattle_of"]``,
+    its structure key).
+    """
+    from chemgap.common.keys import structure_key
+
     out = atoms.copy()
     out.calc = None
+    out.info["rattle_of"] = structure_key(atoms)
     std = RATTLE_300K_A * np.sqrt(temperature_K / 300.0)
     out.positions = out.positions + rng.normal(0.0, std, size=out.positions.shape)
     return out
@@ -148,14 +154,24 @@ def pick_region(
     base: Base, pool: list[Atoms], budget: int, rng: np.random.Generator
 ) -> tuple[list[Atoms], dict[str, Any]]:
     """Frames with atoms in the flagged regions (regions in rank order, taken in turn; within a
-    region the frames with most region atoms first), topped up with rattled exemplars.
+    region the frames with most region atoms first), topped up with thermal rattles of those
+    frames.
+
+    Never a test structure or a perturbation of one: the regions were flagged on the run's
+    test set, which scores the arms, so their exemplars (test structures) are not used (an arm
+    trained on rattles of the structures it is scored on would be credited with memorising
+    them). The pool is the experiment's own exploration (:func:`explore_pool`).
 
     Each region's atoms in the pool are those its rule selects on the diagnosis' features
     rebuilt on the pool (:class:`chemgap.agent.diagnostics.selector.RegionSelector`: a rule
     naming a feature the pool's features lack selects no frame, with a warning).
 
     Returns:
-        The structures, and ``{"from_pool": n, "from_exemplars": n, "per_region": {id: n}}``.
+        The structures, and ``{"sources": {"pool frames": n, "rattled pool frames": n},
+        "per_region": {id: n}}``.
+
+    Raises:
+        RemedyRefused: no pool frame has an atom in any region.
     """
     from chemgap.agent.diagnostics.region import as_region
     from chemgap.agent.diagnostics.selector import RegionSelector
@@ -182,10 +198,13 @@ def pick_region(
             if queue and len(chosen) < budget:
                 chosen.append(queue.pop(0))
                 per_region[r.id] += 1
-    exemplars = [a for r in regions for a in base.exemplars(r.id)]
-    out, made = _fill([pool[i] for i in chosen], exemplars, budget, base, rng)
-    _need("region", len(out), budget, "the pool inside the regions plus their exemplars")
-    info = {"from_pool": len(chosen), "from_exemplars": made, "per_region": per_region}
+    found = [pool[i] for i in chosen]
+    out, made = _fill(found, found, budget, base, rng)
+    _need("region", len(out), budget, "the pool's frames inside the regions and their rattles")
+    info = {
+        "sources": {"pool frames": len(chosen), "rattled pool frames": made},
+        "per_region": per_region,
+    }
     log.info("region remedy: %s", info)
     return out, info
 

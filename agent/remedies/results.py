@@ -5,14 +5,25 @@ Each cell is scored on the run's fixed test set (its in-distribution and out-of-
 parts, per kind), on the base holdout, and inside every failure region the base iteration
 flagged (the mean force-error norm of the test atoms the region's rule selects, eV/Å). Repeats
 share their seeds across arms, so an arm is compared with its control repeat by repeat: the
-mean paired difference with a Student-t 95 % interval and a paired t-test p-value (Student
-1908; with fewer than two repeats the interval and p are NaN). A region counts as *fixed* by
-the arm with the lowest error inside it among those whose paired difference to their control
-there is negative with p < ``ALPHA``.
+mean paired difference with a Student-t 95 % interval (Student 1908; NaN below two repeats) and
+the two-sided p of an exact paired sign-flip permutation test of that mean (Fisher 1935, ch. 21;
+Good, *Permutation Tests*, 2005): under "the arm changes nothing" each repeat's difference is
+as likely negated, so p is the fraction of the 2^R sign patterns whose mean difference is at
+least as far from zero as the one observed. It needs no normality and never reads 0: its
+smallest value is 2 / 2^R (R repeats), 0.25 for 3 repeats and 0.031 for 6, which is why an
+experiment needs enough repeats before any difference can count (:func:`min_p_value`).
+
+The p-values of one table are adjusted together by Holm's step-down method (Holm 1979;
+family-wise error ``ALPHA``): the arms x test-set metrics of the arm table, the arms x regions of
+the region table, the arms x probe metrics of the probe table, and the arms x the remaining
+metrics (energies, holdout) apart. A difference counts (``*``, and a region *fixed*) only when
+its adjusted p is below ``ALPHA``. A region counts as *fixed* by the arm with the lowest error
+inside it among those whose paired difference to their control there is negative and counts.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,7 +90,7 @@ def cell_metrics(cell: dict[str, Any], masks: dict[str, list[bool]]) -> dict[str
     for probe in cell.get("probes", []):
         error = probe.get("error")
         out[f"probe:{probe['label']}"] = float("nan") if error is None else float(error)
-    for key in ("oracle_calls", "oracle_s", "train_s", "n_train"):
+    for key in COST_METRICS:
         out[key] = float(cell.get(key, 0.0))
     return out
 
@@ -98,24 +109,114 @@ def mean_ci(values: np.ndarray) -> tuple[float, float]:
     return float(v.mean()), float(half)
 
 
-def paired(arm: np.ndarray, control: np.ndarray) -> dict[str, float]:
-    """Paired difference arm − control over repeats: mean, 95 % CI half-width, relative
-    change (mean difference / control mean), two-sided paired t-test p.
-    """
-    from scipy import stats
+EXACT_MAX_REPEATS = 16  # up to 2^16 sign patterns enumerated; beyond, a seeded Monte Carlo
+MONTE_CARLO_DRAWS = 20_000
+COST_METRICS = ("oracle_calls", "oracle_s", "oracle_atoms", "train_s", "n_train")
 
+
+def sign_flip_p(differences: np.ndarray) -> float:
+    """Two-sided p of the exact paired sign-flip permutation test of a mean difference.
+
+    Args:
+        differences: (R,) paired differences arm − control, one per repeat (finite).
+
+    Returns:
+        The fraction of the 2^R sign patterns (the observed one included) whose mean is at
+        least as far from zero as the observed mean: at least 2 / 2^R, 1.0 when every difference
+        is zero; NaN without differences. Beyond :data:`EXACT_MAX_REPEATS` repeats a seeded
+        Monte Carlo estimate (b + 1) / (m + 1) (Phipson & Smyth 2010), never 0 either.
+    """
+    d = np.asarray(differences, dtype=float)
+    n = len(d)
+    if n == 0:
+        return float("nan")
+    observed = abs(d.mean())
+    if observed == 0:
+        return 1.0
+    if n <= EXACT_MAX_REPEATS:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+        means = np.abs(signs @ d) / n
+        return float(np.mean(means >= observed * (1 - 1e-12)))
+    rng = np.random.default_rng(0)
+    signs = rng.choice((1.0, -1.0), size=(MONTE_CARLO_DRAWS, n))
+    hits = int(np.sum(np.abs(signs @ d) / n >= observed * (1 - 1e-12)))
+    return (hits + 1) / (MONTE_CARLO_DRAWS + 1)
+
+
+def min_p_value(repeats: int) -> float:
+    """The smallest p :func:`sign_flip_p` can give with ``repeats`` paired repeats."""
+    return 1.0 if repeats < 1 else min(1.0, 2.0 / 2**repeats)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm, Scand. J. Stat. 6, 65, 1979), same order;
+    NaN entries are left out of the family and stay NaN.
+
+    p_adj(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j)) over the m finite p-values in ascending
+    order: rejecting every p_adj < alpha controls the family-wise error rate at alpha under any
+    dependence between the tests.
+    """
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(len(p), np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    order = finite[np.argsort(p[finite], kind="stable")]
+    running = 0.0
+    for rank, idx in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[idx]))
+        out[idx] = running
+    return out.tolist()
+
+
+def paired(arm: np.ndarray, control: np.ndarray) -> dict[str, float]:
+    """Paired difference arm − control over repeats: mean, its Student-t 95 % CI half-width,
+    relative change (mean difference / control mean) and the two-sided exact sign-flip p
+    (:func:`sign_flip_p`; ``p_adj``, Holm's, is added by :func:`summarise`).
+    """
     a, c = np.asarray(arm, dtype=float), np.asarray(control, dtype=float)
     ok = np.isfinite(a) & np.isfinite(c)
     d = a[ok] - c[ok]
     mean, half = mean_ci(d)
-    p = float("nan")
-    if len(d) >= 2 and np.std(d) > 0:
-        p = float(stats.ttest_rel(a[ok], c[ok]).pvalue)
-    elif len(d) >= 2:
-        p = 1.0 if mean == 0 else 0.0
+    p = sign_flip_p(d) if len(d) >= 2 else float("nan")
     base = float(np.mean(c[ok])) if ok.any() else float("nan")
     rel = mean / base if base else float("nan")
     return {"diff": mean, "diff_ci": half, "rel": rel, "p": p, "n": int(ok.sum())}
+
+
+def family(metric: str) -> str:
+    """The table a metric's comparisons are adjusted in: ``regions``, ``probes``, ``test``
+    (the arm table's test-set force errors) or ``other``.
+    """
+    if metric.startswith("region:"):
+        return "regions"
+    if metric.startswith("probe:"):
+        return "probes"
+    return "test" if metric in ("force_mae_id", "force_mae_ood") else "other"
+
+
+def adjust(table: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Holm-adjust every row's ``vs_control`` p-values within each :func:`family` (in place:
+    each comparison gains ``p_adj``); returns per family its size ``m`` and the smallest
+    adjusted p its repeats allow.
+    """
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in table.values():
+        for name, vs in row["vs_control"].items():
+            found.setdefault(family(name), []).append(vs)
+    out = {}
+    for fam, comparisons in found.items():
+        for vs, adj in zip(comparisons, holm([vs["p"] for vs in comparisons]), strict=True):
+            vs["p_adj"] = adj
+        m = sum(np.isfinite(vs["p"]) for vs in comparisons)
+        fewest = min((vs["n"] for vs in comparisons), default=0)
+        out[fam] = {"m": int(m), "min_p_adj": min(1.0, m * min_p_value(fewest)) if m else None}
+    return out
+
+
+def counts(vs: Mapping[str, Any] | None) -> bool:
+    """Whether a comparison counts: its Holm-adjusted p is below :data:`ALPHA`."""
+    p = (vs or {}).get("p_adj", float("nan"))
+    return bool(np.isfinite(p) and p < ALPHA)
 
 
 def _group_key(cell: dict[str, Any]) -> str:
@@ -152,6 +253,7 @@ def summarise(
         for cell in members:
             units |= {p["label"]: p.get("unit", "") for p in cell.get("probes", [])}
         table[key] = {
+            "sources": label_sources(members),
             "arm": members[0]["arm"],
             "size": members[0].get("size"),
             "kind": str(kinds[members[0]["arm"]].kind),
@@ -171,6 +273,7 @@ def summarise(
         }
     for row in table.values():
         row["vs_control"] = _versus(row, table)
+    families = adjust(table)
     flagged = [as_region(r) for r in regions]
     out_regions = [_fixed(r, table) for r in flagged if r.id in masks]
     return {
@@ -179,7 +282,54 @@ def summarise(
         "regions": out_regions,
         "metric_names": {n: text for n, (_, text) in METRICS.items()},
         "probe_units": units,
+        "comparisons": {
+            "test": "exact paired sign-flip permutation test, two-sided",
+            "correction": f"Holm within each table (family-wise error {ALPHA:g})",
+            "families": families,
+        },
     }
+
+
+def label_sources(cells: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Where an arm's labels came from, per repeat on average (``{"pool frames": 12.0,
+    "rattled pool frames": 4.0}``; empty for a model arm or cells written before).
+    """
+    total: dict[str, float] = {}
+    for cell in cells:
+        for name, n in (cell.get("sources") or {}).items():
+            total[name] = total.get(name, 0.0) + float(n)
+    return {name: n / len(cells) for name, n in total.items()} if cells else {}
+
+
+def source_rows(summary: Mapping[str, Any]) -> list[str]:
+    """One line per data arm: where its labels came from, per repeat."""
+    out = []
+    for row in summary["arms"]:
+        sources = row.get("sources") or {}
+        if sources:
+            name = row["arm"] + (f" n={row['size']}" if row.get("size") else "")
+            parts = ", ".join(f"{n:g} {what}" for what, n in sources.items())
+            out.append(f"{name}: {parts}")
+    return out
+
+
+def comparison_caption(summary: Mapping[str, Any]) -> str:
+    """What Δ and * mean in the experiment's tables, and what its repeats allow."""
+    repeats = int(summary["settings"].get("repeats", 0))
+    text = (
+        "Δ: change against the arm's control (random for data arms, baseline for model "
+        "arms), paired by repeat · *: exact sign-flip test, Holm-adjusted p < "
+        f"{ALPHA:g} · calls, atoms: oracle calls per repeat and the atoms in them"
+    )
+    fam = (summary.get("comparisons") or {}).get("families", {}).get("test") or {}
+    floor = fam.get("min_p_adj")
+    if floor is not None and floor >= ALPHA:
+        text += (
+            f" · with {repeats} repeats no difference can reach it (smallest p "
+            f"{min_p_value(repeats):.3g}, adjusted over {fam['m']}: {floor:.3g}); "
+            "more repeats: --repeats"
+        )
+    return text
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -197,7 +347,7 @@ def _versus(row: dict[str, Any], table: dict[str, dict[str, Any]]) -> dict[str, 
     common = sorted(set(row["repeats"]) & set(ctrl["repeats"]))
     out = {}
     for name, m in row["metrics"].items():
-        if name in ("oracle_calls", "oracle_s", "train_s", "n_train"):
+        if name in COST_METRICS:
             continue
         a = [m["values"][row["repeats"].index(r)] for r in common]
         c = [ctrl["metrics"][name]["values"][ctrl["repeats"].index(r)] for r in common]
@@ -215,7 +365,7 @@ def _fixed(region: Region, table: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if best is None or mean < table[best]["metrics"][name]["mean"]:
             best = key
         vs = row["vs_control"].get(name)
-        significant = bool(vs) and vs["diff"] < 0 and vs["p"] < ALPHA
+        significant = bool(vs) and vs["diff"] < 0 and counts(vs)
         if significant and (fixed is None or mean < table[fixed]["metrics"][name]["mean"]):
             fixed = key
     return {"id": region.id, "rule": region.rule, "best": best, "fixed_by": fixed}
@@ -232,14 +382,15 @@ def _pm(metric: dict[str, Any], scale: float, digits: int = 0) -> str:
 def _delta(vs: dict[str, Any] | None) -> str:
     if not vs or not np.isfinite(vs.get("rel", np.nan)):
         return ""
-    star = "*" if np.isfinite(vs["p"]) and vs["p"] < ALPHA else ""
+    star = "*" if counts(vs) else ""
     return f"{100 * vs['rel']:+.0f}%{star}"
 
 
 def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     """Rows of the remediation table (strings): arm, repeats, test force MAE ID and OOD in
-    meV/Å (mean ± 95 % CI), each with its change against the arm's control (``*``: p < 0.05;
-    ``control`` on the controls' rows), oracle calls and training seconds per repeat.
+    meV/Å (mean ± 95 % CI), each with its change against the arm's control (``*``: its
+    Holm-adjusted p < ``ALPHA``; ``control`` on the controls' rows), and per repeat the oracle
+    calls and the atoms in them (the oracle's cost grows with the atoms of a call).
     """
     rows = []
     for row in summary["arms"]:
@@ -255,10 +406,16 @@ def table_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
                 _pm(m["force_mae_ood"], 1000),
                 "control" if control else _delta(vs.get("force_mae_ood")),
                 f"{m['oracle_calls']['mean']:.0f}",
-                f"{m['train_s']['mean']:.0f}",
+                _atoms(m.get("oracle_atoms")),
             )
         )
     return rows
+
+
+def _atoms(metric: Mapping[str, Any] | None) -> str:
+    """Mean oracle atoms per repeat; "–" for a result written before they were counted."""
+    mean = (metric or {}).get("mean", float("nan"))
+    return f"{mean:.0f}" if np.isfinite(mean) and mean > 0 else "–"
 
 
 def region_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -285,7 +442,8 @@ def region_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 
 def probe_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """Per arm and probe metric: |model − oracle| (mean ± 95 % CI over repeats, with its unit;
-    relative errors in %) and its change against the arm's control (``*``: p < 0.05).
+    relative errors in %) and its change against the arm's control (``*``: Holm-adjusted
+    p < ``ALPHA``).
     """
     units = summary.get("probe_units", {})
     out = []

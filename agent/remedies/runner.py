@@ -350,12 +350,14 @@ class Experiment:
         )
 
     def labels_of(self, arm: str, repeat: int) -> tuple[list[Atoms], dict[str, Any]]:
-        """The arm's labelled structures in ``repeat`` and its costs (every planned structure
-        is one oracle call, failed ones included).
+        """The arm's labelled structures in ``repeat`` and its costs: oracle calls (every
+        planned structure is one, failed ones included), the atoms in them and the oracle's
+        seconds.
         """
         rows = {row.key: row for row in self.db.select()}
         planned = self.planned(arm, repeat)
         labelled, seconds, failed = [], 0.0, 0
+        n_atoms = sum(len(atoms) for atoms in planned)
         for atoms in planned:
             row = rows.get(structure_key(atoms))
             if row is None:
@@ -367,7 +369,12 @@ class Experiment:
                 labelled.append(new)
             else:
                 failed += 1
-        costs = {"oracle_calls": len(planned), "oracle_failed": failed, "oracle_s": seconds}
+        costs = {
+            "oracle_calls": len(planned),
+            "oracle_failed": failed,
+            "oracle_s": seconds,
+            "oracle_atoms": n_atoms,  # the cost of a call grows with its atoms (DFT: steeply)
+        }
         return labelled, costs
 
     # ------------------------------------------------------------------ stage 3: train
@@ -378,6 +385,9 @@ class Experiment:
             n = min(cell.size, len(train))
             train = [train[i] for i in sorted(rng.choice(len(train), size=n, replace=False))]
         new, costs = self.labels_of(cell.arm, cell.repeat)
+        notes = self.layout.pick_notes(cell.repeat, cell.arm)
+        if notes.exists():  # a data arm: where its labels came from
+            costs["sources"] = json.loads(notes.read_text()).get("sources") or {}
         return train + new, costs
 
     def _threads(self) -> int:

@@ -172,13 +172,18 @@ def _regions(root: Path) -> dict[str, Any] | None:
 def _remedies(root: Path, folder: Path | None) -> dict[str, Any] | None:
     """The experiment's results with display rows, or its refusal; None when none ran."""
     from chemgap.agent.layout import RemediesLayout
-    from chemgap.agent.remedies import region_rows, table_rows
+    from chemgap.agent.remedies import region_rows, source_rows, table_rows
 
     layout = RemediesLayout(folder) if folder else RunLayout(root).remedies
     record = RemedyResultsRecord.read_optional(layout.results)
     if record is not None and record.arms:
         results = record.to_dict()
-        return {"results": results, "rows": table_rows(results), "regions": region_rows(results)}
+        return {
+            "results": results,
+            "rows": table_rows(results),
+            "regions": region_rows(results),
+            "sources": source_rows(results),
+        }
     refused = layout.refused
     if refused.exists():
         return {"refused": refused.read_text().strip()}

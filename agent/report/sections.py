@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chemgap.agent.remedies.results import ALPHA
+from chemgap.agent.remedies.results import ALPHA, comparison_caption
 from chemgap.agent.report import figures
 from chemgap.agent.report.gather import finite
 from chemgap.agent.report.structures import region_views, top_error_views
@@ -118,7 +118,9 @@ def _probes_text(probes: dict[str, Any] | None) -> str:
 
 
 def best_remedy(remedies: dict[str, Any] | None) -> str:
-    """One line: the arm that beats its control most on the OOD test force MAE (p < 0.05)."""
+    """One line: the arm that beats its control most on the OOD test force MAE (its
+    Holm-adjusted p below ``ALPHA``, :func:`chemgap.agent.remedies.results.counts`).
+    """
     if not remedies:
         return "not run"
     if "refused" in remedies:
@@ -126,17 +128,20 @@ def best_remedy(remedies: dict[str, Any] | None) -> str:
     best: tuple[float, str] | None = None
     for arm in remedies["results"]["arms"]:
         vs = (arm.get("vs_control") or {}).get("force_mae_ood") or {}
-        rel, p = finite(vs.get("rel")), finite(vs.get("p"))
+        rel, p = finite(vs.get("rel")), finite(vs.get("p_adj"))
         if rel is None or p is None or rel >= 0 or p >= ALPHA:
             continue
         name = arm["arm"] + (f" n={arm['size']}" if arm.get("size") else "")
-        text = f"{name}: OOD force MAE {100 * rel:+.0f} % against {arm['control']} (p = {p:.2g})"
+        text = (
+            f"{name}: OOD force MAE {100 * rel:+.0f} % against {arm['control']} "
+            f"(Holm-adjusted p = {p:.2g})"
+        )
         if best is None or rel < best[0]:
             best = (rel, text)
     return (
         best[1]
         if best
-        else "none beats its control significantly (p < 0.05)"
+        else "none beats its control significantly (Holm-adjusted p < 0.05)"
         + _lowest(remedies["results"]["arms"])
     )
 
@@ -536,7 +541,7 @@ def _remediation(b: _Builder) -> Section:
         "test OOD F MAE",
         "Δ OOD",
         "oracle calls",
-        "train s",
+        "oracle atoms",
     )
     return Section(
         id="remediation",
@@ -546,6 +551,8 @@ def _remediation(b: _Builder) -> Section:
             "header": header,
             "rows": rem["rows"],
             "regions": rem["regions"],
+            "sources": rem.get("sources") or [],
+            "caption": comparison_caption(rem["results"]),
             "figure": b.figure("remedies", figures.remedies_chart(rem["results"])),
             "best": best_remedy(rem),
         },

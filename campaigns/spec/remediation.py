@@ -44,7 +44,7 @@ class RemediationConfig(Section):
 
     remedies: list[RemedyName] = Field(default_factory=list, description="arms to compare")
     budget: int = Field(24, ge=1, le=10_000, description="oracle calls per data arm and repeat")
-    repeats: int = Field(3, ge=1, le=50, description="repeats (seeds) per arm")
+    repeats: int = Field(5, ge=1, le=50, description="repeats (seeds) per arm")
     iteration: int | None = Field(
         None, ge=1, description="the base iteration (default: the run's last)"
     )
