@@ -168,7 +168,8 @@ def pick_region(
 
     Returns:
         The structures, and ``{"sources": {"pool frames": n, "rattled pool frames": n},
-        "per_region": {id: n}}``.
+        "per_region": {id: n}, "untargetable": {id: feature}}`` (regions whose rule names a
+        feature the pool's frames lack, e.g. the test set's ``out_of_distribution``: left out).
 
     Raises:
         RemedyRefused: no pool frame has an atom in any region.
@@ -184,6 +185,13 @@ def pick_region(
     selector = RegionSelector.rebuild(
         pool, base.spec.diagnostics, seed=base.spec.seed, environment=base.environment
     )
+    # a rule on what only the test set has (its ID/OOD part, say) cannot pick pool frames:
+    # left out, said once in the notes rather than warned about every repeat
+    untargetable = {r.id: selector.absent(r) for r in regions}
+    untargetable = {rid: feature for rid, feature in untargetable.items() if feature}
+    if untargetable:
+        log.info("region remedy: regions not targetable in the pool: %s", untargetable)
+    regions = [r for r in regions if r.id not in untargetable]
     queues: list[list[int]] = []
     for r in regions:
         mask = selector.select(r)
@@ -204,6 +212,7 @@ def pick_region(
     info = {
         "sources": {"pool frames": len(chosen), "rattled pool frames": made},
         "per_region": per_region,
+        "untargetable": untargetable,  # region id -> the feature the pool's frames lack
     }
     log.info("region remedy: %s", info)
     return out, info
