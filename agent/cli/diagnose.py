@@ -61,8 +61,11 @@ def regions_table(regions: list[Any], title: str) -> Table:
         caption="× baseline: ratio to the baseline, the mean |ΔF| of all atoms (95% CI) · "
         "mean |ΔF|: mean force-error norm of the region's atoms, eV/Å · q: BH-adjusted p · "
         "SILENT: high error, low uncertainty · held-out: tree rule scored on the structures "
-        "it was not grown on",
+        "it was not grown on · structures with: its atoms are no worse than the other atoms "
+        "of their structures, the structures are worse as a whole",
     )
+    from chemgap.agent.diagnostics.region import shown_rule
+
     show_seen = any(r.first_seen is not None for r in regions)
     table.add_column("id", no_wrap=True)
     table.add_column("rule", overflow="fold", ratio=1, min_width=14)
@@ -73,7 +76,8 @@ def regions_table(regions: list[Any], title: str) -> Table:
     if show_seen:
         table.add_column("seen", justify="right", no_wrap=True)
     for r in regions:
-        rule = escape(r.rule) + (" [dim](held-out)[/]" if getattr(r, "held_out", False) else "")
+        rule = escape(shown_rule(r))
+        rule += " [dim](held-out)[/]" if getattr(r, "held_out", False) else ""
         folded = len(getattr(r, "folded", None) or [])
         if folded:
             rule += f" [dim](+{folded} folded)[/]"
@@ -508,8 +512,11 @@ def _overview(regions: list[Any], payload: dict[str, Any]) -> None:
 
 
 def _detail(r: Any) -> None:
+    from chemgap.agent.diagnostics.region import level_text
+
     table = Table(title=f"region {r.id}", show_header=False)
     table.add_row("rule", escape(r.rule))
+    table.add_row("level", escape(level_text(r)))
     machine = getattr(r, "machine_rule", None) or r.rule
     table.add_row(
         "machine rule", escape(machine) + " [dim](selects the atoms; the id hashes it)[/]"

@@ -21,7 +21,14 @@ from chemgap.agent.diagnostics.rules import Condition, region_id, rule_mask
 from chemgap.agent.diagnostics.table import Features
 
 # the statistics regions.json writes as null when they are NaN (JSON has no NaN)
-_NAN_FIELDS = ("uncertainty_mean", "uncertainty_ratio", "error_to_uncertainty", "ratio")
+_NAN_FIELDS = (
+    "uncertainty_mean",
+    "uncertainty_ratio",
+    "error_to_uncertainty",
+    "ratio",
+    "within_p",
+    "within_q",
+)
 _NAN_PAIRS = ("ci", "ratio_ci")
 
 
@@ -60,6 +67,14 @@ class Region:
             n_structures, coverage and elements always describe the whole set.
         scored_structures: structures the statistics come from.
         p_value / q_value: structure-level test, and BH-adjusted; significant: q ≤ alpha.
+        within_p / within_q: the within-structure test of the rule's atoms against the other
+            atoms of the same structures (:func:`~chemgap.agent.diagnostics.stats.
+            within_structure_p`) over the ``mixed_structures`` holding both, and BH-adjusted
+            over the significant atom rules; NaN for a rule that selects whole structures.
+        level: where the finding lives: ``atom`` (both tests hold: these atoms are worse than
+            their neighbours), ``structure`` (the structures holding them are worse as a whole;
+            a whole-structure rule, or an atom rule whose within test does not hold), ``""``
+            (a file written before the within test existed).
         complement: the rule of the other side of the same cut (the candidate whose atoms, on
             the structures scored, were exactly the others), when one was proposed; p_value is
             then the two-sided p = min(1, 2 min(p_this, p_other)) and the other side was not
@@ -96,6 +111,10 @@ class Region:
     ratio: float
     ratio_ci: tuple[float, float]
     p_value: float
+    within_p: float = float("nan")
+    within_q: float = float("nan")
+    mixed_structures: int = 0
+    level: str = ""
     complement: str | None = None
     held_out: bool = False
     scored_structures: int = 0
@@ -143,6 +162,41 @@ class Region:
             d["also_ids"] = [region_id(rule) for rule in d.get("also") or []]
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+WHOLE_STRUCTURES = "structures with: "
+"""How a rule over atoms reads when its finding is about whole structures (:func:`shown_rule`)."""
+
+
+def shown_rule(region: Region | Mapping[str, Any]) -> str:
+    """The rule as tables show it: an atom rule whose atoms are no worse than their neighbours
+    (``level`` ``structure`` over structures that also hold other atoms) reads ``structures
+    with: <rule>``, because its finding is that those structures are worse as a whole.
+    """
+    get = region.get if isinstance(region, Mapping) else lambda k: getattr(region, k, None)
+    rule = str(get("rule") or get("id") or "")
+    if get("level") == "structure" and (get("mixed_structures") or 0) > 0:
+        return WHOLE_STRUCTURES + rule
+    return rule
+
+
+def level_text(region: Region) -> str:
+    """Which tests the region passed, in one line (``inspect REGION``)."""
+    if region.level == "atom":
+        return (
+            f"atom-level: worse than the other atoms of the same structures (within-structure "
+            f"q {region.within_q:.1e} over {region.mixed_structures} structures) and across "
+            f"structures (q {region.q_value:.1e})"
+        )
+    if region.level == "structure" and region.mixed_structures:
+        return (
+            f"structure-level: the structures holding these atoms are worse as a whole (q "
+            f"{region.q_value:.1e}), their atoms no worse than the others of the same "
+            f"structures (within-structure q {region.within_q:.2g})"
+        )
+    if region.level == "structure":
+        return f"structure-level: a rule over whole structures (q {region.q_value:.1e})"
+    return "written before the within-structure test existed"
 
 
 def _nan(value: Any) -> float:

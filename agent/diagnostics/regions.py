@@ -56,6 +56,19 @@ Statistics (per candidate, then across candidates):
   for the two-sided p-values and the rank tests here that is the working assumption, not a
   theorem). That the whole finder, tree and clusters included, reports a region of pure noise
   no more often than ``alpha`` is checked by simulation (``tests/test_region_statistics.py``);
+- **each finding at its level**: the structure-level test asks whether the structures holding
+  a rule's atoms are worse, and whenever one kind of cell is worse as a whole (every atom of
+  the vacancy cells) any atom rule only those cells satisfy passes it. Each significant rule
+  that leaves some structures with atoms on both sides is therefore also tested *within*
+  structures (:func:`~chemgap.agent.diagnostics.stats.within_structure_p`: a one-sided Wilcoxon
+  signed-rank test of the per-structure differences, mean error inside minus outside, over the
+  structures holding both), those p-values Benjamini-Hochberg adjusted together. A rule passing
+  both is an ``atom``-level region (these atoms are worse than their neighbours); one passing
+  only the first is a ``structure``-level region, shown as ``structures with: <rule>`` (the
+  structures are worse as a whole), like every rule over whole structures (composition, cell
+  kind). ``inspect REGION`` says which tests a region passed. A planted whole-cell effect gives
+  no atom-level region and a planted effect on some atoms of a cell gives it
+  (``tests/test_region_levels.py``);
 - a region is reported when its q-value is ≤ alpha, its error ratio to the baseline is
   ≥ ``min_ratio`` and it holds ≥ ``min_region_atoms`` atoms. Findings whose atom sets overlap
   strongly (Jaccard index ≥ :data:`MERGE_JACCARD`) are folded under the most readable one

@@ -21,7 +21,7 @@ import numpy as np
 from chemgap.agent.diagnostics.finders import Candidate, RegionInputs
 from chemgap.agent.diagnostics.region import Region
 from chemgap.agent.diagnostics.rules import readable_rule, region_id, rule_text
-from chemgap.agent.diagnostics.stats import ClusterBootstrap, slice_p_value
+from chemgap.agent.diagnostics.stats import ClusterBootstrap, slice_p_value, within_structure_p
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,10 @@ class Scope:
             ci, ratio_ci = self.boot.interval(m)
             unc = _nanmean_or_nan(self.uncertainty[m])
         finite = bool(unc) and np.isfinite(unc) and np.isfinite(self.e2u_all)
+        within_p, mixed = within_structure_p(self.errors, sidx, m, self.n_struct)
         return {
+            "within_p": within_p,
+            "mixed_structures": mixed,
             "mean_error": mean,
             "ci": ci,
             "baseline": self.baseline,

@@ -313,3 +313,20 @@ def _judge(regions: list[Region], cfg: DiagnosticsConfig) -> None:
         r.silent = bool(r.significant and np.isfinite(r.error_to_uncertainty))
         r.silent = r.silent and r.error_to_uncertainty >= cfg.silent_factor
         r.severity = float((r.ratio_ci[0] - 1.0) * (2.0 if r.silent else 1.0))
+    _levels(regions, cfg)
+
+
+def _levels(regions: list[Region], cfg: DiagnosticsConfig) -> None:
+    """Where each significant finding lives: the within-structure p-values of the significant
+    atom rules (those with structures holding atoms on both sides) are Benjamini-Hochberg
+    adjusted together; a rule is an ``atom`` finding when its within q ≤ ``alpha``, otherwise a
+    ``structure`` finding (its structures are worse as a whole: a whole-cell effect), as is
+    every rule that selects whole structures.
+    """
+    atom_rules = [r for r in regions if r.significant and np.isfinite(r.within_p)]
+    within_q = benjamini_hochberg(np.array([r.within_p for r in atom_rules]))
+    for r, qv in zip(atom_rules, within_q, strict=True):
+        r.within_q = float(qv)
+    for r in regions:
+        atom = r.significant and np.isfinite(r.within_q) and r.within_q <= cfg.alpha
+        r.level = "atom" if atom else "structure"

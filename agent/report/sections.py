@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from chemgap.agent.diagnostics.region import shown_rule
 from chemgap.agent.remedies.results import ALPHA, comparison_caption
 from chemgap.agent.report import figures
 from chemgap.agent.report.gather import finite
@@ -341,7 +342,7 @@ def _region_rows(regions: list[dict[str, Any]]) -> list[tuple[str, ...]]:
         rows.append(
             (
                 r["id"],
-                str(r.get("rule")),
+                shown_rule(r),
                 _ratio(r),
                 _num(r.get("q_value"), ".1e"),
                 "yes" if r.get("silent") else "",

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from chemgap.agent.diagnostics.region import shown_rule
 from chemgap.agent.layout import RunLayout
 from chemgap.agent.store import (
     LOOP_STEPS,
@@ -101,8 +102,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _region_row(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": r.get("id"),
-        "rule": r.get("rule"),
+        "rule": shown_rule(r),
         "machine_rule": r.get("machine_rule") or r.get("rule"),
+        "level": r.get("level") or None,
         "folded": len(r.get("folded") or []),
         "ratio": r.get("ratio"),
         "ratio_ci": r.get("ratio_ci"),
