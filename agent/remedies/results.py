@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from chemgap.agent.diagnostics.region import Region, as_region
+from chemgap.agent.diagnostics.region import Region, as_region, shown_rule
 from chemgap.agent.remedies.arms import Arm
 
 ALPHA = 0.05
@@ -368,7 +368,7 @@ def _fixed(region: Region, table: dict[str, dict[str, Any]]) -> dict[str, Any]:
         significant = bool(vs) and vs["diff"] < 0 and counts(vs)
         if significant and (fixed is None or mean < table[fixed]["metrics"][name]["mean"]):
             fixed = key
-    return {"id": region.id, "rule": region.rule, "best": best, "fixed_by": fixed}
+    return {"id": region.id, "rule": shown_rule(region), "best": best, "fixed_by": fixed}
 
 
 def _pm(metric: dict[str, Any], scale: float, digits: int = 0) -> str:
