@@ -190,9 +190,10 @@ def level_text(region: Region) -> str:
         )
     if region.level == "structure" and region.mixed_structures:
         return (
-            f"structure-level: the structures holding these atoms are worse as a whole (q "
-            f"{region.q_value:.1e}), their atoms no worse than the others of the same "
-            f"structures (within-structure q {region.within_q:.2g})"
+            f"structure-level: the structures holding these atoms are worse (q "
+            f"{region.q_value:.1e}); their atoms are not shown to be worse than the other atoms "
+            f"of the same structures (within-structure q {region.within_q:.2g} over "
+            f"{region.mixed_structures} structures)"
         )
     if region.level == "structure":
         return f"structure-level: a rule over whole structures (q {region.q_value:.1e})"
