@@ -221,7 +221,10 @@ def test_first_and_last_seen_follow_previous_regions(cu, cu_result):
         {**cu_result.regions[0].to_dict(), "id": "Rdeadbeef", "rule": "element = Xx"}
     )
     third = diagnose(test, ens, CFG, seed=0, iteration=3, previous=[ghost])
-    assert third.resolved == ["Rdeadbeef"]
+    # not found again (its id is new) but its atoms are as bad as before: not resolved
+    (gone,) = third.resolved_regions
+    assert gone["id"] == "Rdeadbeef" and gone["status"] == "still above the baseline"
+    assert third.resolved == []
 
 
 def test_write_regions_and_inspect(cu_result, tmp_path):

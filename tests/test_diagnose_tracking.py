@@ -105,10 +105,13 @@ def test_environment_classes_do_not_depend_on_the_errors(planted):
     assert [h["iteration"] for h in r.history] == [1, 2]
     assert r.history[0]["ratio"] == pytest.approx(one[rid].ratio)
     assert r.history[1]["ratio"] == pytest.approx(r.ratio)
-    # a region of iteration 1 that iteration 2 does not find is resolved at 2, and only those
+    # a region of iteration 1 that iteration 2 does not find is listed at 2, and only those;
+    # resolved are those whose atoms are no longer significantly above the baseline
     continued = {i for reg in second.regions for i in [reg.id, *reg.also_ids]}
     gone = [i for i in one if i not in continued]
-    assert second.resolved == gone
+    assert [d["id"] for d in second.resolved_regions] == gone
+    done = [d["id"] for d in second.resolved_regions if d["status"] == "resolved"]
+    assert second.resolved == done
     for d in second.resolved_regions:
         assert d["last_seen"] == 1 and d["first_seen"] == 1
 
@@ -215,8 +218,10 @@ def test_a_resolved_region_whose_feature_is_absent_now_is_noted(planted, tmp_pat
     res = diagnose(
         p.test, PlantedModel(scale, 1), CFG, seed=0, iteration=2, previous=[nitrile, gone]
     )
-    assert res.resolved == [nitrile.id, gone.id]
+    assert [d["id"] for d in res.resolved_regions] == [nitrile.id, gone.id]
+    assert res.resolved == [gone.id]  # a rule that cannot be re-scored is not resolved
     absent, empty = res.resolved_regions
+    assert absent["status"] == "cannot be re-scored" and empty["status"] == "resolved"
     note = "feature 'group:nitrile' absent from this data"
     assert absent["n_atoms_now"] == 0 and np.isnan(absent["ratio_now"]) and absent["note"] == note
     assert empty["n_atoms_now"] == 0 and np.isnan(empty["ratio_now"]) and "note" not in empty

@@ -297,11 +297,13 @@ def _print_resolved(resolved: list[dict[str, Any]]) -> None:
     """The previous diagnosis' regions not found any more, with how their atoms do now."""
     if not resolved:
         return
-    console.print("resolved since the last diagnosis:")
+    console.print("not found since the last diagnosis (resolved: no longer significantly above")
+    console.print("the baseline, ratio not rising):")
     for d in resolved:
         note = f"{d['note']}; " if d.get("note") else ""
+        status = d.get("status", "resolved")
         console.print(
-            f"  {d['id']} {d['rule']}: ratio {_f(d.get('ratio_before'), '.2f')} → "
+            f"  {d['id']} {d['rule']}: {status}, ratio {_f(d.get('ratio_before'), '.2f')} → "
             f"{_f(d.get('ratio_now'), '.2f')} ({note}last seen in iteration "
             f"{_f(d.get('last_seen'), 'd')})",
             markup=False,

@@ -43,6 +43,7 @@ from chemgap.agent.diagnostics.result import DiagnosisResult, PreviousDiagnosis
 from chemgap.agent.diagnostics.search import search_regions
 from chemgap.agent.diagnostics.selector import RegionSelector, diagnosis_features
 from chemgap.agent.diagnostics.splits import evaluate_splits
+from chemgap.agent.diagnostics.stats import slice_p_value
 from chemgap.agent.diagnostics.storage import load_previous, load_regions, write_regions
 from chemgap.agent.diagnostics.table import Features
 from chemgap.agent.errors import BadInput
@@ -137,7 +138,7 @@ def diagnose(
     search = search_regions(features, atom_error, uncertainty, cfg, rng=rng)
     regions = search.regions
     exemplars = _exemplars(regions, features, structures, pred, atom_error, cfg.exemplars)
-    resolved = _track(regions, previous, iteration, features, atom_error)
+    resolved = _track(regions, previous, iteration, features, atom_error, cfg.alpha)
     splits = evaluate_splits(structures, features, cfg, prediction=pred, seed=seed)
     result = DiagnosisResult(
         regions=regions,
@@ -150,7 +151,7 @@ def diagnose(
         n_tested=search.n_tested,
         diagnosed=search.summary,
         source=source,
-        resolved=[d["id"] for d in resolved],
+        resolved=[d["id"] for d in resolved if d["status"] == RESOLVED],
         resolved_regions=resolved,
         provenance=check_provenance(features, atom_error, cfg.alpha),
         perception=dict(features.perception),
@@ -180,8 +181,10 @@ def _track(
     iteration: int | None,
     features: Features,
     atom_error: np.ndarray,
+    alpha: float = 0.05,
 ) -> list[dict[str, Any]]:
-    """Set first/last seen and history of ``regions`` from ``previous``; describe the resolved.
+    """Set first/last seen and history of ``regions`` from ``previous``; describe the regions
+    not found any more and whether each is resolved (:func:`_resolved_entry`).
 
     A region continues a previous one with its id, or with one of its ``also_ids`` (a finding
     folded under a more readable rule, or an earlier machine form of its own rule). A previous
@@ -210,11 +213,24 @@ def _track(
         ]
     gone = [r for rid, r in before.items() if rid not in continued]
     selector = RegionSelector(features)
-    return [_resolved_entry(r, selector, atom_error) for r in gone]
+    return [_resolved_entry(r, selector, atom_error, alpha) for r in gone]
 
 
-def _resolved_entry(r: Region, selector: RegionSelector, atom_error: np.ndarray) -> dict[str, Any]:
-    """A resolved region, with its rule applied to this diagnosis' data.
+RESOLVED = "resolved"
+
+
+def _resolved_entry(
+    r: Region, selector: RegionSelector, atom_error: np.ndarray, alpha: float = 0.05
+) -> dict[str, Any]:
+    """A previous region not found any more, with its rule applied to this diagnosis' data.
+
+    Not being found again is not being resolved: the region may have been folded under
+    another, ranked out, or missed by a finder. It is ``resolved`` only when its atoms are no
+    longer significantly above the baseline on this data (the structure-level test of
+    :func:`~chemgap.agent.diagnostics.stats.slice_p_value` at ``alpha``, uncorrected, which
+    makes "resolved" the harder verdict) and its ratio has not risen; otherwise its ``status``
+    says which: ``still above the baseline`` or ``ratio rising``; ``cannot be re-scored`` when
+    its rule names a feature this data lacks.
 
     The rule of an earlier diagnosis may name a feature this data lacks (a group flag exists
     only where that group was perceived); it then selects no atom
@@ -226,10 +242,12 @@ def _resolved_entry(r: Region, selector: RegionSelector, atom_error: np.ndarray)
         r: the previous diagnosis' region.
         selector: this diagnosis' feature table.
         atom_error: (n_atoms,) force error norms of this diagnosis, eV/Å.
+        alpha: the level below which its atoms are still significantly above the baseline.
 
     Returns:
         ``{"id", "rule", "machine_rule", "first_seen", "last_seen", "ratio_before",
-        "n_atoms_now", "ratio_now"}``, plus ``"note"`` when a feature of the rule is absent.
+        "n_atoms_now", "ratio_now", "p_now", "status"}``, plus ``"note"`` when a feature of
+        the rule is absent.
     """
     entry: dict[str, Any] = {
         "id": r.id,
@@ -243,9 +261,17 @@ def _resolved_entry(r: Region, selector: RegionSelector, atom_error: np.ndarray)
     missing = selector.absent(r)
     if missing is not None:
         note = f"feature {missing!r} absent from this data"
-        return {**entry, "n_atoms_now": 0, "ratio_now": float("nan"), "note": note}
+        return {**entry, "n_atoms_now": 0, "ratio_now": float("nan"), "p_now": float("nan"),
+                "status": "cannot be re-scored", "note": note}  # fmt: skip
     ratio = float(atom_error[m].mean() / atom_error.mean()) if m.any() else float("nan")
-    return {**entry, "n_atoms_now": int(m.sum()), "ratio_now": ratio}
+    p_now = slice_p_value(atom_error, selector.features.system_idx, m) if m.any() else 1.0
+    status = RESOLVED
+    if np.isfinite(ratio) and np.isfinite(r.ratio) and ratio > r.ratio:
+        status = "ratio rising"
+    elif p_now <= alpha:
+        status = "still above the baseline"
+    return {**entry, "n_atoms_now": int(m.sum()), "ratio_now": ratio, "p_now": p_now,
+            "status": status}  # fmt: skip
 
 
 def _baseline(

@@ -132,6 +132,8 @@ def _regions_history(
             {"id": rid} for rid in payload.get("resolved", [])
         ]
         for r in gone:
+            if r.get("status", "resolved") != "resolved":  # not re-found is not resolved
+                continue
             row = {**seen.get(r["id"], {"id": r["id"], "rule": None}), **r}
             row["resolved_at"] = folder.number
             resolved.append(row)
