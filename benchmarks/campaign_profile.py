@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from chemgap.agent.layout import RunLayout
+
 STEPS = ("train", "calibrate", "explore", "probe", "select", "label", "evaluate", "diagnose")
 
 
@@ -50,17 +52,17 @@ def run_campaign(campaign: str, sets: list[str], out: Path) -> tuple[float, floa
 
 def breakdown(out: Path, start: float, end: float) -> dict:
     """Seconds per part of the run (see the module docstring) from its run directory."""
-    state = json.loads((out / "state.json").read_text())
+    state = json.loads(RunLayout(out).state.read_text())
     steps = dict.fromkeys(STEPS, 0.0)
     for per_step in state["timings"].values():
         for step, seconds in per_step.items():
             name = "label" if step == "initial_labels" else step
             steps[name] = steps.get(name, 0.0) + float(seconds)
     experiment, cells = 0.0, {"train": 0.0, "label": 0.0}
-    results = out / "remedies" / "results.json"
+    results = RunLayout(out).remedies.results
     if results.exists():
         experiment = float(json.loads(results.read_text()).get("wall_s", 0.0))
-        for cell in (out / "remedies" / "cells").glob("*.json"):
+        for cell in RunLayout(out).remedies.cells_dir.glob("*.json"):
             payload = json.loads(cell.read_text())
             cells["train"] += float(payload.get("train_s", 0.0))
             cells["label"] += float(payload.get("oracle_s", 0.0))

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from chemgap.agent.layout import RunLayout
+
 STRATEGIES = ("uncertainty", "diverse", "random")
 # every frame a candidate, no walker restarted for its uncertainty (eV/Å)
 ALL_FRAMES = ["exploration.trust.mode=fixed", "exploration.trust.lower=1e-6",
@@ -48,7 +50,7 @@ ALL_FRAMES = ["exploration.trust.mode=fixed", "exploration.trust.lower=1e-6",
 def run_one(args: argparse.Namespace, strategy: str, seed: int) -> list[dict]:
     """One campaign (or its finished run directory); returns its history rows."""
     out = Path(args.out) / f"{strategy}-s{seed}"
-    state = out / "state.json"
+    state = RunLayout(out).state
     if not (state.exists() and json.loads(state.read_text())["status"] == "done"):
         sets = [
             f"seed={seed}",

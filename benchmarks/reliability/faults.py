@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 from kill_resume import CLI, campaign_spec, experiment_done
 
+from chemgap.agent.layout import RunLayout
 from chemgap.oracle.results import FailureCategory
 from chemgap.oracle.testing import FAULT_CATEGORY as CATEGORY
 from chemgap.oracle.testing import FaultyCalculator
@@ -65,12 +66,12 @@ def fault_campaign(workdir: Path, rate: float, seed: int, iterations: int, batch
             stdout=log, stderr=subprocess.STDOUT, timeout=7200,
         ).returncode  # fmt: skip
     judge = FaultyCalculator(rate=rate, seed=seed)
-    rows = statuses(run / "data.db") + statuses(run / "remedies" / "labels.db")
+    rows = statuses(RunLayout(run).db) + statuses(RunLayout(run).remedies.labels_db)
     failed = [(k, s, m) for k, s, m in rows if s != "ok"]
     categories = {c.value for c in FailureCategory}
     wrong = [(k, s) for k, s, _ in rows if s != CATEGORY[judge.fault_for(k)]]
     keys = Counter(k for k, _, _ in rows)
-    state = json.loads((run / "state.json").read_text())
+    state = json.loads(RunLayout(run).state.read_text())
     return {
         "exit_code": code,
         "state": state["status"],

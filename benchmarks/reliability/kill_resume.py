@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from chemgap.agent.layout import RunLayout
+
 STEPS = ("train", "calibrate", "explore", "probe", "select", "label", "evaluate")
 FAULTY = "chemgap.oracle.testing:FaultyCalculator"
 CLI = Path(sys.executable).parent / "chemgap"  # the installed command, as a user runs it
@@ -100,7 +102,7 @@ def campaign_spec(journal: Path, iterations: int = 3) -> dict:
 # --------------------------------------------------------------------------- where a run is
 def read_state(run: Path) -> dict | None:
     """state.json, or None before it exists; raises on a corrupt one."""
-    path = run / "state.json"
+    path = RunLayout(run).state
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -123,7 +125,7 @@ def phase(run: Path) -> tuple[int, str]:
 
 def experiment_done(run: Path) -> bool:
     """Whether the remediation experiment wrote its results."""
-    return (run / "remedies" / "results.json").exists()
+    return RunLayout(run).remedies.results.exists()
 
 
 def slots(iterations: int) -> list[tuple[int, str]]:
@@ -185,8 +187,8 @@ def selected_keys(run: Path) -> set[str]:
     from chemgap.agent.store import structure_key
 
     out = set()
-    for path in sorted((run / "iterations").glob("*/selection.extxyz")):
-        if path.stat().st_size:
+    for path in (it.selection for it in RunLayout(run).iterations()):
+        if path.exists() and path.stat().st_size:
             out |= {structure_key(a) for a in ase.io.read(path, index=":")}
     return out
 
@@ -263,13 +265,13 @@ def _check_after_kill(run: Path, tally: Tally) -> None:
         [str(CLI), "status", "--json", str(run)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    if status.returncode != 0 and (run / "state.json").exists():
+    if status.returncode != 0 and RunLayout(run).state.exists():
         tally.state_errors.append(f"chemgap status failed: {status.stderr.strip()[-200:]}")
     elif status.returncode == 0:
         said = json.loads(status.stdout)["state"]
         if said != ("done" if phase(run)[1] == "remedy" else "interrupted"):
             tally.state_errors.append(f"chemgap status says {said!r} after a kill")
-    for db in (run / "data.db", run / "remedies" / "labels.db"):
+    for db in (RunLayout(run).db, RunLayout(run).remedies.labels_db):
         if not integrity_ok(db):
             tally.state_errors.append(f"{db.name} failed its integrity check")
         tally.seen |= set(db_keys(db))
@@ -330,7 +332,7 @@ def kill_and_resume(
             target, remaining = next_target(remaining, kills - len(tally.kills), rng)
         if target is None:
             break
-        proc = _start(run, spec, not (run / "state.json").exists(), log)
+        proc = _start(run, spec, not RunLayout(run).state.exists(), log)
         if not _wait_for(run, target, proc, limit=600):
             break  # the run finished before reaching the target
         _kill_within(run, target, proc, rng.uniform(0.0, typical_seconds(run, target[1])))
@@ -342,13 +344,13 @@ def kill_and_resume(
     for _ in range(3):
         if phase(run)[1] == "finished":
             break
-        _start(run, spec, not (run / "state.json").exists(), log).wait(timeout=3600)
+        _start(run, spec, not RunLayout(run).state.exists(), log).wait(timeout=3600)
     return figures(run, journal, tally, time.monotonic() - t0)
 
 
 def figures(run: Path, journal: Path, tally: Tally, seconds: float) -> dict:
     """Compare the stored labels with the oracle's journal and the snapshots."""
-    loop, experiment = db_keys(run / "data.db"), db_keys(run / "remedies" / "labels.db")
+    loop, experiment = db_keys(RunLayout(run).db), db_keys(RunLayout(run).remedies.labels_db)
     stored = set(loop) | set(experiment)
     duplicated = (len(loop) - len(set(loop))) + (len(experiment) - len(set(experiment)))
     lost = (tally.seen - stored) | (selected_keys(run) - set(loop))
@@ -357,7 +359,7 @@ def figures(run: Path, journal: Path, tally: Tally, seconds: float) -> dict:
     it, where = phase(run)
     if where != "finished":
         errors.append(f"the run did not finish: {where} of iteration {it}")
-    for db in (run / "data.db", run / "remedies" / "labels.db"):
+    for db in (RunLayout(run).db, RunLayout(run).remedies.labels_db):
         if not integrity_ok(db):
             errors.append(f"{db.name} failed its integrity check at the end")
     return {
