@@ -72,8 +72,8 @@ class Region:
             within_structure_p`) over the ``mixed_structures`` holding both, and BH-adjusted
             over the significant atom rules; NaN for a rule that selects whole structures.
         level: where the finding lives: ``atom`` (both tests hold: these atoms are worse than
-            their neighbours), ``structure`` (the structures holding them are worse as a whole;
-            a whole-structure rule, or an atom rule whose within test does not hold), ``""``
+            their neighbours), ``structure`` (the structures holding them are worse: a
+            whole-structure rule, or an atom rule whose within test does not hold), ``""``
             (a file written before the within test existed).
         complement: the rule of the other side of the same cut (the candidate whose atoms, on
             the structures scored, were exactly the others), when one was proposed; p_value is
@@ -169,9 +169,9 @@ WHOLE_STRUCTURES = "structures with: "
 
 
 def shown_rule(region: Region | Mapping[str, Any]) -> str:
-    """The rule as tables show it: an atom rule whose atoms are no worse than their neighbours
-    (``level`` ``structure`` over structures that also hold other atoms) reads ``structures
-    with: <rule>``, because its finding is that those structures are worse as a whole.
+    """The rule as tables show it: an atom rule whose atoms are not shown to be worse than their
+    neighbours (``level`` ``structure`` over structures that also hold other atoms) reads
+    ``structures with: <rule>``: its finding is that those structures are worse.
     """
     get = region.get if isinstance(region, Mapping) else lambda k: getattr(region, k, None)
     rule = str(get("rule") or get("id") or "")

@@ -65,10 +65,12 @@ Statistics (per candidate, then across candidates):
   structures holding both), those p-values Benjamini-Hochberg adjusted together. A rule passing
   both is an ``atom``-level region (these atoms are worse than their neighbours); one passing
   only the first is a ``structure``-level region, shown as ``structures with: <rule>`` (the
-  structures are worse as a whole), like every rule over whole structures (composition, cell
-  kind). ``inspect REGION`` says which tests a region passed. A planted whole-cell effect gives
-  no atom-level region and a planted effect on some atoms of a cell gives it
-  (``tests/test_region_levels.py``);
+  structures holding its atoms are worse; the atoms are not shown to be worse than their
+  neighbours: a whole-cell effect, or too few structures holding both for the within test, whose
+  exact p cannot go below 2^-n over n structures), like every rule over whole structures
+  (composition, cell kind). ``chemgap inspect RUN --region ID`` says which tests a region
+  passed. A planted whole-cell effect gives no atom-level region and a planted effect on some
+  atoms of a cell gives it (``tests/test_region_levels.py``);
 - a region is reported when its q-value is ≤ alpha, its error ratio to the baseline is
   ≥ ``min_ratio`` and it holds ≥ ``min_region_atoms`` atoms. Findings whose atom sets overlap
   strongly (Jaccard index ≥ :data:`MERGE_JACCARD`) are folded under the most readable one

@@ -320,8 +320,8 @@ def _levels(regions: list[Region], cfg: DiagnosticsConfig) -> None:
     """Where each significant finding lives: the within-structure p-values of the significant
     atom rules (those with structures holding atoms on both sides) are Benjamini-Hochberg
     adjusted together; a rule is an ``atom`` finding when its within q ≤ ``alpha``, otherwise a
-    ``structure`` finding (its structures are worse as a whole: a whole-cell effect), as is
-    every rule that selects whole structures.
+    ``structure`` finding (its structures are worse; its atoms are not shown to be worse than
+    their neighbours), as is every rule that selects whole structures.
     """
     atom_rules = [r for r in regions if r.significant and np.isfinite(r.within_p)]
     within_q = benjamini_hochberg(np.array([r.within_p for r in atom_rules]))

@@ -257,8 +257,9 @@ def training(arm: Arm, base: Base, cfg: RemediationConfig) -> Training:
     optimiser steps, the same on a loaded machine) and the base model's reference energies E0
     (the oracle's isolated atoms in a run with ``model.e0: isolated``), changed by the arm.
     """
-    # every arm trains for the same optimiser steps (max_epochs over the same number of
-    # structures), never up to the campaign's wall cap: arms run side by side on a loaded
+    # every arm has the same budget of optimiser steps (max_epochs over the same number of
+    # structures; early stopping on the same holdout may end one sooner), never the
+    # campaign's wall cap: arms run side by side on a loaded
     # machine, where a wall cap gives each arm what the load left it; the scaled cap that
     # remains is a safety net ~3x the need (EnsembleConfig.scaled_to)
     update: dict[str, Any] = {"wall_time_s": None}

@@ -327,7 +327,7 @@ def comparison_caption(summary: Mapping[str, Any]) -> str:
         text += (
             f" · with {repeats} repeats no difference can reach it (smallest p "
             f"{min_p_value(repeats):.3g}, adjusted over {fam['m']}: {floor:.3g}); "
-            "more repeats: --repeats"
+            "more repeats: remediation.repeats (--repeats)"
         )
     return text
 
