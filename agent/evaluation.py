@@ -122,7 +122,8 @@ def calibration_checks(
         ``{"fitted_on": q, "held_out": q | None, "test_id": q | None, "test_ood": q | None}``,
         each ``q`` the dict of :func:`chemgap.models.calibration.calibration_quality` (raw
         spread scaled by ``cal``). Only the held-out and test numbers say how the calibration
-        transfers: on its fitting data the mean squared z-score is 1 by construction.
+        transfers: on its fitting data the RMS calibrated spread equals the RMS error by
+        construction.
     """
     from chemgap.models.calibration import calibration_quality
 

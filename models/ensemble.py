@@ -223,9 +223,9 @@ class Ensemble:
         later :meth:`predict` applies it and, with ``save`` and a model directory, it is written
         into ``ensemble.json``. ``metrics`` = ``{"raw": ..., "calibrated": ...}``
         (:func:`chemgap.models.calibration.calibration_quality`) is measured on the *fitting*
-        data, so it describes the fit, not its transfer (there the calibrated mean z² is 1 by
-        construction): the campaign scores the calibration on other data (a test set, its
-        out-of-distribution part). A scale that could not be fitted is 1.0 and
+        data, so it describes the fit, not its transfer (there the calibrated RMS spread equals
+        the RMS error by construction): the campaign scores the calibration on other data (a
+        test set, its out-of-distribution part). A scale that could not be fitted is 1.0 and
         ``Calibration.uncalibrated`` says why. Needs ≥ 2 members.
         """
         if self.n_members < 2:

@@ -211,8 +211,8 @@ class ReferenceModel:
         return np.stack([self._atom_features(a).mean(axis=0) for a in structures])
 
     def calibrate(self, labelled: Sequence[Atoms], **options: Any) -> Calibration:
-        """Fit σ-scaling like an ensemble would: every std is zero, so every scale stays 1 and
-        ``uncalibrated`` says why.
+        """Fit the calibration scales like an ensemble would: every std is zero, so every scale
+        stays 1 and ``uncalibrated`` says why.
         """
         structures = usable(labelled)
         if not structures:

@@ -131,8 +131,9 @@ def test_calibration_stored_and_applied(cu_ensemble, cu_data):
     keys = ("spearman_atom", "miscalibration_area_forces", "coverage_68_forces", "mean_z2_forces")
     for key in keys:
         assert key in cal.metrics["raw"] and key in cal.metrics["calibrated"]
-    # the stored metrics are on the fitting data, where σ-scaling makes mean z² one
-    assert cal.metrics["calibrated"]["mean_z2_forces"] == pytest.approx(1.0, rel=1e-4)
+    # the stored metrics are on the fitting data (a measurement, not a target: variance
+    # matching fixes the RMS, below, not the mean z²)
+    assert np.isfinite(cal.metrics["calibrated"]["mean_z2_forces"])
     assert cal.metrics["calibrated"]["n_structures"] == len(cu_data["test"])
     reloaded = Ensemble.load(cu_ensemble.path)
     assert reloaded.calibration is not None
@@ -140,11 +141,12 @@ def test_calibration_stored_and_applied(cu_ensemble, cu_data):
     assert pred.calibrated
     np.testing.assert_allclose(pred.forces_std_cal, pred.forces_std * cal.force_scale, rtol=1e-9)
     np.testing.assert_allclose(pred.energy_std_cal, pred.energy_std * cal.energy_scale)
-    # σ-scaling makes the mean squared standardised error of the calibration data one
+    # variance matching makes the calibrated spread's RMS the RMS error of the calibration data
+    # (per element: Cu is the only one here)
     cal_pred = reloaded.predict(cu_data["test"])
     f_ref = np.concatenate([a.arrays["REF_forces"] for a in cu_data["test"]])
-    z = (cal_pred.forces_mean - f_ref) / cal_pred.forces_std_cal
-    assert np.mean(z**2) == pytest.approx(1.0, rel=1e-4)
+    err2 = np.mean((cal_pred.forces_mean - f_ref) ** 2)
+    assert np.mean(cal_pred.forces_std_cal**2) == pytest.approx(err2, rel=1e-4)
 
 
 def test_descriptors_shape_and_invariance(cu_ensemble, cu_data):

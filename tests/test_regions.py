@@ -335,3 +335,39 @@ def test_a_rule_naming_an_absent_feature_raises_rather_than_matching_no_atom():
     with pytest.raises(UnknownFeature) as err:
         region_masks([region], feats)
     assert isinstance(err.value, KeyError) and err.value.feature == "group:nitrile"
+
+
+@pytest.mark.parametrize(
+    ("mean_error", "uncertainty_mean", "silent"),
+    [(0.12, 0.26, False), (0.30, 0.10, True)],
+)
+def test_a_region_whose_uncertainty_exceeds_its_error_is_never_silent(
+    mean_error, uncertainty_mean, silent
+):
+    """A significant region with 3x the overall error per unit of uncertainty is silent only
+    when its error is above its own calibrated uncertainty (issue 31's region: 0.12 eV/Å of
+    error under 0.26 of uncertainty was called silent).
+
+    Broken variant caught: silence from the relative ratio alone (the first case is then silent).
+    """
+    from chemgap.agent.diagnostics.search import _silent
+
+    region = Region(
+        id="R0",
+        rule="coordination ≤ 9",
+        conditions=[],
+        method="slice",
+        n_atoms=40,
+        n_structures=4,
+        coverage=0.1,
+        mean_error=mean_error,
+        ci=(0.9 * mean_error, 1.1 * mean_error),
+        baseline=0.05,
+        ratio=mean_error / 0.05,
+        ratio_ci=(2.0, 3.0),
+        p_value=1e-4,
+        significant=True,
+        uncertainty_mean=uncertainty_mean,
+        error_to_uncertainty=3.0,
+    )
+    assert _silent(region, DiagnosticsConfig()) is silent

@@ -60,9 +60,10 @@ def regions_table(regions: list[Any], title: str) -> Table:
         caption_justify="left",
         caption="× baseline: ratio to the baseline, the mean |ΔF| of all atoms (95% CI) · "
         "mean |ΔF|: mean force-error norm of the region's atoms, eV/Å · q: BH-adjusted p · "
-        "SILENT: high error, low uncertainty · held-out: tree rule scored on the structures "
-        "it was not grown on · structures with: the structures holding these atoms are "
-        "worse; the atoms are not shown to be worse than the others of their structures",
+        "SILENT: error above its own calibrated uncertainty, and relatively so · "
+        "held-out: tree rule scored on the structures it was not grown on · structures with: "
+        "the structures holding these atoms are worse; the atoms are not shown to be worse "
+        "than the others of their structures",
     )
     from chemgap.agent.diagnostics.region import shown_rule
 

@@ -82,7 +82,8 @@ class Region:
             None: p_value is one-sided.
         uncertainty_mean: mean calibrated force std inside, eV/Å; uncertainty_ratio: / overall.
         error_to_uncertainty: (mean error / mean uncertainty) inside over the same outside-agnostic
-            ratio for all atoms; silent: error_to_uncertainty ≥ silent_factor.
+            ratio for all atoms; silent: error_to_uncertainty ≥ silent_factor and mean_error >
+            uncertainty_mean (``search._silent``).
         severity: (lower CI of ratio - 1), doubled when silent; the ranking key.
         elements: symbol -> atoms of that element inside.
         enriched: for cluster regions, the slice rules most over-represented inside.

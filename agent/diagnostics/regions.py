@@ -82,7 +82,10 @@ Statistics (per candidate, then across candidates):
 
 A region is **silent** when the ensemble's calibrated uncertainty does not follow the error into
 it: (mean error / mean calibrated force std) inside is ≥ ``silent_factor`` x the same ratio over
-all atoms. Uncertainty-driven active learning will not sample a silent region by itself.
+all atoms, *and* its mean force error exceeds its own mean calibrated force std (a calibrated
+std is the RMS error it predicts, :mod:`chemgap.models.calibration`; a region whose uncertainty
+exceeds its error is never silent). Uncertainty-driven active learning will not sample a silent
+region by itself.
 
 The code lives in modules of its own, and this module gathers their public names: the
 :class:`Region` type and its ``regions.json`` form (:mod:`~chemgap.agent.diagnostics.region`),

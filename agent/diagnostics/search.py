@@ -310,10 +310,23 @@ def _judge(regions: list[Region], cfg: DiagnosticsConfig) -> None:
     for r, qv in zip(regions, q, strict=True):
         r.q_value = float(qv)
         r.significant = bool(qv <= cfg.alpha and r.ratio >= cfg.min_ratio)
-        r.silent = bool(r.significant and np.isfinite(r.error_to_uncertainty))
-        r.silent = r.silent and r.error_to_uncertainty >= cfg.silent_factor
+        r.silent = _silent(r, cfg)
         r.severity = float((r.ratio_ci[0] - 1.0) * (2.0 if r.silent else 1.0))
     _levels(regions, cfg)
+
+
+def _silent(r: Region, cfg: DiagnosticsConfig) -> bool:
+    """Whether a significant region is silent: its uncertainty does not follow its error.
+
+    Two conditions, both on the region's own atoms: its error per unit of uncertainty is
+    ≥ ``silent_factor`` times that of all atoms (the uncertainty lags the error *relatively*),
+    and its mean force error exceeds its mean calibrated force std (the uncertainty does not
+    cover the error *absolutely*: a calibrated std is the RMS error it predicts, so a region
+    whose std exceeds its error is flagged by uncertainty-driven sampling, whatever the ratio).
+    """
+    if not (r.significant and np.isfinite(r.error_to_uncertainty)):
+        return False
+    return bool(r.error_to_uncertainty >= cfg.silent_factor and r.mean_error > r.uncertainty_mean)
 
 
 def _levels(regions: list[Region], cfg: DiagnosticsConfig) -> None:
