@@ -39,7 +39,8 @@ __all__ = ["TEST_SPLIT", "draw_test_set", "read_test_file", "seed_labels"]
 
 def seed_labels(spec: CampaignSpec) -> list[str]:
     """One readable kind name per seed entry: its ``kind``, plus what tells entries of the same
-    kind apart (formula, SMILES, name or file) when the spec has several.
+    kind apart (a surface's Miller index, formula, SMILES, name or file) when the spec has
+    several: ``surface (111)``, ``surface (110)``.
     """
     seeds = spec.system.seeds
     counts = Counter(seed.kind for seed in seeds)
@@ -48,8 +49,10 @@ def seed_labels(spec: CampaignSpec) -> list[str]:
         if counts[seed.kind] == 1:
             labels.append(seed.kind)
             continue
+        miller = getattr(seed, "miller", None)
         detail = (
-            getattr(seed, "formula", None)
+            ("(" + "".join(str(int(i)) for i in miller) + ")" if miller is not None else None)
+            or getattr(seed, "formula", None)
             or getattr(seed, "smiles", None)
             or getattr(seed, "name", None)
             or Path(getattr(seed, "path", "") or "").name

@@ -90,6 +90,19 @@ def test_seed_labels_tell_entries_of_one_kind_apart():
         }
     )
     assert seed_labels(s) == ["bulk Si", "bulk Ge #1", "bulk Ge #2"]
+    surfaces = parse_spec(
+        {
+            "name": "t",
+            "system": {
+                "seeds": [
+                    {"kind": "surface", "formula": "Cu", "crystal": "fcc", "miller": m, "count": 4}
+                    for m in ([1, 1, 1], [1, 1, 0])
+                ],
+            },
+            "oracle": {"name": "emt"},
+        }
+    )
+    assert seed_labels(surfaces) == ["surface (111)", "surface (110)"]
 
 
 def test_a_labelled_file_is_used_as_given(tmp_path):
