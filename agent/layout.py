@@ -13,7 +13,8 @@ A run directory (docs/architecture.md, "The run directory")::
         regions.json  regions/<id>.extxyz  splits/...      DiagnosisLayout (--update)
       diagnosis/                           DiagnosisLayout of ``chemgap diagnose RUN``
       remedies/                            RemediesLayout (or any -o folder)
-        experiment.json  results.json  labels.db  refused.txt
+        experiment.json  results.json  labels.db  refused.txt  split.json
+        guidance/regions.json  guidance/regions/<id>.extxyz   DiagnosisLayout
         plan/rK/pool.extxyz  plan/rK/<arm>.extxyz  plan/rK/<arm>.json
         cells/<key>.json  cells/<key>/models/
 
@@ -63,6 +64,8 @@ EXPERIMENT_FILE = "experiment.json"
 RESULTS_FILE = "results.json"
 LABELS_DB = "labels.db"
 REFUSED_FILE = "refused.txt"  # why the spec's experiment could not run
+SPLIT_FILE = "split.json"  # the test set's guidance and scoring parts
+GUIDANCE_DIR = "guidance"  # the diagnosis of the guidance part: the regions that guide
 PLAN_DIR = "plan"
 POOL_FILE = "pool.extxyz"
 CELLS_DIR = "cells"
@@ -186,7 +189,14 @@ class ProbesLayout:
 
 @dataclass(frozen=True)
 class RemediesLayout:
-    """``remedies/``: the remediation experiment, its labels and each cell's models."""
+    """``remedies/``: the remediation experiment, its labels and each cell's models.
+
+    The run's test set is split once per experiment into a *guidance* part and a *scoring*
+    part (``split.json``): the regions that steer the ``region`` arm are found by diagnosing
+    the base iteration's ensemble on the guidance part (``guidance/``), and every arm is
+    scored on the scoring part only (``cells/KEY.json``, ``results.json``), never on a
+    structure that guided it.
+    """
 
     path: Path
 
@@ -197,7 +207,9 @@ class RemediesLayout:
 
     @property
     def results(self) -> Path:
-        """``results.json``: each arm's scores and the comparisons."""
+        """``results.json``: each arm's scores on the scoring part and the comparisons (its
+        ``test_split`` says which structures scored the arms and which guided them).
+        """
         return self.path / RESULTS_FILE
 
     @property
@@ -209,6 +221,21 @@ class RemediesLayout:
     def refused(self) -> Path:
         """``refused.txt``: why the spec's experiment could not run."""
         return self.path / REFUSED_FILE
+
+    @property
+    def split(self) -> Path:
+        """``split.json``: the test set's split: per part (``guidance``: whose diagnosis finds
+        the regions that guide the region arm; ``scoring``: on which every arm is scored) its
+        indices, data.db ids and count per test kind, and the split's seed.
+        """
+        return self.path / SPLIT_FILE
+
+    @property
+    def guidance(self) -> DiagnosisLayout:
+        """``guidance/``: the base ensemble's diagnosis on the guidance part only
+        (``regions.json``, ``regions/<id>.extxyz``): the regions that guide the region arm.
+        """
+        return DiagnosisLayout(self.path / GUIDANCE_DIR)
 
     def plan(self, repeat: int) -> Path:
         """``plan/rK``: repeat K's pool and each data arm's pick."""
@@ -232,7 +259,7 @@ class RemediesLayout:
         return self.path / CELLS_DIR
 
     def cell_result(self, key: str) -> Path:
-        """``cells/KEY.json``: one finished cell's scores and costs."""
+        """``cells/KEY.json``: one finished cell's scores (on the scoring part) and costs."""
         return self.cells_dir / f"{key}.json"
 
     def cell_models(self, key: str) -> Path:

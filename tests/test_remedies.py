@@ -34,6 +34,15 @@ from chemgap.campaigns.spec import RemediationConfig, parse_spec
 BUDGET, REPEATS = 3, 2
 
 
+def remedy_spec() -> dict:
+    """The tiny campaign with four test structures per kind: the experiment splits them into
+    a guidance and a scoring part with two of each kind on each side.
+    """
+    raw = tiny_spec(max_iterations=1)
+    raw["test_set"]["per_kind"] = 4
+    return raw
+
+
 def _cfg(**changes) -> RemediationConfig:
     settings = dict(
         remedies=["uncertainty", "deeper"], budget=BUDGET, repeats=REPEATS, members=1,
@@ -53,7 +62,7 @@ def _label_rows(db) -> list[int]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A finished one-iteration EMT Cu campaign (bulk in distribution, vacancies out)."""
-    spec = parse_spec(tiny_spec(max_iterations=1))
+    spec = parse_spec(remedy_spec())
     store = RunStore.create(tmp_path_factory.mktemp("remedy") / "run", spec)
     assert run_campaign(store) == "iteration cap (1)"
     return store.root
@@ -73,6 +82,9 @@ def test_controls_are_added_to_the_arms():
     assert names == [BASELINE, "random", "uncertainty", "deeper"]
     assert [a.name for a in arms_of(_cfg(remedies=["region"]))] == ["random", "region"]
     assert [a.name for a in arms_of(_cfg(remedies=["long_range"]))] == [BASELINE, "long_range"]
+    # cell_size is compared at equal calls (random) and at equal oracle atoms (random_atoms)
+    names = [a.name for a in arms_of(_cfg(remedies=["cell_size", "uncertainty"]))]
+    assert names == ["random", "cell_size", "uncertainty", "random_atoms"]
 
 
 def test_every_data_arm_spends_the_same_budget_from_the_same_pool(experiment):
@@ -101,10 +113,10 @@ def test_every_data_arm_spends_the_same_budget_from_the_same_pool(experiment):
 
 
 def test_the_region_arm_never_trains_on_a_scored_structure(experiment, tmp_path):
-    """The regions were flagged on the test set that scores the arms, and their exemplars are
-    test structures: the region arm labels pool frames inside the regions and rattles of those
-    frames, never a test structure or a rattle of one. Broken variant caught: the pick topped
-    up with rattled exemplars (the test structures) when the pool ran short.
+    """Regions' exemplars are test structures: the region arm labels pool frames inside the
+    regions and rattles of those frames, never a test structure or a rattle of one. Broken
+    variant caught: the pick topped up with rattled exemplars (the test structures) when the
+    pool ran short.
     """
     import shutil
 
@@ -280,7 +292,7 @@ def test_holm_adjusts_within_a_table():
 
 
 def test_the_specs_remediation_section_runs_after_the_loop(tmp_path):
-    raw = tiny_spec(max_iterations=1)
+    raw = remedy_spec()
     raw["remediation"] = {"remedies": ["deeper"], "repeats": 1, "members": 1, "max_epochs": 2}
     store = RunStore.create(tmp_path / "run", parse_spec(raw))
     events: list[str] = []
@@ -288,6 +300,19 @@ def test_the_specs_remediation_section_runs_after_the_loop(tmp_path):
     results = json.loads((store.root / "remedies" / "results.json").read_text())
     assert [row["arm"] for row in results["arms"]] == [BASELINE, "deeper"]
     assert events.count("start") == 1 and events[-1] == "done"
+
+
+def test_a_test_set_too_small_to_split_is_refused_before_the_campaign():
+    """Two test structures per kind cannot give two of each kind to both the guidance and the
+    scoring part. Broken variant caught: the campaign runs for hours and only then is the
+    experiment refused (or the split quietly leaves a kind out of one part).
+    """
+    from chemgap.agent.remedies.arms import check_spec
+
+    raw = tiny_spec() | {"remediation": {"remedies": ["deeper"]}}
+    with pytest.raises(RemedyRefused, match=r"remediation\.min_per_part: .*per_kind is 2"):
+        check_spec(parse_spec(raw))
+    check_spec(parse_spec(raw | {"remediation": {"remedies": ["deeper"], "min_per_part": 1}}))
 
 
 def test_a_remediation_that_can_never_run_is_refused_before_the_campaign(tmp_path):

@@ -50,32 +50,48 @@ def remedies_table(rows: list[tuple[str, ...]], title: str | None = None) -> Tab
 
 
 def print_remedies(summary: dict[str, Any]) -> None:
-    """An experiment's summary: the arms table, its caption, and who fixed each region."""
-    from chemgap.agent.remedies import probe_rows, region_rows, source_rows, table_rows
+    """An experiment's summary: which test structures scored the arms and which guided them,
+    the arms table, its caption, the equal-cost comparison, and who fixed each region.
+    """
+    from chemgap.agent.remedies import (
+        cost_rows,
+        probe_rows,
+        region_rows,
+        source_rows,
+        split_caption,
+        table_rows,
+        unscorable_rows,
+    )
+    from chemgap.agent.remedies.arms import CONTROL_ATOMS
     from chemgap.agent.remedies.results import comparison_caption
 
     s = summary["settings"]
     title = f"remedies from iteration {s['iteration']} · {s['repeats']} repeats"
     if any(row["kind"] == "data" or row["arm"] == "random" for row in summary["arms"]):
         title += f" · {s['budget']} oracle calls per data arm"
+        if any(row["arm"] == CONTROL_ATOMS for row in summary["arms"]):
+            title += f" ({CONTROL_ATOMS}: cell_size's atoms)"
     title += "\nF MAE: force MAE per component, meV/Å, mean ± 95 % CI over repeats"
     console.print(remedies_table(table_rows(summary), title))
     console.print(comparison_caption(summary), style="dim")
-    sources = source_rows(summary)
-    if sources:
-        console.print("labels per repeat (never a test structure or a rattle of one):")
-        for line in sources:
-            console.print(f"  {line}")
+    console.print(split_caption(summary))
+    _print_lines("equal oracle cost (cell_size's calls hold more atoms):", cost_rows(summary))
+    _print_lines(
+        "labels per repeat (never a test structure or a rattle of one):", source_rows(summary)
+    )
     regions = region_rows(summary)
     if regions:
         table = _small_table(
-            "flagged regions: mean force-error norm inside them, meV/Å",
+            "regions found on the guidance part: mean force-error norm inside them on the "
+            "scoring part, meV/Å",
             [("region", 30, "left"), ("lowest error", 18, "left"), ("its control", 14, "left"),
              ("fixed by", 12, "left")],
         )  # fmt: skip
         for row in regions:
-            table.add_row(*row, style="" if row[3] == "none" else "green")
+            table.add_row(*row, style="" if row[3] in ("none", "–") else "green")
         console.print(table)
+        for line in unscorable_rows(summary):
+            console.print(f"  not scorable: {line}", style="dim")
     probes = probe_rows(summary)
     if probes:
         table = _small_table(
@@ -86,6 +102,14 @@ def print_remedies(summary: dict[str, Any]) -> None:
         for row in probes:
             table.add_row(*row)
         console.print(table)
+
+
+def _print_lines(heading: str, lines: list[str]) -> None:
+    """``heading`` and each line indented, when there are lines."""
+    if lines:
+        console.print(heading)
+        for line in lines:
+            console.print(f"  {line}")
 
 
 def _small_table(title: str, columns: list[tuple[str, int, str]]) -> Table:
@@ -200,9 +224,12 @@ def remedy(
     Every arm starts from the same iteration of RUN; data arms (uncertainty, diverse, region,
     probe, cell_size) spend the same oracle budget against random frames of the same
     trajectories, model arms (transfer, long_range, deeper, observations) are compared with
-    the base model retrained on the same data. Each arm is repeated with different seeds
-    and scored on the run's test set; the table gives mean ± 95 % CI and each arm's change
-    against its control.
+    the base model retrained on the same data; cell_size is also compared with random frames
+    holding its oracle atoms (random_atoms). The run's test set is split once, by test kind,
+    into a guidance part, on which the base model is diagnosed to find the regions that steer
+    the region arm, and a scoring part, on which every arm is scored (RUN/remedies/split.json).
+    Each arm is repeated with different seeds; the table gives mean ± 95 % CI and each arm's
+    change against its control.
     """
     from chemgap.agent.remedies import experiment_config, prepare_experiment
     from chemgap.agent.report import try_write_report

@@ -6,6 +6,13 @@ training). Data arms are compared with ``random`` (the same budget drawn uniform
 same trajectories), model arms with ``baseline`` (the base model's settings retrained on the
 same data with the same seeds); the runner adds whichever control the arms need.
 
+``cell_size`` labels supercells of ``cell_repeat``^d times a seed's atoms, so at equal calls it
+spends more oracle cost than ``random``. It has a second control, ``random_atoms``: random
+frames of the same pool holding exactly its oracle atoms (more, smaller calls;
+:func:`chemgap.agent.remedies.pool.pick_equal_atoms`), added whenever ``cell_size`` runs.
+``cell_size`` is compared with ``random`` at equal calls (``vs_control``) and with
+``random_atoms`` at equal oracle atoms (``vs_equal_atoms``); every arm's atoms are reported.
+
 To add a remedy: a member of :class:`chemgap.campaigns.spec.RemedyName`, an :class:`Arm` here
 (``refusal`` says in one sentence why it cannot run, ``training`` changes the model), and for a
 data remedy its pick in :mod:`chemgap.agent.remedies.pool` and :func:`pick`.
@@ -32,6 +39,7 @@ from chemgap.models.io import ENSEMBLE_FILE
 
 BASELINE = "baseline"  # the model arms' control: no remedy, the same data retrained
 CONTROL_DATA = str(RemedyName.RANDOM)
+CONTROL_ATOMS = "random_atoms"  # cell_size's control at equal oracle atoms (not equal calls)
 
 
 class ArmKind(StrEnum):
@@ -75,15 +83,26 @@ class Arm:
     @property
     def control(self) -> str | None:
         """The arm this one is compared with (None for the controls themselves)."""
-        if self.kind == ArmKind.CONTROL or self.name == CONTROL_DATA:
+        if self.kind == ArmKind.CONTROL or self.name in (CONTROL_DATA, CONTROL_ATOMS):
             return None
         return CONTROL_DATA if self.kind == ArmKind.DATA else BASELINE
+
+    @property
+    def cost_control(self) -> str | None:
+        """The control given this arm's oracle atoms (``random_atoms`` for ``cell_size``,
+        whose calls hold more atoms than the pool's frames), else None.
+        """
+        return CONTROL_ATOMS if self.name == str(RemedyName.CELL_SIZE) else None
 
 
 def _no_regions(base: Base, cfg: RemediationConfig) -> str | None:
     if base.regions:
         return None
-    return f"iteration {base.iteration} of {base.root} flagged no failure region to target"
+    n = len(base.guiding) if base.split is not None else 0
+    return (
+        f"the diagnosis of iteration {base.iteration}'s ensemble on the guidance part of the "
+        f"test set ({n} structures) flagged no failure region to target"
+    )
 
 
 def _no_probes(base: Base, cfg: RemediationConfig) -> str | None:
@@ -160,6 +179,8 @@ ARMS: dict[str, Arm] = {
     for a in (
         Arm(name=BASELINE, kind=ArmKind.CONTROL, summary="the base data retrained"),
         Arm(name="random", kind=ArmKind.DATA, summary="uniform frames (control)"),
+        Arm(name=CONTROL_ATOMS, kind=ArmKind.DATA,
+            summary="uniform frames with cell_size's oracle atoms (control)"),
         Arm(name="uncertainty", kind=ArmKind.DATA, summary="most uncertain frames"),
         Arm(name="diverse", kind=ArmKind.DATA, summary="uncertain and diverse frames"),
         Arm(name="region", kind=ArmKind.DATA, summary="frames in flagged regions",
@@ -178,19 +199,22 @@ ARMS: dict[str, Arm] = {
             refusal=_no_stress, training=_observations),
     )
 }  # fmt: skip
-assert set(ARMS) == {BASELINE, *(str(n) for n in RemedyName)}
+assert set(ARMS) == {BASELINE, CONTROL_ATOMS, *(str(n) for n in RemedyName)}
 
 
 def arms_of(cfg: RemediationConfig) -> list[Arm]:
     """The arms an experiment runs: the requested ones plus the controls they are compared
-    with (``random`` before the data arms, ``baseline`` first when any arm is a model arm).
+    with (``random`` before the data arms, ``baseline`` first when any arm is a model arm,
+    ``random_atoms`` last when ``cell_size`` runs: it is planned after ``cell_size``, whose
+    atoms it matches).
     """
     names = [str(n) for n in cfg.remedies]
     kinds = {ARMS[n].kind for n in names}
     out = [BASELINE] if ArmKind.MODEL in kinds or not names else []
     if ArmKind.DATA in kinds and CONTROL_DATA not in names:
         out.append(CONTROL_DATA)
-    return [ARMS[n] for n in dict.fromkeys([*out, *names])]
+    after = [c for n in names if (c := ARMS[n].cost_control)]
+    return [ARMS[n] for n in dict.fromkeys([*out, *names, *after])]
 
 
 def check_arms(base: Base, cfg: RemediationConfig) -> list[Arm]:
@@ -236,6 +260,14 @@ def check_spec(spec: Any) -> None:
     for name in sorted(names & set(why)):
         if why[name]:
             raise RemedyRefused(f"remediation.remedies: {name}: {why[name]}")
+    per_kind = spec.test_set.per_kind
+    if spec.test_set.file is None and per_kind < 2 * cfg.min_per_part:
+        raise RemedyRefused(
+            f"remediation.min_per_part: the experiment splits the test set into a guidance and "
+            f"a scoring part with at least {cfg.min_per_part} structures of each kind on each "
+            f"side, and test_set.per_kind is {per_kind}: raise it to {2 * cfg.min_per_part} or "
+            "lower remediation.min_per_part"
+        )
     _check_probes(spec, cfg)
 
 
@@ -281,10 +313,13 @@ def pick(
     pool: list[Atoms],
     ensemble: Any,
     rng: np.random.Generator,
+    *,
+    target_atoms: int | None = None,
 ) -> tuple[list[Atoms], dict[str, Any]]:
     """The ``cfg.budget`` structures data arm ``arm`` labels in one repeat, and notes on them
     (``sources``: where they came from, with counts; never a test structure or a perturbation
-    of one).
+    of one). ``random_atoms`` takes instead random frames holding ``target_atoms`` atoms (the
+    same repeat's ``cell_size`` structures' atoms).
 
     Raises:
         RemedyRefused: the arm cannot find ``cfg.budget`` structures.
@@ -295,6 +330,10 @@ def pick(
     pooled = {"sources": {"pool frames": budget}}
     if name == "random":
         return P.pick_random(pool, budget, rng), pooled
+    if name == CONTROL_ATOMS:
+        if target_atoms is None:
+            raise RemedyRefused(f"remedy {name}: needs the atoms of cell_size's structures")
+        return P.pick_equal_atoms(pool, target_atoms, base, rng)
     if name in ("uncertainty", "diverse"):
         return P.pick_selected(pool, budget, name, ensemble, rng), pooled
     if name == "region":

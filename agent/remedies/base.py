@@ -2,8 +2,12 @@
 
 The base of iteration ``it`` is the model that iteration trained (``iterations/NNN/models``),
 the labels it was trained and early-stopped on (train and holdout labels of earlier
-iterations: the labels chosen in iteration ``it`` arrive after its training), the run's fixed
-test set, and the failure regions its diagnosis flagged on that test set.
+iterations: the labels chosen in iteration ``it`` arrive after its training) and the run's
+fixed test set. The loop's own diagnosis of iteration ``it`` (``regions.json``) is not used:
+it was made on the whole test set, which scores the arms. An experiment splits the test set
+(:mod:`chemgap.agent.remedies.guidance`) and gives the base the regions found on its
+guidance part (:meth:`Base.guided_by`); the arms are scored on the other part
+(:attr:`Base.scoring`).
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ from ase import Atoms
 if TYPE_CHECKING:
     from chemgap.agent.diagnostics.features import EnvironmentClasses
     from chemgap.agent.diagnostics.region import Region
+    from chemgap.agent.remedies.guidance import Guidance, TestSplit
 
 from chemgap.agent.errors import RemedyRefused, RunDirError
 from chemgap.agent.layout import IterationLayout, RunLayout
 from chemgap.agent.store import RunStore
-from chemgap.agent.structio import read_extxyz
 from chemgap.campaigns.spec import CampaignSpec
 from chemgap.common.keys import HOLDOUT_SPLIT, TEST_SPLIT, TRAIN_SPLIT
 
@@ -40,8 +44,10 @@ class Base:
         train: labelled training structures the base model saw (iteration < ``iteration``).
         holdout: labelled holdout structures of the same iterations (early stopping, the ID
             holdout score).
-        test: the run's fixed labelled test set (never trained on).
-        regions: the base iteration's failure regions (read from its ``regions.json``).
+        test: the run's fixed labelled test set (never trained on), whole.
+        split: its split into guidance and scoring parts (None until :meth:`guided_by`).
+        regions: the regions that steer the ``region`` arm: found by diagnosing the base
+            ensemble on the guidance part (:meth:`guided_by`); empty until then.
         environment: that diagnosis' environment classes, or None.
     """
 
@@ -51,8 +57,36 @@ class Base:
     train: list[Atoms]
     holdout: list[Atoms]
     test: list[Atoms]
+    split: TestSplit | None = None
     regions: list[Region] = field(default_factory=list)
     environment: EnvironmentClasses | None = None
+
+    def guided_by(self, guidance: Guidance) -> None:
+        """Take the experiment's split and the regions its guidance part's diagnosis found."""
+        self.split = guidance.split
+        self.regions = list(guidance.regions)
+        self.environment = guidance.environment
+
+    def _part(self, name: str) -> list[Atoms]:
+        if self.split is None:
+            raise RuntimeError("the test set is not split yet (Base.guided_by)")
+        return self.split.structures(self.test, name)
+
+    @property
+    def scoring(self) -> list[Atoms]:
+        """The scoring part of the test set: every arm is scored on these structures only."""
+        from chemgap.agent.remedies.guidance import SCORING
+
+        return self._part(SCORING)
+
+    @property
+    def guiding(self) -> list[Atoms]:
+        """The guidance part: the regions that steer the region arm were found on these, and
+        they never score an arm.
+        """
+        from chemgap.agent.remedies.guidance import GUIDANCE
+
+        return self._part(GUIDANCE)
 
     def atomic_energies(self) -> dict[str, float]:
         """Element -> E0 (eV) of the base iteration's model: every arm is built with them."""
@@ -111,31 +145,15 @@ class Base:
             holdout=[a for a in before if a.info.get("split") == HOLDOUT_SPLIT],
             test=test,
         )
-        base._load_regions()
         log.info(
-            "base: %s iteration %d, %d train, %d holdout, %d test structures, %d regions",
+            "base: %s iteration %d, %d train, %d holdout, %d test structures",
             store.root,
             it,
             len(base.train),
             len(base.holdout),
             len(test),
-            len(base.regions),
         )
         return base
-
-    def _load_regions(self) -> None:
-        from chemgap.agent.diagnostics.features import EnvironmentClasses
-        from chemgap.agent.diagnostics.storage import load_regions
-
-        if not self.layout.regions_file.exists():
-            return
-        self.regions, payload = load_regions(self.layout.regions_file)
-        env = payload.get("environment")
-        self.environment = EnvironmentClasses.from_dict(env) if env else None
-
-    def exemplars(self, region_id: str) -> list[Atoms]:
-        """The stored exemplar structures of one region (empty when none were written)."""
-        return read_extxyz(self.layout.region_structures(region_id))
 
     def seeds(self) -> list[Atoms]:
         """The campaign's seed structures (the same the loop started its walkers from)."""

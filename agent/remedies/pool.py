@@ -11,15 +11,27 @@ which frames they take:
 - ``uncertainty``: the largest calibrated force spread (query by committee, Seung et al. 1992;
   the loop continued);
 - ``diverse``: uncertain and spread out in the members' descriptor space;
-- ``region``: frames with atoms inside the base iteration's flagged failure regions (each
-  region's rule applied to the pool's own features), the regions taken in turn; when the pool
-  holds too few, thermal rattles of the region's exemplars fill the budget and are counted;
+- ``region``: frames with atoms inside the failure regions found by diagnosing the base
+  ensemble on the *guidance* part of the test set (:mod:`chemgap.agent.remedies.guidance`;
+  each region's rule applied to the pool's own features), the regions taken in turn; when the
+  pool holds too few, thermal rattles of those frames fill the budget and are counted. Never a
+  test structure or a rattle of one, and the regions were never found on the structures that
+  score the arms (the *scoring* part);
 - ``probe``: the structures the base iteration's probes proposed, rattled copies to fill;
 - ``cell_size``: the periodic seeds repeated ``cell_repeat`` times along their periodic axes,
   thermally rattled (larger training cells; Ortner & Wang 2022).
 
 Every pick returns exactly ``budget`` structures or raises :class:`RemedyRefused`, so the
-arms of an experiment spend equal oracle budgets.
+arms of an experiment spend equal oracle calls.
+
+**Equal calls is not equal cost for cell_size**: its supercells hold ``cell_repeat``^d times
+the atoms of a seed (d its periodic axes), and an oracle call's cost grows with its atoms
+(DFT: steeply). So an experiment with ``cell_size`` adds a second control, ``random_atoms``
+(:func:`pick_equal_atoms`): uniformly random frames of the same pool whose atoms add up to
+exactly the atoms of that repeat's ``cell_size`` structures (more, smaller oracle calls),
+topped up with thermal rattles of pool frames when the pool holds too few atoms (counted in
+its sources). ``cell_size`` is compared with ``random`` at equal calls and with
+``random_atoms`` at equal oracle atoms; the summary gives both, and every arm's atoms.
 """
 
 from __future__ import annotations
@@ -153,14 +165,15 @@ def _fill(
 def pick_region(
     base: Base, pool: list[Atoms], budget: int, rng: np.random.Generator
 ) -> tuple[list[Atoms], dict[str, Any]]:
-    """Frames with atoms in the flagged regions (regions in rank order, taken in turn; within a
-    region the frames with most region atoms first), topped up with thermal rattles of those
-    frames.
+    """Frames with atoms in the guidance regions (``base.regions``: regions in rank order, taken
+    in turn; within a region the frames with most region atoms first), topped up with thermal
+    rattles of those frames.
 
-    Never a test structure or a perturbation of one: the regions were flagged on the run's
-    test set, which scores the arms, so their exemplars (test structures) are not used (an arm
-    trained on rattles of the structures it is scored on would be credited with memorising
-    them). The pool is the experiment's own exploration (:func:`explore_pool`).
+    The regions were found by diagnosing the base ensemble on the guidance part of the test
+    set only (:mod:`chemgap.agent.remedies.guidance`); the arms are scored on the other part.
+    Never a test structure or a perturbation of one: the regions' exemplars (test structures)
+    are not used (an arm trained on rattles of test structures would be credited with
+    memorising them). The pool is the experiment's own exploration (:func:`explore_pool`).
 
     Each region's atoms in the pool are those its rule selects on the diagnosis' features
     rebuilt on the pool (:class:`chemgap.agent.diagnostics.selector.RegionSelector`: a rule
@@ -180,7 +193,8 @@ def pick_region(
     regions = [as_region(r) for r in base.regions]
     if not regions:
         raise RemedyRefused(
-            f"remedy region: iteration {base.iteration} of {base.root} flagged no failure region"
+            f"remedy region: the diagnosis of iteration {base.iteration}'s ensemble on the "
+            "guidance part of the test set flagged no failure region"
         )
     selector = RegionSelector.rebuild(
         pool, base.spec.diagnostics, seed=base.spec.seed, environment=base.environment
@@ -254,3 +268,78 @@ def pick_cell_size(base: Base, budget: int, repeat: int, rng: np.random.Generato
     out, _ = _fill([], [big[i] for i in rng.permutation(len(big))], budget, base, rng)
     _need("cell_size", len(out), budget, "the enlarged periodic seeds")
     return out
+
+
+def exact_atoms(sizes: Sequence[int], target: int) -> list[int]:
+    """Indices into ``sizes`` (atoms per structure) whose sizes add up to ``target`` exactly,
+    preferring the earliest: each is taken when the structures after it can still make up the
+    remainder (a subset-sum bitset of every suffix). When no subset reaches ``target``, the
+    largest sum below it.
+    """
+    n = len(sizes)
+    if target <= 0:
+        return []
+    mask = (1 << (target + 1)) - 1
+    reach = [0] * (n + 1)  # reach[i]: bit s set when some subset of sizes[i:] sums to s
+    reach[n] = 1
+    for i in range(n - 1, -1, -1):
+        reach[i] = (reach[i + 1] | (reach[i + 1] << int(sizes[i]))) & mask
+    left = reach[0].bit_length() - 1  # the largest reachable sum ≤ target
+    out = []
+    for i, size in enumerate(sizes):
+        if size <= left and (reach[i + 1] >> (left - size)) & 1:
+            out.append(i)
+            left -= size
+    return out
+
+
+def pick_equal_atoms(
+    pool: list[Atoms], target: int, base: Base, rng: np.random.Generator
+) -> tuple[list[Atoms], dict[str, Any]]:
+    """The ``random_atoms`` control: uniformly random pool frames holding ``target`` atoms in
+    all (the oracle atoms of the same repeat's ``cell_size`` structures), so that ``cell_size``
+    is compared with random frames at equal oracle cost, not only at equal calls.
+
+    The frames are taken in a uniformly random order, each when the rest can still make the
+    total exact (:func:`exact_atoms`); when the pool's frames hold too few atoms, thermal
+    rattles of them (in the same order, cycled) follow the pool frames and are counted.
+
+    Returns:
+        The structures, and ``{"sources": {"pool frames": n, "rattled pool frames": n},
+        "target_atoms": target, "atoms": their atoms, "short_atoms": target − atoms}`` (0 unless
+        no combination of the frames' sizes reaches the target).
+
+    Raises:
+        RemedyRefused: the pool is empty.
+    """
+    from chemgap.oracle.triage import check_geometry
+
+    if not pool:
+        raise RemedyRefused("remedy random_atoms: the exploration pool is empty")
+    order = [pool[i] for i in rng.permutation(len(pool))]
+    candidates = list(order)
+    have = sum(len(a) for a in candidates)
+    slack = 4 * max(len(a) for a in pool)  # room for an exact combination
+    temps = base.spec.exploration.temperatures_K
+    factor = base.spec.oracle.min_distance_factor
+    tries = 0
+    while have < target + slack and tries < 50 * len(order) + target:
+        src = order[tries % len(order)]
+        atoms = _rattled(src, float(temps[tries % len(temps)]), rng)
+        tries += 1
+        if check_geometry(atoms, factor) is None:
+            atoms.info["source"] = "remedy"
+            candidates.append(atoms)
+            have += len(atoms)
+    chosen = [candidates[i] for i in exact_atoms([len(a) for a in candidates], target)]
+    rattled = sum("rattle_of" in a.info for a in chosen)
+    atoms = sum(len(a) for a in chosen)
+    info = {
+        "sources": {"pool frames": len(chosen) - rattled, "rattled pool frames": rattled},
+        "target_atoms": int(target),
+        "atoms": int(atoms),
+        "short_atoms": int(target - atoms),
+    }
+    if atoms < target:
+        log.warning("random_atoms: no set of frames holds %d atoms; %d taken", target, atoms)
+    return chosen, info

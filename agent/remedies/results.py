@@ -1,9 +1,12 @@
 """An experiment's numbers: per arm mean ± 95 % CI over repeats, paired differences to the
 controls, and which arm fixed each flagged region.
 
-Each cell is scored on the run's fixed test set (its in-distribution and out-of-distribution
-parts, per kind), on the base holdout, and inside every failure region the base iteration
-flagged (the mean force-error norm of the test atoms the region's rule selects, eV/Å). Repeats
+Each cell is scored on the *scoring* part of the run's fixed test set (its in-distribution and
+out-of-distribution structures, per kind), on the base holdout, and inside every failure region
+found by diagnosing the base ensemble on the *guidance* part (the mean force-error norm of the
+scoring atoms the region's rule selects, eV/Å; :mod:`chemgap.agent.remedies.guidance`): the
+structures that found the regions never score an arm. A region selecting no atom of the scoring
+part is listed as not scorable. Repeats
 share their seeds across arms, so an arm is compared with its control repeat by repeat: the
 mean paired difference with a Student-t 95 % interval (Student 1908; NaN below two repeats) and
 the two-sided p of an exact paired sign-flip permutation test of that mean (Fisher 1935, ch. 21;
@@ -19,6 +22,10 @@ the region table, the arms x probe metrics of the probe table, and the arms x th
 metrics (energies, holdout) apart. A difference counts (``*``, and a region *fixed*) only when
 its adjusted p is below ``ALPHA``. A region counts as *fixed* by the arm with the lowest error
 inside it among those whose paired difference to their control there is negative and counts.
+
+``cell_size`` is compared twice: with ``random`` at equal oracle calls (``vs_control``, the
+arm table) and with ``random_atoms`` at equal oracle atoms (``vs_equal_atoms``,
+:func:`cost_rows`); both comparisons are in the Holm families.
 """
 
 from __future__ import annotations
@@ -41,33 +48,6 @@ METRICS: dict[str, tuple[tuple[str, ...], str]] = {
     "energy_mae_ood": (("test", "ood", "energy_mae_per_atom"), "test E MAE OOD, eV/atom"),
     "holdout_force_mae": (("holdout", "force_mae"), "holdout F MAE, eV/Å"),
 }
-
-
-def region_masks_on_test(base: Any, ensemble: Any) -> dict[str, list[bool]]:
-    """(n_test_atoms,) mask of every base region's rule on the test set, with the features
-    the base diagnosis saw (its environment classes, the base model's charges), rebuilt through
-    :class:`chemgap.agent.diagnostics.selector.RegionSelector`; a region selecting no test atom
-    (its rule names a feature the rebuilt features lack: a warning) is not scored.
-    """
-    from chemgap.agent.diagnostics.region import as_region
-    from chemgap.agent.diagnostics.selector import RegionSelector
-
-    regions = [as_region(r) for r in base.regions]
-    if not regions:
-        return {}
-    selector = RegionSelector.rebuild(
-        base.test,
-        base.spec.diagnostics,
-        seed=base.spec.seed,
-        prediction=ensemble.predict(base.test),
-        environment=base.environment,
-    )
-    out = {}
-    for r in regions:
-        mask = selector.select(r)
-        if mask.any():
-            out[r.id] = mask.tolist()
-    return out
 
 
 def _get(d: Any, path: tuple[str, ...]) -> float:
@@ -195,14 +175,16 @@ def family(metric: str) -> str:
 
 
 def adjust(table: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Holm-adjust every row's ``vs_control`` p-values within each :func:`family` (in place:
+    """Holm-adjust every row's ``vs_control`` and ``vs_equal_atoms`` p-values within each
+    :func:`family` (in place:
     each comparison gains ``p_adj``); returns per family its size ``m`` and the smallest
     adjusted p its repeats allow.
     """
     found: dict[str, list[dict[str, Any]]] = {}
     for row in table.values():
-        for name, vs in row["vs_control"].items():
-            found.setdefault(family(name), []).append(vs)
+        for key in ("vs_control", "vs_equal_atoms"):
+            for name, vs in (row.get(key) or {}).items():
+                found.setdefault(family(name), []).append(vs)
     out = {}
     for fam, comparisons in found.items():
         for vs, adj in zip(comparisons, holm([vs["p"] for vs in comparisons]), strict=True):
@@ -229,16 +211,22 @@ def summarise(
     regions: Sequence[Region | Mapping[str, Any]],
     masks: dict[str, list[bool]],
     settings: dict[str, Any],
+    *,
+    not_scorable: Mapping[str, str] | None = None,
+    test_split: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The experiment's summary (``results.json``).
 
-    ``regions`` are the base iteration's (:class:`~chemgap.agent.diagnostics.region.Region`;
-    a ``regions.json`` dict is read as one); those with a mask in ``masks`` are summarised.
+    ``regions`` are those found on the guidance part
+    (:class:`~chemgap.agent.diagnostics.region.Region`; a ``regions.json`` dict is read as
+    one); those with a mask in ``masks`` (over the scoring part's atoms) are scored, the others
+    are listed as not scorable, with the reason ``not_scorable`` gives.
 
     Returns:
-        ``{"settings", "arms": [{"arm", "size", "kind", "control", "repeats", "metrics":
-        {name: {"mean", "ci", "values"}}, "vs_control": {name: paired()}}], "regions":
-        [{"id", "rule", "fixed_by", "best"}], "metric_names"}``.
+        ``{"settings", "test_split", "arms": [{"arm", "size", "kind", "control",
+        "cost_control", "repeats", "metrics": {name: {"mean", "ci", "values"}}, "vs_control":
+        {name: paired()}, "vs_equal_atoms": {name: paired()}}], "regions": [{"id", "rule",
+        "scorable", "fixed_by", "best", "why"}], "metric_names"}``.
     """
     kinds = {a.name: a for a in arms}
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -258,6 +246,7 @@ def summarise(
             "size": members[0].get("size"),
             "kind": str(kinds[members[0]["arm"]].kind),
             "control": kinds[members[0]["arm"]].control,
+            "cost_control": kinds[members[0]["arm"]].cost_control,
             "repeats": [c["repeat"] for c in members],
             "metrics": {
                 n: dict(
@@ -272,12 +261,24 @@ def summarise(
             },
         }
     for row in table.values():
-        row["vs_control"] = _versus(row, table)
+        row["vs_control"] = _versus(row, table, row["control"])
+        if row["cost_control"]:
+            row["vs_equal_atoms"] = _versus(row, table, row["cost_control"])
     families = adjust(table)
-    flagged = [as_region(r) for r in regions]
-    out_regions = [_fixed(r, table) for r in flagged if r.id in masks]
+    why = dict(not_scorable or {})
+    out_regions = []
+    for r in (as_region(r) for r in regions):
+        if r.id in masks:
+            out_regions.append(_fixed(r, table) | {"scorable": True})
+        else:
+            reason = why.get(r.id, "its rule selects no atom of the scoring part")
+            out_regions.append(
+                {"id": r.id, "rule": shown_rule(r), "best": None, "fixed_by": None,
+                 "scorable": False, "why": reason}
+            )  # fmt: skip
     return {
         "settings": settings,
+        "test_split": dict(test_split) if test_split is not None else None,
         "arms": list(table.values()),
         "regions": out_regions,
         "metric_names": {n: text for n, (_, text) in METRICS.items()},
@@ -337,10 +338,12 @@ def _stats(values: list[float]) -> dict[str, Any]:
     return {"mean": mean, "ci": ci, "values": values}
 
 
-def _versus(row: dict[str, Any], table: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    if row["control"] is None:
+def _versus(
+    row: dict[str, Any], table: dict[str, dict[str, Any]], control: str | None
+) -> dict[str, Any]:
+    if control is None:
         return {}
-    key = row["control"] + (f" n={row['size']}" if row["size"] else "")
+    key = control + (f" n={row['size']}" if row["size"] else "")
     ctrl = table.get(key)
     if ctrl is None:
         return {}
@@ -418,14 +421,21 @@ def _atoms(metric: Mapping[str, Any] | None) -> str:
     return f"{mean:.0f}" if np.isfinite(mean) and mean > 0 else "–"
 
 
+NOT_SCORABLE = "not scorable"
+
+
 def region_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """Per flagged region: its rule, the arm with the lowest error inside it and that error,
-    its control's error there (mean force-error norm, meV/Å), and the arm that fixed it
-    (significantly below its control) or ``none``.
+    """Per region found on the guidance part: its rule, the arm with the lowest error inside it
+    on the scoring part and that error, its control's error there (mean force-error norm,
+    meV/Å), and the arm that fixed it (significantly below its control) or ``none``; a region
+    with no atom on the scoring part reads ``not scorable`` (:func:`unscorable_rows` says why).
     """
     rows = {(r["arm"] + (f" n={r['size']}" if r["size"] else "")): r for r in summary["arms"]}
     out = []
     for region in summary["regions"]:
+        if region.get("scorable") is False:
+            out.append((region["rule"] or region["id"], NOT_SCORABLE, "–", "–"))
+            continue
         name = f"region:{region['id']}"
         best = rows.get(region["best"] or "")
         best_text, control_text = "–", "–"
@@ -470,3 +480,70 @@ def _pm_sig(metric: dict[str, Any], scale: float) -> str:
     if not np.isfinite(mean):
         return "–"
     return f"{mean:.3g}" + (f"±{ci:.2g}" if np.isfinite(ci) else "")
+
+
+def unscorable_rows(summary: Mapping[str, Any]) -> list[str]:
+    """One line per region found on the guidance part that cannot be scored: why."""
+    return [
+        f"{r['rule'] or r['id']}: {r.get('why') or 'no atom on the scoring part'}"
+        for r in summary.get("regions") or []
+        if r.get("scorable") is False
+    ]
+
+
+def _ids(ids: Sequence[Any], most: int = 12) -> str:
+    shown = ", ".join(str(i) for i in ids[:most])
+    return shown + (f", … ({len(ids)} in all)" if len(ids) > most else "")
+
+
+def _part(part: Mapping[str, Any]) -> str:
+    kinds = ", ".join(f"{k} {n}" for k, n in (part.get("per_kind") or {}).items())
+    return f"{part.get('n', 0)} structures ({kinds}; data.db ids {_ids(part.get('db_ids') or [])})"
+
+
+def split_caption(summary: Mapping[str, Any]) -> str:
+    """Which test structures scored the arms and which guided them, in one paragraph."""
+    split = summary.get("test_split")
+    iteration = (summary.get("settings") or {}).get("iteration")
+    if not split:
+        return (
+            "Scored on the whole test set, on which the regions were also found (an "
+            "experiment written before chemgap split the test set into guidance and scoring "
+            "parts)."
+        )
+    return (
+        f"Scored on the scoring part of the run's test set: {_part(split['scoring'])}. The "
+        f"regions that guide the region arm were found by diagnosing iteration {iteration}'s "
+        f"ensemble on the guidance part: {_part(split['guidance'])}, which scores no arm "
+        f"(split stratified by test kind, seed {split.get('seed')}, guidance fraction "
+        f"{split.get('fraction')}; {split.get('file', 'split.json')})."
+    )
+
+
+def cost_rows(summary: Mapping[str, Any]) -> list[str]:
+    """One line per arm compared at equal oracle atoms (``cell_size``): its atoms and calls,
+    its control's, and the change in test force MAE ID and OOD against that control
+    (``*``: Holm-adjusted p < ``ALPHA``).
+    """
+    rows = {(r["arm"] + (f" n={r['size']}" if r.get("size") else "")): r for r in summary["arms"]}
+    out = []
+    for row in summary["arms"]:
+        control = row.get("cost_control")
+        vs = row.get("vs_equal_atoms") or {}
+        if not control:
+            continue
+        key = control + (f" n={row['size']}" if row.get("size") else "")
+        ctrl = rows.get(key)
+        if ctrl is None:
+            continue
+
+        def cost(r: Mapping[str, Any]) -> str:
+            m = r["metrics"]
+            return f"{_atoms(m.get('oracle_atoms'))} atoms in {m['oracle_calls']['mean']:.0f} calls"
+
+        out.append(
+            f"{row['arm']} ({cost(row)}) against {key} ({cost(ctrl)}) at equal oracle atoms: "
+            f"Δ ID {_delta(vs.get('force_mae_id')) or '–'}, "
+            f"Δ OOD {_delta(vs.get('force_mae_ood')) or '–'}"
+        )
+    return out

@@ -3,6 +3,9 @@
 ```
 EXP/                 (default RUN/remedies)
   experiment.json    the base and the settings; a second call with other settings is refused
+  split.json         the test set's guidance and scoring parts (indices, data.db ids, seed)
+  guidance/          the base ensemble's diagnosis on the guidance part: the regions that
+                     steer the region arm (regions.json, regions/)
   plan/rK/           repeat K: pool.extxyz (the shared exploration pool), ARM.extxyz (the
                      structures each data arm labels) and ARM.json (notes on the pick)
   labels.db          every label as it arrives (ASE SQLite; a structure two arms chose is
@@ -11,6 +14,12 @@ EXP/                 (default RUN/remedies)
   cells/KEY/models   its trained ensemble
   results.json       the summary: mean ± 95 % CI per arm, differences to the controls
 ```
+
+Before anything: the run's test set is split once (seeded, stratified by test kind) into a
+guidance part, on which the base ensemble is diagnosed to find the regions that steer the
+``region`` arm, and a scoring part, on which every cell is scored (overall, ID/OOD, and inside
+each guidance region by its rule): no structure both guides and scores
+(:mod:`chemgap.agent.remedies.guidance`).
 
 Stages, each skipping what is already on disk: plan every repeat (pool, then each data arm's
 pick: exactly ``budget`` structures or a refusal), label what no arm has labelled yet (each
@@ -40,18 +49,25 @@ from ase import Atoms
 from chemgap.agent.errors import RunDirError
 from chemgap.agent.layout import RemediesLayout, RunLayout
 from chemgap.agent.records import RemedyResultsRecord
-from chemgap.agent.remedies.arms import Arm, ArmKind, check_arms, pick, training
+from chemgap.agent.remedies.arms import (
+    CONTROL_ATOMS,
+    Arm,
+    ArmKind,
+    check_arms,
+    pick,
+    training,
+)
 from chemgap.agent.remedies.base import Base
 from chemgap.agent.store import row_to_atoms, structure_key
 from chemgap.agent.structio import read_extxyz, write_extxyz
-from chemgap.campaigns.spec import RemediationConfig
+from chemgap.campaigns.spec import RemediationConfig, RemedyName
 from chemgap.common.files import atomic_write_text
 from chemgap.common.tasks import Executor, Task
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-POOL_KEY, PICK_KEY, TRAIN_KEY = 7001, 7002, 500  # seed streams of the experiment
+FORMAT_VERSION = 2  # 2: scored on the scoring part of a guidance/scoring split of the test set
+POOL_KEY, PICK_KEY, SPLIT_KEY, TRAIN_KEY = 7001, 7002, 7003, 500  # seed streams
 
 Reporter = Callable[[str, dict[str, Any]], None]
 
@@ -87,15 +103,17 @@ def cells_of(arms: list[Arm], cfg: RemediationConfig) -> list[Cell]:
 
 
 def train_cell(payload: dict[str, Any]) -> dict[str, Any]:
-    """Train one cell's ensemble and score it on the test set and the holdout (a task).
+    """Train one cell's ensemble and score it on the test set's scoring part and the holdout
+    (a task).
 
     Args:
-        payload: ``train``, ``holdout``, ``test`` (labelled structures), ``training``
-            (:class:`Training`), ``elements``, ``seed``, ``out_dir``, ``threads``.
+        payload: ``train``, ``holdout``, ``test`` (labelled structures: the scoring part of
+            the run's test set), ``training`` (:class:`Training`), ``elements``, ``seed``,
+            ``out_dir``, ``threads``.
 
     Returns:
         ``{"test": score_test_set report, "holdout": ErrorReport dict, "atom_error": list
-        (n_test_atoms,) eV/Å, "train_s", "n_train"}``.
+        (n_scoring_atoms,) eV/Å, "n_test", "train_s", "n_train"}``.
     """
     import torch
 
@@ -127,6 +145,7 @@ def train_cell(payload: dict[str, Any]) -> dict[str, Any]:
         "test": score_test_set(Residuals.from_prediction(pred, test), test),
         "holdout": score(hold, payload["holdout"]).to_dict(),
         "atom_error": force_error_norms(pred.forces_mean, reference_forces(test)).tolist(),
+        "n_test": len(test),
         "train_s": round(train_s, 3),
         "n_train": len(payload["train"]),
     }
@@ -191,23 +210,39 @@ class Experiment:
         executor: Executor | None = None,
         report: Reporter = _noop,
     ):
+        from chemgap.agent.remedies.guidance import guide, split_test_set
+
         self.base, self.cfg, self.out = base, cfg, Path(out)
         self.layout = RemediesLayout(self.out)
         self.executor, self.report = executor, report
-        self.arms = check_arms(base, cfg)
-        self.cells = cells_of(self.arms, cfg)
         self._db: Any = None
         self._ensemble: Any = None
+        split = split_test_set(
+            base.test,
+            fraction=cfg.guidance_fraction,
+            min_per_part=cfg.min_per_part,
+            seed=self._seed(SPLIT_KEY),
+        )
+        self.guidance = guide(base, split, self.ensemble, self.layout)
+        base.guided_by(self.guidance)
+        self.arms = check_arms(base, cfg)
+        self.cells = cells_of(self.arms, cfg)
 
     # ------------------------------------------------------------------ settings
     def settings(self) -> dict[str, Any]:
         """What makes two runs of the experiment the same (``experiment.json``)."""
+        split = self.guidance.split
         return {
             "format_version": FORMAT_VERSION,
             "run": str(self.base.root),
             "iteration": self.base.iteration,
             "arms": [a.name for a in self.arms],
             **self.cfg.model_dump(mode="json", exclude={"iteration", "remedies"}),
+            "test_split": {  # the structures that guide and those that score
+                "seed": split.seed,
+                "guidance_db_ids": [split.db_ids[i] for i in split.guidance],
+                "scoring_db_ids": [split.db_ids[i] for i in split.scoring],
+            },
         }
 
     def check_settings(self) -> None:
@@ -225,6 +260,7 @@ class Experiment:
             log.info("continuing the experiment in %s", self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(mine, indent=2))
+        self.guidance.write(self.layout)  # split.json and the guidance diagnosis
 
     # ------------------------------------------------------------------ helpers
     def ensemble(self) -> Any:
@@ -259,7 +295,7 @@ class Experiment:
         from chemgap.agent.remedies.pool import explore_pool
 
         data = [a for a in self.arms if a.kind == ArmKind.DATA]
-        pooled = {"random", "uncertainty", "diverse", "region"}
+        pooled = {"random", "uncertainty", "diverse", "region", CONTROL_ATOMS}
         for r in range(self.cfg.repeats):
             self.plan_dir(r)  # made before the pool and the picks are written
             todo = [a for a in data if not self.layout.pick(r, a.name).exists()]
@@ -278,7 +314,12 @@ class Experiment:
                 if arm not in todo:
                     continue
                 rng = np.random.default_rng(self._seed(PICK_KEY, r, k))
-                chosen, notes = pick(arm, self.base, self.cfg, pool, self.ensemble(), rng)
+                target = None
+                if arm.name == CONTROL_ATOMS:  # planned after cell_size, whose atoms it matches
+                    target = sum(len(a) for a in self.planned(str(RemedyName.CELL_SIZE), r))
+                chosen, notes = pick(
+                    arm, self.base, self.cfg, pool, self.ensemble(), rng, target_atoms=target
+                )
                 for atoms in chosen:
                     atoms.info.update(remedy=arm.name, repeat=r)
                 atomic_write_text(
@@ -426,7 +467,7 @@ class Experiment:
             payload = {
                 "train": train,
                 "holdout": self.base.holdout,
-                "test": self.base.test,
+                "test": self.base.scoring,  # never a structure that guided the region arm
                 "training": training(_arm(self.arms, cell.arm), self.base, self.cfg),
                 "elements": self.base.elements(),
                 "seed": self.base.spec.seed * 1000 + TRAIN_KEY + cell.repeat,
@@ -456,15 +497,24 @@ class Experiment:
         """Plan, label, train, summarise (each stage skipping what is done); returns and
         writes ``results.json``.
         """
-        from chemgap.agent.remedies.results import region_masks_on_test, summarise
+        from chemgap.agent.remedies.guidance import scoring_masks, split_summary
+        from chemgap.agent.remedies.results import summarise
 
         t0 = time.perf_counter()
         self.check_settings()
         self.plan()
         self.label()
         self.train()
-        masks = region_masks_on_test(self.base, self.ensemble())
-        summary = summarise(self.results(), self.arms, self.base.regions, masks, self.settings())
+        masks, not_scorable = scoring_masks(self.base, self.guidance, self.ensemble())
+        summary = summarise(
+            self.results(),
+            self.arms,
+            self.base.regions,
+            masks,
+            self.settings(),
+            not_scorable=not_scorable,
+            test_split=split_summary(self.guidance, self.layout),
+        )
         summary["wall_s"] = round(time.perf_counter() - t0, 3)
         RemedyResultsRecord.model_validate(summary).write(self.layout.results)
         return summary
@@ -477,8 +527,10 @@ def _arm(arms: list[Arm], name: str) -> Arm:
 def prepare_experiment(
     run: str | Path, cfg: RemediationConfig, out: str | Path | None = None
 ) -> Experiment:
-    """The experiment ``cfg`` on run directory ``run``, every arm checked, nothing run yet
-    (so a refusal comes before a Ray runtime starts).
+    """The experiment ``cfg`` on run directory ``run``: the test set split into its guidance
+    and scoring parts, the guidance part diagnosed (the regions that steer the region arm),
+    every arm checked, nothing trained or labelled yet (so a refusal comes before a Ray runtime
+    starts).
 
     Args:
         run: a campaign's run directory with at least one finished iteration and a test set.
@@ -486,7 +538,8 @@ def prepare_experiment(
         out: the experiment directory (default ``RUN/remedies``).
 
     Raises:
-        RemedyRefused: an arm's prerequisite is missing.
+        RemedyRefused: an arm's prerequisite is missing, or the test set is too small to
+            split (``remediation.min_per_part`` of each kind on each side).
         RunDirError: ``run`` is not usable, or ``out`` holds an experiment with other settings.
     """
     base = Base.from_run(run, cfg.iteration)

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chemgap.agent.diagnostics.region import shown_rule
-from chemgap.agent.remedies.results import ALPHA, comparison_caption
+from chemgap.agent.remedies.results import (
+    ALPHA,
+    comparison_caption,
+    cost_rows,
+    split_caption,
+    unscorable_rows,
+)
 from chemgap.agent.report import figures
 from chemgap.agent.report.gather import finite
 from chemgap.agent.report.structures import region_views, top_error_views
@@ -120,7 +126,9 @@ def _probes_text(probes: dict[str, Any] | None) -> str:
 
 def best_remedy(remedies: dict[str, Any] | None) -> str:
     """One line: the arm that beats its control most on the OOD test force MAE (its
-    Holm-adjusted p below ``ALPHA``, :func:`chemgap.agent.remedies.results.counts`).
+    Holm-adjusted p below ``ALPHA``, :func:`chemgap.agent.remedies.results.counts`); for an
+    arm compared at equal calls whose calls hold more atoms (cell_size), also its change at
+    equal oracle atoms.
     """
     if not remedies:
         return "not run"
@@ -137,6 +145,14 @@ def best_remedy(remedies: dict[str, Any] | None) -> str:
             f"{name}: OOD force MAE {100 * rel:+.0f} % against {arm['control']} "
             f"(Holm-adjusted p = {p:.2g})"
         )
+        cost = (arm.get("vs_equal_atoms") or {}).get("force_mae_ood") or {}
+        if arm.get("cost_control"):  # at equal calls only: say how it does at equal cost
+            rel_cost, p_cost = finite(cost.get("rel")), finite(cost.get("p_adj"))
+            text += f"; at equal oracle atoms against {arm['cost_control']}: " + (
+                f"{100 * rel_cost:+.0f} % (Holm-adjusted p = {p_cost:.2g})"
+                if rel_cost is not None and p_cost is not None
+                else "not compared"
+            )
         if best is None or rel < best[0]:
             best = (rel, text)
     return (
@@ -534,6 +550,8 @@ def _remediation(b: _Builder) -> Section:
     settings = f"from iteration {s.get('iteration')} · {s.get('repeats')} repeats"
     if any(a.get("kind") == "data" or a["arm"] == "random" for a in arms):
         settings += f" · {s.get('budget')} oracle calls per data arm and repeat"
+        if any(a.get("cost_control") for a in arms):
+            settings += " (random_atoms: as many oracle atoms as cell_size)"
     header = (
         "arm",
         "repeats",
@@ -554,6 +572,9 @@ def _remediation(b: _Builder) -> Section:
             "regions": rem["regions"],
             "sources": rem.get("sources") or [],
             "caption": comparison_caption(rem["results"]),
+            "split": split_caption(rem["results"]),
+            "costs": cost_rows(rem["results"]),
+            "unscorable": unscorable_rows(rem["results"]),
             "figure": b.figure("remedies", figures.remedies_chart(rem["results"])),
             "best": best_remedy(rem),
         },

@@ -40,6 +40,13 @@ class RemediationConfig(Section):
     otherwise), trains with the same settings, and is repeated ``repeats`` times with different
     seeds; data arms spend ``budget`` oracle calls each, against the ``random`` control, model
     arms are compared with the base model retrained on the same data (``baseline``).
+
+    The run's test set is split once per experiment, seeded and stratified by test kind, into
+    a *guidance* part (``guidance_fraction`` of each kind), on which the base iteration's
+    ensemble is diagnosed again to find the regions that steer the ``region`` arm, and a
+    *scoring* part (the rest), on which every arm is scored: the regions that guide an arm
+    are never found on the structures that score it. Each kind keeps at least
+    ``min_per_part`` structures on each side, so a kind needs twice that many test structures.
     """
 
     remedies: list[RemedyName] = Field(default_factory=list, description="arms to compare")
@@ -72,6 +79,20 @@ class RemediationConfig(Section):
     probes: list[ProbeName] = Field(
         default_factory=list,
         description="probes every arm's ensemble is scored on (|model − oracle| per metric)",
+    )
+    guidance_fraction: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="share of each test kind whose diagnosis guides the region arm (the rest "
+        "scores the arms)",
+    )
+    min_per_part: int = Field(
+        2,
+        ge=1,
+        le=100,
+        description="test structures of each kind at least on each side of the guidance/scoring "
+        "split",
     )
 
     @field_validator("probes")
