@@ -54,7 +54,7 @@ def report_spec() -> dict:
          "layers": 3, "size": [2, 2], "vacuum_A": 5.0, "count": 2, "rattle_A": 0.03,
          "initial": False}
     )  # fmt: skip
-    spec["test_set"]["per_kind"] = 3
+    spec["test_set"]["per_kind"] = 4  # the experiment needs 2 per kind on each side
     spec["diagnostics"] = {"bootstrap": 100, "alpha": 0.9, "min_region_atoms": 4,
                            "exemplars": 2, "splits": ["random", "size"]}  # fmt: skip
     spec["remediation"] = {"remedies": ["deeper"], "repeats": 2, "members": 1, "max_epochs": 2}

@@ -90,7 +90,7 @@ def campaign_spec(journal: Path, iterations: int = 3) -> dict:
         },
         "selection": {"strategy": "diverse", "batch_size": 4},
         "budget": {"max_iterations": iterations, "max_oracle_calls": 200},
-        "test_set": {"per_kind": 2, "method": "rattle", "rattle_A": 0.04},
+        "test_set": {"per_kind": 4, "method": "rattle", "rattle_A": 0.04},
         "probes": {"names": ["eos"], "every": 1},
         "remediation": {
             "remedies": ["uncertainty"], "budget": 4, "repeats": 1, "members": 1,
