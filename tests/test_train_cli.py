@@ -108,6 +108,14 @@ def test_predict_writes_extxyz_with_uncertainty(trained):
     assert result.exit_code == 0, result.output
     assert "max force std" in result.output and "(calibrated)" in result.output
     frames = ase.io.read(out, index=":")
+    # DP-GEN's name goes with the raw spread; the calibrated one is printed under its own name
+    raw = max(a.info["pred_max_force_std"] for a in frames)
+    cal = max(a.info["pred_max_force_std_cal"] for a in frames)
+    assert "max force std (max_devi_f): mean" in result.output
+    assert f"max {raw:.4g} eV/Å" in result.output.split("calibrated max force σ")[0]
+    assert (
+        "calibrated max force σ: mean" in result.output and f"max {cal:.4g} eV/Å" in result.output
+    )
     assert len(frames) == 4
     assert frames[0].info["pred_max_force_std"] > 0
     assert frames[0].arrays["pred_force_std"].shape == (8,)

@@ -459,7 +459,8 @@ def predict(model_dir: Path, input_path: Path, output_path: Path | None, stress:
     """Predict energies, forces and their ensemble spread for the structures in IN.
 
     Written per structure: pred_energy, pred_energy_std (eV), pred_max_force_std (eV/Å, DP-GEN
-    max_devi_f) and their *_cal calibrated versions; per atom: pred_forces, pred_force_std.
+    max_devi_f: the raw spread) and their *_cal calibrated versions (the error the spread
+    predicts, see ``chemgap.models.calibration``); per atom: pred_forces, pred_force_std.
     """
     import ase.io
 
@@ -488,20 +489,23 @@ def _report_prediction(pred: Any, structures: list, n_members: int) -> None:
     from chemgap.common.keys import has_labels
     from chemgap.common.metrics import score
 
-    per_atom = pred.energy_std_cal / np.array([len(a) for a in structures])
+    n_atoms = np.array([len(a) for a in structures])
     console.print(
         f"{len(structures)} structures, {n_members} members"
-        f"{' (calibrated)' if pred.calibrated else ''}"
+        f"{' (calibrated)' if pred.calibrated else ' (not calibrated)'}"
     )
-    console.print(
-        f"energy std per atom: mean {1000 * np.mean(per_atom):.3g} meV, "
-        f"max {1000 * np.max(per_atom):.3g} meV"
-    )
-    console.print(
-        f"max force std (max_devi_f): mean {np.mean(pred.max_force_std_cal):.4g} eV/Å, "
-        f"max {np.max(pred.max_force_std_cal):.4g} eV/Å "
-        f"(structure {int(np.argmax(pred.max_force_std_cal))})"
-    )
+    # the raw spread keeps DP-GEN's name (max_devi_f: the members' spread as it is); the
+    # calibrated one, the error it predicts, is named as such
+    spreads = [("energy std per atom", pred.energy_std / n_atoms, 1000, "meV")]
+    spreads.append(("max force std (max_devi_f)", pred.max_force_std, 1, "eV/Å"))
+    if pred.calibrated:
+        spreads.append(("calibrated energy σ per atom", pred.energy_std_cal / n_atoms, 1000, "meV"))
+        spreads.append(("calibrated max force σ", pred.max_force_std_cal, 1, "eV/Å"))
+    for name, values, factor, unit in spreads:
+        console.print(
+            f"{name}: mean {factor * np.mean(values):.4g} {unit}, "
+            f"max {factor * np.max(values):.4g} {unit} (structure {int(np.argmax(values))})"
+        )
     if all(has_labels(a) for a in structures):
         report = score(pred, structures)
         console.print(
