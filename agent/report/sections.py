@@ -302,6 +302,27 @@ def _check_rows(checks: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
+def confidence_text(checks: dict[str, Any]) -> str | None:
+    """What the measured mean z² of the forces says on data the calibration was not fitted on
+    (holdout, test ID, test OOD): over-confident above 1 (the spread understates the error),
+    under-confident below (it overstates it), within 20 % of 1 about right. None without such
+    data.
+    """
+    parts = []
+    for key, name in CHECK_PARTS[1:]:
+        z2 = finite((checks.get(key) or {}).get("mean_z2_forces"))
+        if z2 is None:
+            continue
+        if z2 > 1.2:
+            verdict = "over-confident: the spread understates the error"
+        elif z2 < 1 / 1.2:
+            verdict = "under-confident: the spread overstates the error"
+        else:
+            verdict = "about right"
+        parts.append(f"{name}: mean z² {z2:.3g}, {verdict}")
+    return "Measured here — " + "; ".join(parts) + "." if parts else None
+
+
 def _loop_text(loop: dict[str, Any] | None) -> str | None:
     if not loop or loop.get("loop_transfers_better") is None:
         return None
@@ -336,6 +357,7 @@ def _calibration(b: _Builder) -> Section:
             "figures": [k for k in (scatter, bars) if k],
             "header": header,
             "rows": _check_rows(checks),
+            "measured": confidence_text(checks),
             "loop": _loop_text((cal or {}).get("loop")),
         },
     )
