@@ -7,8 +7,10 @@ references are in :mod:`chemgap.agent.diagnostics.regions`:
 
 - ``slice``: one condition per categorical value, flag and threshold of a numeric feature; cut
   points come from the feature values alone (midpoints between distinct values, or deciles).
-- ``tree``: the high-error leaves of a shallow regression tree grown on a random half of the
-  structures (:func:`honest_split`); their rules are scored on the other half only.
+- ``tree``: the high-error nodes (leaves and the nodes above them) of a shallow regression tree
+  grown on a random half of the structures (:func:`honest_split`); their rules are scored on
+  the other half only. A node below the first split is a conjunction: it carries its
+  ``parent``, the rule of the node one split up.
 - ``cluster``: the local-environment classes, described by the slice rules most enriched in
   them.
 
@@ -60,6 +62,11 @@ class Candidate:
         also: other rules selecting exactly the same atoms (not tested apart).
         earlier: machine forms this rule had before
             :func:`~chemgap.agent.diagnostics.rules.simplify_conditions` made it plain.
+        parent: a tree rule below the tree's first split (a conjunction): the rule of the node
+            one split up, i.e. this rule before its last split (its last condition dropped, or
+            that condition's feature bounded as before the split); None for every other rule.
+        parent_mask: (n_atoms,) bool, the parent's atoms (a superset of ``mask``); None
+            without a parent.
     """
 
     conditions: list[Condition]
@@ -69,6 +76,8 @@ class Candidate:
     enriched: list[str] = field(default_factory=list)
     also: list[list[Condition]] = field(default_factory=list)
     earlier: list[str] = field(default_factory=list)
+    parent: list[Condition] | None = None
+    parent_mask: np.ndarray | None = None
 
     @property
     def rule(self) -> str:
@@ -211,20 +220,25 @@ def _design_matrix(features: Features, min_atoms: int) -> tuple[np.ndarray, list
     return np.stack(cols, axis=1), meaning
 
 
-def _leaf_rules(tree, meaning: list[Condition], features: Features) -> dict[int, list[Condition]]:
-    """Conditions on the path to every leaf of a fitted sklearn tree, simplified per feature."""
+def _node_rules(
+    tree, meaning: list[Condition], features: Features
+) -> dict[int, tuple[list[Condition], int]]:
+    """Every node of a fitted sklearn tree but the root: the conditions on the path to it,
+    simplified per feature, and its parent node (0: the root, whose rule is every atom).
+    """
     t = tree.tree_
-    rules: dict[int, list[Condition]] = {}
+    rules: dict[int, tuple[list[Condition], int]] = {}
 
-    def walk(node: int, path: list[tuple[int, bool, float]]) -> None:
+    def walk(node: int, parent: int, path: list[tuple[int, bool, float]]) -> None:
+        if path:
+            rules[node] = (_simplify(path, meaning, features), parent)
         if t.children_left[node] == -1:
-            rules[node] = _simplify(path, meaning, features)
             return
         f, thr = int(t.feature[node]), float(t.threshold[node])
-        walk(int(t.children_left[node]), [*path, (f, False, thr)])
-        walk(int(t.children_right[node]), [*path, (f, True, thr)])
+        walk(int(t.children_left[node]), node, [*path, (f, False, thr)])
+        walk(int(t.children_right[node]), node, [*path, (f, True, thr)])
 
-    walk(0, [])
+    walk(0, -1, [])
     return rules
 
 
@@ -327,7 +341,16 @@ def honest_split(n_struct: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def find_tree_rules(inp: RegionInputs) -> list[Candidate]:
-    """High-error leaves of a regression tree grown on half the structures (see module doc)."""
+    """High-error nodes of a regression tree grown on half the structures (see module doc).
+
+    Every node below the root whose mean error on the growing half is ≥ ``min_ratio`` x that
+    half's baseline is a candidate, the leaves and the nodes above them alike: a conjunction
+    (a node below the first split) is reported only where it is worse than its parent
+    (:func:`~chemgap.agent.diagnostics.search.search_regions`), so its parent must be among the
+    hypotheses for the finding to survive when the last split adds nothing. Parents come
+    before their children. The choice looks at the growing half only, so the candidates'
+    statistics on the held-out half (``test_structures``) stay honest.
+    """
     from sklearn.tree import DecisionTreeRegressor
 
     f = inp.features
@@ -343,17 +366,25 @@ def find_tree_rules(inp: RegionInputs) -> list[Candidate]:
         random_state=int(inp.rng.integers(2**31 - 1)),
     ).fit(x[rows], inp.errors[rows])
     base = float(inp.errors[rows].mean())
-    leaves = tree.apply(x[rows])
+    on_path = tree.decision_path(x[rows]).tocsc()
+    rules = _node_rules(tree, meaning, f)
     out = []
-    for leaf, conds in _leaf_rules(tree, meaning, f).items():
-        in_leaf = leaves == leaf
-        if not conds or not in_leaf.any():
+    for node, (conds, parent) in rules.items():
+        in_node = on_path[:, node].toarray().ravel().astype(bool)
+        if not conds or not in_node.any():
             continue
-        if inp.errors[rows][in_leaf].mean() < inp.min_ratio * base:
+        if inp.errors[rows][in_node].mean() < inp.min_ratio * base:
             continue
-        mask = rule_mask(conds, f)
+        up = rules[parent][0] if parent in rules and rules[parent][0] else None
         out.append(
-            Candidate(conditions=conds, method=RegionMethod.TREE, mask=mask, test_structures=~grow)
+            Candidate(
+                conditions=conds,
+                method=RegionMethod.TREE,
+                mask=rule_mask(conds, f),
+                test_structures=~grow,
+                parent=up,
+                parent_mask=rule_mask(up, f) if up is not None else None,
+            )
         )
     return out
 

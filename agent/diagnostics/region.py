@@ -28,6 +28,8 @@ _NAN_FIELDS = (
     "ratio",
     "within_p",
     "within_q",
+    "parent_p",
+    "parent_q",
 )
 _NAN_PAIRS = ("ci", "ratio_ci")
 
@@ -55,18 +57,28 @@ class Region:
         also_ids: the ids of those rules, and of earlier machine forms of this rule (before it
             was made plain); a region continues an earlier one with any of them.
         folded: the regions folded under this one (atom sets overlapping with a Jaccard index
-            ≥ :data:`~chemgap.agent.diagnostics.folding.MERGE_JACCARD`): per region ``{"id",
-            "rule", "machine_rule", "method", "n_atoms", "jaccard", "ratio", "ratio_ci",
-            "q_value", "severity"}``, their own statistics; this region's statistics are its
-            own, unchanged by folding.
+            ≥ :data:`~chemgap.agent.diagnostics.folding.MERGE_JACCARD`, a cut of the same
+            feature at another threshold, or a conjunction not worse than its parent, this
+            region): per region ``{"id", "rule", "machine_rule", "method", "n_atoms",
+            "jaccard", "ratio", "ratio_ci", "q_value", "severity"}`` and, for such a
+            conjunction, ``"parent_q"``: their own statistics; this region's statistics are
+            its own, unchanged by folding.
         n_atoms / n_structures: atoms and structures covered; coverage: n_atoms / all atoms.
-        mean_error, ci: mean error inside and its 95% cluster-bootstrap CI, eV/Å.
+        mean_error, ci: mean error inside and its cluster-bootstrap CI at ``ci_level``, eV/Å.
         baseline: mean error over all atoms, eV/Å; ratio, ratio_ci: mean_error / baseline.
+        ci_level: the confidence level of ``ci`` and ``ratio_ci``. A significant region's
+            intervals are false-coverage-rate adjusted (Benjamini & Yekutieli, JASA 100, 71,
+            2005): with R of m hypotheses significant, 1 - R alpha / m, so that at most a share
+            alpha of the reported intervals is expected to miss (the intervals of regions
+            chosen for their large errors are otherwise optimistic); 1 - alpha when every
+            hypothesis is significant; 0.95 for a rule not reported, and in files written
+            before the adjustment existed.
         held_out: the statistics (mean error, CIs, baseline, ratio, p, uncertainty, severity)
             come from the structures the rule was not found on (tree rules); n_atoms,
             n_structures, coverage and elements always describe the whole set.
         scored_structures: structures the statistics come from.
-        p_value / q_value: structure-level test, and BH-adjusted; significant: q ≤ alpha.
+        p_value / q_value: structure-level test, and BH-adjusted; significant: q ≤ alpha,
+            ratio ≥ ``min_ratio`` and, for a conjunction, reported (see ``parent_q``).
         within_p / within_q: the within-structure test of the rule's atoms against the other
             atoms of the same structures (:func:`~chemgap.agent.diagnostics.stats.
             within_structure_p`) over the ``mixed_structures`` holding both, and BH-adjusted
@@ -75,6 +87,14 @@ class Region:
             their neighbours), ``structure`` (the structures holding them are worse: a
             whole-structure rule, or an atom rule whose within test does not hold), ``""``
             (a file written before the within test existed).
+        parent / parent_id: for a conjunction (a tree rule below the tree's first split), the
+            readable rule and id of its parent, the rule one split up; None otherwise.
+        parent_p / parent_q: the test that the conjunction's atoms are worse than the parent's
+            other atoms (one-sided Mann-Whitney of per-structure means over the parent's
+            structures, on the structures the conjunction is scored on), and BH-adjusted over
+            the significant conjunctions; a conjunction is a region of its own only with
+            parent_q ≤ alpha, else it is folded under its parent's region (or, with none
+            reported, not significant). NaN for a rule that is no conjunction (or not tested).
         complement: the rule of the other side of the same cut (the candidate whose atoms, on
             the structures scored, were exactly the others), when one was proposed; p_value is
             then the two-sided p = min(1, 2 min(p_this, p_other)) and the other side was not
@@ -84,7 +104,7 @@ class Region:
         error_to_uncertainty: (mean error / mean uncertainty) inside over the same outside-agnostic
             ratio for all atoms; silent: error_to_uncertainty ≥ silent_factor and mean_error >
             uncertainty_mean (``search._silent``).
-        severity: (lower CI of ratio - 1), doubled when silent; the ranking key.
+        severity: (lower bound of ``ratio_ci`` - 1), doubled when silent; the ranking key.
         elements: symbol -> atoms of that element inside.
         enriched: for cluster regions, the slice rules most over-represented inside.
         exemplars: the structures with the highest error inside (index, db_id, formula, n_atoms,
@@ -111,12 +131,17 @@ class Region:
     baseline: float
     ratio: float
     ratio_ci: tuple[float, float]
+    ci_level: float = 0.95
     p_value: float
     within_p: float = float("nan")
     within_q: float = float("nan")
     mixed_structures: int = 0
     level: str = ""
     complement: str | None = None
+    parent: str | None = None
+    parent_id: str | None = None
+    parent_p: float = float("nan")
+    parent_q: float = float("nan")
     held_out: bool = False
     scored_structures: int = 0
     q_value: float = 1.0
@@ -199,6 +224,38 @@ def level_text(region: Region) -> str:
     if region.level == "structure":
         return f"structure-level: a rule over whole structures (q {region.q_value:.1e})"
     return "written before the within-structure test existed"
+
+
+def ci_text(region: Region) -> str:
+    """The confidence level of a region's intervals, as tables and ``inspect`` say it.
+
+    ``99.6 % CI, selection-aware`` for a significant region (false-coverage-rate adjusted,
+    :attr:`Region.ci_level`), ``95 % CI`` otherwise; the level has the digits that tell it
+    from 100 %.
+    """
+    text = f"{level_percent(region.ci_level)} % CI"
+    return text + ", selection-aware" if region.significant else text
+
+
+def level_percent(level: float) -> str:
+    """A confidence level in percent with two significant digits of what it misses:
+    ``95``, ``99.6``, ``99.958``.
+    """
+    miss = 100.0 * (1.0 - level)
+    if not np.isfinite(miss) or miss <= 0:
+        return "100"
+    decimals = max(0, 1 - int(np.floor(np.log10(miss))))
+    return f"{100.0 * level:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def parent_text(region: Region) -> str | None:
+    """For a conjunction, how it compares with its parent (``inspect REGION``); None else."""
+    if not region.parent:
+        return None
+    return (
+        f"worse than the other atoms of its parent rule '{region.parent}' (q "
+        f"{region.parent_q:.1e}): the last condition adds to it"
+    )
 
 
 def _nan(value: Any) -> float:

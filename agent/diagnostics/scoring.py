@@ -6,7 +6,9 @@ the reasoning and references are in :mod:`chemgap.agent.diagnostics.regions`. :c
 turns a :class:`~chemgap.agent.diagnostics.finders.Candidate` into a
 :class:`~chemgap.agent.diagnostics.region.Region` (before the Benjamini-Hochberg correction),
 scored on all structures or, for a tree rule, on the half it was not grown on (a
-:class:`Scope`); :func:`fold_complements` tests complementary rules once, two-sided.
+:class:`Scope`); :func:`fold_complements` tests complementary rules once, two-sided. The
+conjunction-against-parent test (:meth:`Scorer.parent_p`) and the selection-aware intervals of
+the significant regions (:meth:`Scorer.intervals`) are scored here too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ import numpy as np
 from chemgap.agent.diagnostics.finders import Candidate, RegionInputs
 from chemgap.agent.diagnostics.region import Region
 from chemgap.agent.diagnostics.rules import readable_rule, region_id, rule_text
-from chemgap.agent.diagnostics.stats import ClusterBootstrap, slice_p_value, within_structure_p
+from chemgap.agent.diagnostics.stats import (
+    ClusterBootstrap,
+    cluster_intervals,
+    slice_p_value,
+    within_structure_p,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +118,24 @@ class Scope:
             "_sizes": sizes,
         }
 
+    def in_scope(self, mask: np.ndarray) -> np.ndarray:
+        """The (whole-set) ``mask`` restricted to this scope's atoms."""
+        return mask if self.rows is None else mask[self.rows]
+
+    def parent_p(self, mask: np.ndarray, parent_mask: np.ndarray) -> float:
+        """One-sided test that the atoms of ``mask`` err more than the parent's other atoms.
+
+        Mann-Whitney U of the per-structure mean error of the atoms in ``mask`` against the
+        per-structure mean error of the atoms in ``parent_mask`` but not in ``mask``, over the
+        structures of this scope holding the parent's atoms (:func:`slice_p_value` on the
+        parent's atoms). 1.0 when either side is empty.
+        """
+        parent = self.in_scope(parent_mask)
+        inside = self.in_scope(mask) & parent
+        return slice_p_value(
+            self.errors[parent], self.system_idx[parent], inside[parent], self.n_struct
+        )
+
 
 @dataclass(kw_only=True)
 class Scorer:
@@ -154,6 +179,48 @@ class Scorer:
         m = cand.mask if rows is None else cand.mask[rows]
         return (key, np.packbits(m).tobytes()), (key, np.packbits(~m).tobytes())
 
+    def parent_p(self, cand: Candidate) -> float:
+        """A conjunction's test against its parent's other atoms, on the structures it is
+        scored on (:meth:`Scope.parent_p`); NaN for a candidate without a parent.
+        """
+        if cand.parent_mask is None:
+            return float("nan")
+        return self.scope(cand).parent_p(cand.mask, cand.parent_mask)
+
+    def intervals(
+        self, cands: Sequence[Candidate], level: float
+    ) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+        """Cluster-bootstrap intervals of the candidates' mean error and ratio at ``level``.
+
+        Each on the structures it is scored on, with a fresh bootstrap of at least ``n_boot``
+        resamples per scope, more where the level's tails need them
+        (:func:`~chemgap.agent.diagnostics.stats.cluster_intervals`).
+
+        Returns:
+            Per candidate ((mean lo, mean hi) eV/Å, (ratio lo, ratio hi)).
+        """
+        out: list[tuple[tuple[float, float], tuple[float, float]]] = [
+            ((np.nan, np.nan), (np.nan, np.nan))
+        ] * len(cands)
+        groups: dict[bytes, list[int]] = {}
+        for i, cand in enumerate(cands):
+            groups.setdefault(self.scope_key(cand), []).append(i)
+        for idx in groups.values():
+            scope = self.scope(cands[idx[0]])
+            masks = [scope.in_scope(cands[i].mask) for i in idx]
+            found = cluster_intervals(
+                scope.errors,
+                scope.system_idx,
+                masks,
+                level,
+                self.n_boot,
+                self.rng,
+                n_struct=scope.n_struct,
+            )
+            for i, ci in zip(idx, found, strict=True):
+                out[i] = ci
+        return out
+
     def region(self, cand: Candidate) -> tuple[Region, tuple[int, int]]:
         """The candidate as a :class:`Region` (before BH correction) and its test's sizes.
 
@@ -188,6 +255,8 @@ class Scorer:
             coverage=float(m.mean()),
             elements={str(s): int(c) for s, c in zip(symbols, counts, strict=True)},
             enriched=cand.enriched,
+            parent=readable_rule(cand.parent, f) if cand.parent else None,
+            parent_id=region_id(rule_text(cand.parent)) if cand.parent else None,
             **stats,
         )
         return region, sizes

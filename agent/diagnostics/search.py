@@ -2,9 +2,12 @@
 
 :func:`search_regions` runs the finders (:mod:`~chemgap.agent.diagnostics.finders`), scores
 each candidate (:mod:`~chemgap.agent.diagnostics.scoring`), tests both sides of a cut once,
-adjusts the p-values left together with Benjamini-Hochberg (:func:`_judge`), folds and ranks
-the significant ones (:mod:`~chemgap.agent.diagnostics.folding`) and summarises what the
-search could have found (:func:`search_summary`). The method and its references are in
+adjusts the p-values left together with Benjamini-Hochberg (:func:`_test`), keeps a
+conjunction only where it is worse than its parent (:func:`_against_parents`), gives the
+significant ones selection-aware intervals (:func:`_selective_intervals`), sets what follows
+(silent, severity, level: :func:`_judge`), folds and ranks them
+(:mod:`~chemgap.agent.diagnostics.folding`) and summarises what the search could have found
+(:func:`search_summary`). The method and its references are in
 :mod:`chemgap.agent.diagnostics.regions`.
 """
 
@@ -18,11 +21,16 @@ from typing import Any
 import numpy as np
 
 from chemgap.agent.diagnostics.finders import FINDERS, Candidate, RegionInputs, RegionMethod
-from chemgap.agent.diagnostics.folding import fold_overlapping, rank_regions
+from chemgap.agent.diagnostics.folding import fold_into, fold_overlapping, preference, rank_regions
 from chemgap.agent.diagnostics.region import Region
 from chemgap.agent.diagnostics.rules import readability, rule_text, simplify_conditions
 from chemgap.agent.diagnostics.scoring import Scorer, fold_complements
-from chemgap.agent.diagnostics.stats import benjamini_hochberg, min_p_value, structures_needed
+from chemgap.agent.diagnostics.stats import (
+    benjamini_hochberg,
+    fcr_level,
+    min_p_value,
+    structures_needed,
+)
 from chemgap.agent.diagnostics.table import Features
 from chemgap.campaigns.spec import DiagnosticsConfig
 
@@ -37,7 +45,13 @@ class RegionSearch:
         regions: the significant regions, merged, most severe first (at most ``max_regions``).
         n_tested: hypotheses tested (the Benjamini-Hochberg family size; both sides of a cut
             count once, :func:`fold_complements`).
-        summary: :func:`search_summary` of every tested rule (why a result is empty).
+        summary: :func:`search_summary` of every tested rule (why a result is empty), with
+            ``ci_level`` (the selection-aware level of the significant regions' intervals,
+            :func:`_selective_intervals`; None when none is significant), ``n_significant``
+            (R of that level: the significant rules, folded ones included, before merging)
+            and ``conjunctions`` (``{"tested", "folded", "dropped"}``: significant
+            conjunctions tested against their parents, those folded under their parent's
+            region, those without one and so not significant; :func:`_against_parents`).
     """
 
     regions: list[Region]
@@ -78,6 +92,9 @@ def search_regions(
     Every finder's candidates are scored (one-sided structure-level test, cluster-bootstrap
     CIs), both sides of a cut are folded into one two-sided hypothesis
     (:func:`fold_complements`), the p-values left are Benjamini-Hochberg adjusted together
+    (:func:`_test`), a significant conjunction not worse than its parent is folded under the
+    parent's region (:func:`_against_parents`), the significant ones get false-coverage-rate
+    adjusted intervals (:func:`_selective_intervals`), silent, severity and level follow
     (:func:`_judge`), and the significant ones are merged and ranked.
 
     Args:
@@ -113,6 +130,9 @@ def search_regions(
     candidates = _candidates(inp, methods)
     regions: list[Region] = []
     sizes: list[tuple[int, int]] = []
+    under: dict[int, int] = {}
+    level: float | None = None
+    conjunctions = {"tested": 0, "folded": 0, "dropped": 0}
     if candidates:
         scorer = Scorer(inp=inp, n_boot=cfg.bootstrap, rng=rng)
         scored = [scorer.region(cand) for cand in candidates]
@@ -120,6 +140,7 @@ def search_regions(
         candidates = [candidates[i] for i in tested]
         regions = [scored[i][0] for i in tested]
         sizes = [scored[i][1] for i in tested]
+        under, conjunctions, level = _test(regions, candidates, scorer, cfg)
         _judge(regions, cfg)
     summary = search_summary(
         regions,
@@ -129,13 +150,21 @@ def search_regions(
         cfg=cfg,
         two_sided=[r.complement is not None for r in regions],
     )
-    keep = [i for i, r in enumerate(regions) if r.significant]
+    n_significant = sum(r.significant for r in regions)
+    summary.update(ci_level=level, n_significant=n_significant, conjunctions=conjunctions)
+    for i, j in under.items():  # a conjunction not worse than its parent: under its region
+        mi, mj = candidates[i].mask, candidates[j].mask
+        fold_into(regions[j], regions[i], float((mi & mj).sum() / (mi | mj).sum()))
+    keep = [i for i, r in enumerate(regions) if r.significant and i not in under]
     log.info(
         "%d hypotheses tested (%d of them two-sided, both sides of a cut), %d significant "
-        "before merging",
+        "(%d conjunctions folded under their parents, %d dropped), intervals at %s",
         len(regions),
         sum(r.complement is not None for r in regions),
-        len(keep),
+        n_significant,
+        conjunctions["folded"],
+        conjunctions["dropped"],
+        "–" if level is None else f"{level:.4g}",
     )
     folded = fold_overlapping([regions[i] for i in keep], [candidates[i].mask for i in keep])
     ranked = rank_regions(folded)
@@ -288,7 +317,11 @@ def _candidates(inp: RegionInputs, methods: Sequence[str] | None) -> list[Candid
 
 
 def _make_plain(cand: Candidate, features: Features) -> None:
-    """Replace a rule of several conditions by its plainest form (same atoms), in place."""
+    """Replace a rule of several conditions, and its parent's, by their plainest forms (same
+    atoms), in place.
+    """
+    if cand.parent is not None and len(cand.parent) >= 2:
+        cand.parent = simplify_conditions(cand.parent, features, cand.parent_mask)
     if len(cand.conditions) < 2:
         return
     plain = simplify_conditions(cand.conditions, features, cand.mask)
@@ -297,22 +330,138 @@ def _make_plain(cand: Candidate, features: Features) -> None:
         cand.conditions = plain
 
 
-def _judge(regions: list[Region], cfg: DiagnosticsConfig) -> None:
-    """BH-adjust the p-values of all hypotheses together; set significant, silent, severity.
+def _test(
+    regions: list[Region], candidates: list[Candidate], scorer: Scorer, cfg: DiagnosticsConfig
+) -> tuple[dict[int, int], dict[str, int], float | None]:
+    """The verdict on every hypothesis: BH-adjust all p-values together, set significant, test
+    the significant conjunctions against their parents, give the significant ones their
+    selection-aware intervals.
 
     ``regions`` are the hypotheses left by :func:`fold_complements`: one-sided structure-level
     Mann-Whitney p-values, and two-sided ones (p = min(1, 2 min(p_a, p_b))) where both sides of
     a cut were proposed. The Benjamini-Hochberg step-up procedure over all of them controls
     the false-discovery rate at ``alpha`` for positively dependent tests, which the nested
     rules across cut points are once the negatively dependent complementary pairs are folded.
+    A hypothesis is significant when its q ≤ ``alpha`` and its ratio ≥ ``min_ratio``; a
+    conjunction then also by :func:`_against_parents`; the intervals of the significant ones
+    come from :func:`_selective_intervals`.
+
+    Returns:
+        (conjunctions to fold under their parents' regions, the conjunction counts, the
+        intervals' level): :func:`_against_parents`, :func:`_selective_intervals`.
     """
     q = benjamini_hochberg(np.array([r.p_value for r in regions]))
     for r, qv in zip(regions, q, strict=True):
         r.q_value = float(qv)
         r.significant = bool(qv <= cfg.alpha and r.ratio >= cfg.min_ratio)
+    under, counts = _against_parents(regions, candidates, scorer, cfg)
+    level = _selective_intervals(regions, candidates, scorer, cfg)
+    return under, counts, level
+
+
+def _judge(regions: list[Region], cfg: DiagnosticsConfig) -> None:
+    """What follows from the verdicts (:func:`_test`): set silent, severity and level.
+
+    ``regions`` are all the hypotheses tested, their significance and intervals final.
+    """
+    for r in regions:
         r.silent = _silent(r, cfg)
-        r.severity = float((r.ratio_ci[0] - 1.0) * (2.0 if r.silent else 1.0))
+        r.severity = _severity(r)
     _levels(regions, cfg)
+
+
+def _severity(r: Region) -> float:
+    """The ranking key: the lower bound of the ratio's CI minus 1, doubled when silent."""
+    return float((r.ratio_ci[0] - 1.0) * (2.0 if r.silent else 1.0))
+
+
+def _against_parents(
+    regions: list[Region], candidates: list[Candidate], scorer: Scorer, cfg: DiagnosticsConfig
+) -> tuple[dict[int, int], dict[str, int]]:
+    """A conjunction is a region of its own only where it is worse than its parent.
+
+    A significant conjunction (a tree rule below the tree's first split, with its ``parent``:
+    the rule one split up) that merely splits its parent shows the parent's excess at the
+    parent's ratio (``coordination ≤ 11 and mean bond stretch > 0.02 Å`` and ``... ≤ 0.02 Å``
+    beside ``coordination ≤ 11``). Each is tested against the parent's other atoms
+    (:meth:`~chemgap.agent.diagnostics.scoring.Scorer.parent_p`: one-sided Mann-Whitney of
+    per-structure means, the conjunction's atoms against the parent's other atoms, over the
+    structures holding the parent's atoms, on the structures the conjunction is scored on),
+    and the p-values of all conjunctions tested are Benjamini-Hochberg adjusted together
+    (``parent_p``, ``parent_q``). The structure-level comparison, the test the region was
+    found by restricted to the parent's atoms, answers whatever the last condition selects:
+    the within-structure test has nothing to compare when it selects whole structures (a
+    composition, a surface flag).
+
+    A conjunction with ``parent_q`` > ``alpha`` is folded under the significant region whose
+    atoms are the parent's (listed there with its own statistics; the most readable such
+    region, a parent itself folded is followed to where it goes), or, with no such region,
+    is not significant: its excess is not shown to be its own, and the parent it would
+    belong to is not a finding.
+
+    Returns:
+        ({conjunction index: index of the region it is folded under}, {"tested", "folded",
+        "dropped"}).
+    """
+    conj = [
+        i for i, r in enumerate(regions) if r.significant and candidates[i].parent_mask is not None
+    ]
+    counts = {"tested": len(conj), "folded": 0, "dropped": 0}
+    if not conj:
+        return {}, counts
+    p = np.array([scorer.parent_p(candidates[i]) for i in conj])
+    for i, pv, qv in zip(conj, p, benjamini_hochberg(p), strict=True):
+        regions[i].parent_p, regions[i].parent_q = float(pv), float(qv)
+    failing = {i for i in conj if not regions[i].parent_q <= cfg.alpha}
+    by_atoms: dict[bytes, list[int]] = {}
+    for j, r in enumerate(regions):
+        if r.significant:
+            by_atoms.setdefault(np.packbits(candidates[j].mask).tobytes(), []).append(j)
+    direct: dict[int, int | None] = {}
+    for i in sorted(failing):
+        key = np.packbits(candidates[i].parent_mask).tobytes()
+        found = [j for j in by_atoms.get(key, []) if j != i]
+        found.sort(key=lambda j: (j in failing, preference(regions[j])))
+        direct[i] = found[0] if found else None
+    under: dict[int, int] = {}
+    for i in sorted(failing):
+        j = direct[i]
+        while j is not None and j in failing:
+            j = direct[j]
+        if j is None:
+            regions[i].significant = False
+            counts["dropped"] += 1
+        else:
+            under[i] = j
+            counts["folded"] += 1
+    return under, counts
+
+
+def _selective_intervals(
+    regions: list[Region], candidates: list[Candidate], scorer: Scorer, cfg: DiagnosticsConfig
+) -> float | None:
+    """Give every significant region false-coverage-rate adjusted intervals; their level.
+
+    With R of the m hypotheses significant (folded conjunctions included: they are listed
+    with their intervals), ``ci`` and ``ratio_ci`` are recomputed at 1 - R alpha / m
+    (:func:`~chemgap.agent.diagnostics.stats.fcr_level`, Benjamini & Yekutieli 2005) by a
+    cluster bootstrap with enough resamples for that level's tails
+    (:meth:`~chemgap.agent.diagnostics.scoring.Scorer.intervals`) and ``ci_level`` set (the
+    severity, :func:`_judge`, then comes from the new lower bound). Rules not significant keep
+    their 95 % intervals.
+
+    Returns:
+        The level, None when nothing is significant.
+    """
+    sig = [i for i, r in enumerate(regions) if r.significant]
+    if not sig:
+        return None
+    level = fcr_level(len(sig), len(regions), cfg.alpha)
+    found = scorer.intervals([candidates[i] for i in sig], level)
+    for i, (ci, ratio_ci) in zip(sig, found, strict=True):
+        r = regions[i]
+        r.ci, r.ratio_ci, r.ci_level = ci, ratio_ci, level
+    return level
 
 
 def _silent(r: Region, cfg: DiagnosticsConfig) -> bool:
