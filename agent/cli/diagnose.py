@@ -32,12 +32,26 @@ def _f(value: Any, fmt: str = ".3g") -> str:
 
 
 def _ratio_ci(r: Any) -> str:
-    """``1.61 (1.40–1.90)``: the ratio and its 95% CI, compact."""
+    """``1.61 (1.40–1.90)``: the ratio and its CI (at the region's ``ci_level``), compact."""
     return f"{_f(r.ratio, '.2f')} ({_f(r.ratio_ci[0], '.2f')}–{_f(r.ratio_ci[1], '.2f')})"
 
 
+def _ci_caption(regions: list[Any]) -> str:
+    """How the table's ratio CIs were computed: selection-aware at one level, or per region."""
+    from chemgap.agent.diagnostics.region import level_percent
+
+    levels = {round(float(getattr(r, "ci_level", 0.95)), 9) for r in regions if r.significant}
+    if not levels:
+        return "95 %"
+    which = f"at {level_percent(levels.pop())} %" if len(levels) == 1 else "level in inspect"
+    return (
+        f"selection-aware, {which} (false-coverage-rate adjusted, 1 − R·α/m for R of the m "
+        "rules tested significant; Benjamini & Yekutieli 2005)"
+    )
+
+
 REGION_ERROR = "mean |ΔF|\neV/Å"  # the region tables' one metric: mean force-error norm
-REGION_RATIO = "× baseline\n(95% CI)"
+REGION_RATIO = "× baseline\n(adj. CI)"
 
 
 def regions_table(regions: list[Any], title: str) -> Table:
@@ -58,7 +72,8 @@ def regions_table(regions: list[Any], title: str) -> Table:
         collapse_padding=True,
         show_edge=False,
         caption_justify="left",
-        caption="× baseline: ratio to the baseline, the mean |ΔF| of all atoms (95% CI) · "
+        caption="× baseline: ratio to the baseline, the mean |ΔF| of all atoms, with its CI: "
+        f"{_ci_caption(regions)} · "
         "mean |ΔF|: mean force-error norm of the region's atoms, eV/Å · q: BH-adjusted p · "
         "SILENT: error above its own calibrated uncertainty, and relatively so · "
         "held-out: tree rule scored on the structures it was not grown on · structures with: "
@@ -514,6 +529,51 @@ def _overview(regions: list[Any], payload: dict[str, Any]) -> None:
         print_splits(payload["splits"])
 
 
+def _folded_lines(r: Any) -> list[str]:
+    """One line per region folded under ``r``: its rule and statistics, and for a conjunction
+    folded under its parent, that it is not shown worse than the parent's other atoms.
+    """
+    lines = []
+    for f in getattr(r, "folded", None) or []:
+        line = (
+            f"{f.get('id')} {f.get('rule')}: Jaccard {_f(f.get('jaccard'), '.2f')}, "
+            f"ratio {_f(f.get('ratio'), '.2f')}, q {_f(f.get('q_value'), '.0e')}"
+        )
+        if f.get("parent_q") is not None:
+            line += (
+                f", not shown worse than this region's other atoms (q {_f(f['parent_q'], '.2g')})"
+            )
+        lines.append(line)
+    return lines
+
+
+def _statistics_rows(table: Table, r: Any) -> None:
+    """The error, the ratio and their CIs (at the level they were computed), the CI level of a
+    significant region, and a conjunction's comparison with its parent.
+    """
+    from chemgap.agent.diagnostics.region import ci_text, level_percent, parent_text
+
+    ci = ci_text(r)
+    table.add_row(
+        "mean |ΔF|",
+        f"{_f(r.mean_error, '.4f')} eV/Å ({ci} {_f(r.ci[0], '.4f')}–{_f(r.ci[1], '.4f')}), "
+        f"baseline (all atoms) {_f(r.baseline, '.4f')} eV/Å",
+    )
+    table.add_row(
+        "ratio to baseline",
+        f"{_f(r.ratio, '.2f')} ({ci} {_f(r.ratio_ci[0], '.2f')}–{_f(r.ratio_ci[1], '.2f')})",
+    )
+    if r.significant:
+        table.add_row(
+            "CI level",
+            f"{level_percent(r.ci_level)} %: false-coverage-rate adjusted (Benjamini & "
+            "Yekutieli 2005), 1 − R·α/m with R of the m rules tested significant, so that at "
+            "most α of the reported intervals are expected to miss",
+        )
+    if getattr(r, "parent", None):
+        table.add_row("parent", escape(parent_text(r)))
+
+
 def _detail(r: Any) -> None:
     from chemgap.agent.diagnostics.region import level_text
 
@@ -526,28 +586,14 @@ def _detail(r: Any) -> None:
     )
     if r.also:
         table.add_row("same atoms as", escape("; ".join(r.also[:6])))
-    for f in getattr(r, "folded", None) or []:
-        table.add_row(
-            "folded",
-            escape(
-                f"{f.get('id')} {f.get('rule')}: Jaccard {_f(f.get('jaccard'), '.2f')}, "
-                f"ratio {_f(f.get('ratio'), '.2f')}, q {_f(f.get('q_value'), '.0e')}"
-            ),
-        )
+    for line in _folded_lines(r):
+        table.add_row("folded", escape(line))
     table.add_row("found by", ", ".join(r.methods))
     table.add_row(
         "covers", f"{r.n_atoms} atoms ({100 * r.coverage:.1f}%) in {r.n_structures} structures"
     )
     table.add_row("elements", ", ".join(f"{k} {v}" for k, v in r.elements.items()))
-    table.add_row(
-        "mean |ΔF|",
-        f"{_f(r.mean_error, '.4f')} eV/Å (95% CI {_f(r.ci[0], '.4f')}–{_f(r.ci[1], '.4f')}), "
-        f"baseline (all atoms) {_f(r.baseline, '.4f')} eV/Å",
-    )
-    table.add_row(
-        "ratio to baseline",
-        f"{_f(r.ratio, '.2f')} (95% CI {_f(r.ratio_ci[0], '.2f')}–{_f(r.ratio_ci[1], '.2f')})",
-    )
+    _statistics_rows(table, r)
     table.add_row("p / q (BH)", f"{_f(r.p_value, '.2g')} / {_f(r.q_value, '.2g')}")
     if getattr(r, "complement", None):
         table.add_row("other side", f"{escape(r.complement)} (tested with it: p is two-sided)")

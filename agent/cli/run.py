@@ -170,12 +170,13 @@ def _regions_found(regions: list[dict[str, Any]], quality: dict[str, Any] | None
         title_justify="left",
         box=box.SIMPLE_HEAD,
         padding=(0, 1),
-        caption="×: force-error ratio to the baseline (95% CI) · q: BH-adjusted p · silent: "
-        "high error, low uncertainty",
+        caption="×: force-error ratio to the baseline, its CI selection-aware (false-coverage-"
+        "rate adjusted; the level in inspect --region) · q: BH-adjusted p · silent: error "
+        "above its own calibrated uncertainty",
         caption_justify="left",
     )
     table.add_column("rule", overflow="fold", ratio=1)
-    table.add_column("× (95% CI)", no_wrap=True, justify="right")
+    table.add_column("× (adj. CI)", no_wrap=True, justify="right")
     table.add_column("q", justify="right")
     table.add_column("silent")
     table.add_column("seen", justify="right")

@@ -208,6 +208,7 @@ def _track(
                 "iteration": iteration,
                 "ratio": r.ratio,
                 "ratio_ci": list(r.ratio_ci),
+                "ci_level": r.ci_level,
                 "q_value": r.q_value,
             },
         ]

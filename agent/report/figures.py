@@ -376,7 +376,8 @@ def _ratio_trace(region: dict[str, Any], k: int, resolved: bool) -> dict[str, An
 def region_history(
     regions: Sequence[dict[str, Any]], resolved: Sequence[dict[str, Any]] = ()
 ) -> dict[str, Any] | None:
-    """Each region's force-error ratio to the baseline (95 % CI) per iteration it was found;
+    """Each region's force-error ratio to the baseline (its CI as stored: selection-aware for a
+    significant region, :attr:`Region.ci_level`) per iteration it was found;
     resolved regions dashed. None when no region has a history.
     """
     data = []

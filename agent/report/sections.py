@@ -409,7 +409,7 @@ def _regions(b: _Builder) -> Section:
     header = (
         "id",
         "rule",
-        "error ratio (95 % CI)",
+        "error ratio (selection-aware CI)",
         "q",
         "silent",
         "atoms / structures",
