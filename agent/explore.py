@@ -180,12 +180,18 @@ class ExplorationResult:
             ``info["charge"]``; with members that learn charges, their per-atom mean and std
             over the members (e) in ``arrays["pred_charges"]`` / ``arrays["pred_charges_std"]``.
         failures: md_failures with their last frames (annotated the same way).
+        visited: every walker's frame every ``CANDIDATE_STRIDE`` steps that is not an
+            md_failure, whatever its uncertainty (annotated the same way, ``trust`` 'accurate',
+            'candidate' or 'beyond'): a uniform sample of the trajectories, from which the
+            campaign draws its holdout and calibration labels (the distribution the model is
+            used on, not the top of a selection).
         counts: per walker group, frames ``{"accurate": n, "candidate": n, "failed": n}``.
         rebuilds: neighbour-graph builds; steps: walker-steps done.
     """
 
     candidates: list[Atoms] = field(default_factory=list)
     failures: list[MDFailure] = field(default_factory=list)
+    visited: list[Atoms] = field(default_factory=list)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     rebuilds: int = 0
     steps: int = 0
@@ -202,6 +208,7 @@ class ExplorationResult:
         """Add ``other``'s frames, counts, builds and steps to this result (in place)."""
         self.candidates += other.candidates
         self.failures += other.failures
+        self.visited += other.visited
         for g, c in other.counts.items():
             mine = self.counts.setdefault(g, {"accurate": 0, "candidate": 0, "failed": 0})
             for k, v in c.items():
@@ -409,6 +416,16 @@ class _Exploration:
         """
         counts = self.result.counts[self.groups[i]]
         unc = check.max_std[i]
+        if step % CANDIDATE_STRIDE == 0 and not check.bad[i]:
+            frame = self.frame(i, unc)
+            frame.info["trust"] = (
+                "beyond"
+                if check.over_upper[i]
+                else "candidate"
+                if check.over_lower[i]
+                else "accurate"
+            )
+            self.result.visited.append(frame)
         if check.bad[i]:
             self.fail(i, step, check.reason(i), unc)
             self.restart(i, forces)
@@ -520,7 +537,7 @@ def _merge_chunks(chunks: list[np.ndarray], parts: list[ExplorationResult]) -> E
     """One result from per-chunk results, walker indices mapped back to the full list."""
     merged = ExplorationResult(counts={})
     for idx, part in zip(chunks, parts, strict=True):
-        for frame in part.candidates:
+        for frame in (*part.candidates, *part.visited):
             frame.info["walker"] = int(idx[frame.info["walker"]])
         for failure in part.failures:
             failure.walker = int(idx[failure.walker])

@@ -7,7 +7,7 @@ A run directory (docs/architecture.md, "The run directory")::
       iterations/NNN/                      IterationLayout
         models/ensemble.json ...           the iteration's ensemble (chemgap.models.io)
         calibration.json  exploration.json  selection.json
-        candidates.extxyz  md_failures.extxyz  selection.extxyz
+        candidates.extxyz  visited.extxyz  md_failures.extxyz  selection.extxyz
         test_residuals.npz  selected_residuals.npz
         probes/probes.json  probes/candidates.extxyz
         regions.json  regions/<id>.extxyz  splits/...      DiagnosisLayout (--update)
@@ -47,6 +47,7 @@ MODELS_DIR = "models"
 CALIBRATION_FILE = "calibration.json"
 EXPLORATION_FILE = "exploration.json"
 CANDIDATES_FILE = "candidates.extxyz"  # the explored frames (also the probes' MD frames)
+VISITED_FILE = "visited.extxyz"  # a uniform sample of the walkers' frames (the roles' pool)
 MD_FAILURES_FILE = "md_failures.extxyz"
 SELECTION_FILE = "selection.extxyz"
 SELECTION_INFO_FILE = "selection.json"
@@ -138,6 +139,13 @@ class IterationLayout(DiagnosisLayout):
     def candidates(self) -> Path:
         """``candidates.extxyz``: the frames explored."""
         return self.path / CANDIDATES_FILE
+
+    @property
+    def visited(self) -> Path:
+        """``visited.extxyz``: every walker's frame every few steps, whatever its uncertainty
+        (the holdout and calibration labels are drawn from it).
+        """
+        return self.path / VISITED_FILE
 
     @property
     def md_failures(self) -> Path:

@@ -98,6 +98,9 @@ class ExplorationRecord(_Record):
     walker_steps: int = Field(ge=0, description="MD steps the walkers ran, summed")
     graph_builds: int = Field(ge=0, description="neighbour-list rebuilds")
     candidates: int = Field(ge=0, description="frames written to candidates.extxyz")
+    visited: int | None = Field(
+        None, ge=0, description="frames written to visited.extxyz (None: a run of before)"
+    )
     md_failures: int = Field(ge=0, description="walkers that failed")
     counts: dict[str, dict[str, int]]
     fractions: dict[str, dict[str, float]]
@@ -108,7 +111,10 @@ class SelectionRecord(_Record):
     """``iterations/NNN/selection.json``: how the select step chose the labelling batch.
 
     ``selected``, ``duplicates`` and ``reasons`` (why each chosen structure was chosen: the
-    strategy's name or ``probe``) are absent when nothing was chosen.
+    strategy's name or ``probe``) are absent when nothing was chosen. ``roles``: how many of the
+    batch are holdout and calibration labels, drawn at random from ``roles_pool`` frames
+    (``roles_from``: ``visited``, the uniform sample of the trajectories, or ``candidates``
+    when it held too few); absent in runs written before roles were drawn apart.
     """
 
     candidates: int = Field(ge=0, description="candidates not yet in data.db")
@@ -118,6 +124,9 @@ class SelectionRecord(_Record):
     selected: int | None = Field(None, ge=0)
     duplicates: int | None = Field(None, ge=0)
     reasons: list[str] | None = None
+    roles: dict[str, int] | None = None
+    roles_from: str | None = None
+    roles_pool: int | None = Field(None, ge=0)
 
 
 class RemedyResultsRecord(_Record):

@@ -138,6 +138,7 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session, monkeypatch):
     keys = [k for _, k, _ in rows(store.root / "data.db")]
     assert len(keys) == len(set(keys))
     _check_test_set_kept_apart(store.root, history, info)
+    _check_roles_drawn_apart(store.root)
     _check_model_quality(store.root, history, info)
     _check_reference_energies(store.root, history)
     # the holdout and the calibration split are predicted once per iteration (broken variant:
@@ -147,6 +148,41 @@ def test_tiny_campaign_runs_to_done(tmp_path, ray_session, monkeypatch):
     test_batches = [b for b in predicted if b and set(b) == {"test"}]
     assert len(holdout_batches) == len(calibration_batches) == 2
     assert len(test_batches) == 2 + 2  # + each diagnosis
+
+
+def _check_roles_drawn_apart(root: Path) -> None:
+    """Each iteration's holdout and calibration labels are drawn at random from the frames the
+    walkers visited (``visited.extxyz``, every walker every few steps whatever its uncertainty),
+    not from the selection's top: none of them is a frame the strategy chose, each is a
+    visited frame, and the training labels are candidates the strategy chose.
+
+    Broken variant caught: the roles drawn from the selected batch (the old
+    ``selection_roles``): the holdout/calibration labels are then the strategy's candidates.
+    """
+    from chemgap.agent.store import structure_key
+    from chemgap.agent.structio import read_extxyz
+
+    store = RunStore.open(root)
+    by_split = {
+        split: store.structures(split=split) for split in ("train", "holdout", "calibration")
+    }
+    for it in (1, 2):
+        d = root / "iterations" / f"00{it}"
+        record = json.loads((d / "selection.json").read_text())
+        assert record["roles"] == {"holdout": 1, "calibration": 1}  # 0.25 x 4 each
+        assert record["roles_from"] == "visited" and record["roles_pool"] >= 2
+        visited = read_extxyz(d / "visited.extxyz")
+        # a uniform sample: every walker, accurate frames too
+        assert {a.info["walker"] for a in visited} == {0, 1, 2, 3}
+        visited_keys = {structure_key(a) for a in visited}
+        candidate_keys = {structure_key(a) for a in read_extxyz(d / "candidates.extxyz")}
+        for split in ("holdout", "calibration"):
+            mine = [a for a in by_split[split] if a.info["iteration"] == it]
+            assert len(mine) == 1
+            assert {structure_key(a) for a in mine} <= visited_keys
+        trained = [a for a in by_split["train"] if a.info["iteration"] == it]
+        assert trained and {structure_key(a) for a in trained} <= candidate_keys
+        assert record["reasons"][-2:] == ["holdout", "calibration"]
 
 
 def _check_reference_energies(root: Path, history: list[dict]) -> None:

@@ -139,18 +139,44 @@ def label_test_set(loop: LoopContext) -> None:
     label(loop, test, iteration=0)
 
 
-def selection_roles(loop: LoopContext, it: int, n: int) -> list[str]:
-    """The split of each of ``n`` structures selected in iteration ``it``, drawn at random:
-    holdout and calibration with their fractions, train otherwise.
+def role_counts(loop: LoopContext, it: int, n_batch: int) -> dict[str, int]:
+    """How many of iteration ``it``'s ``n_batch`` labels are holdout and calibration labels.
+
+    Each role gets its fraction of the batch (``system.holdout_fraction``,
+    ``system.calibration_fraction``), rounded up or down at random (seeded) so that over the
+    iterations the counts average the fractions; at least one label is left to train on when
+    the batch has two or more.
     """
     system = loop.spec.system
-    u = loop.rng(it, 4).random(n)
-    cal_edge = system.holdout_fraction + system.calibration_fraction
-    return [
-        HOLDOUT_SPLIT
-        if x < system.holdout_fraction
-        else CALIBRATION_SPLIT
-        if x < cal_edge
-        else TRAIN_SPLIT
-        for x in u
-    ]
+    rng = loop.rng(it, 4)
+    counts = {}
+    for role, fraction in (
+        (HOLDOUT_SPLIT, system.holdout_fraction),
+        (CALIBRATION_SPLIT, system.calibration_fraction),
+    ):
+        share = fraction * n_batch
+        counts[role] = int(np.floor(share)) + int(rng.random() < share - np.floor(share))
+    while n_batch >= 2 and sum(counts.values()) >= n_batch:
+        role = max(counts, key=lambda r: counts[r])
+        counts[role] -= 1
+    return counts
+
+
+def draw_roles(pool: list[Atoms], counts: dict[str, int], rng: np.random.Generator) -> list[Atoms]:
+    """The holdout and calibration labels: ``counts`` frames drawn uniformly at random from
+    ``pool`` (without replacement; fewer when it holds fewer), their ``split`` set.
+
+    Drawn from the explored trajectories, not from the selection's top: the holdout that stops
+    training early and the calibration that sets the trust levels then represent the
+    distribution the model is used on (the top-uncertainty frames of a batch would make the
+    trust level the maximum of a few outliers and move early stopping onto them).
+    """
+    roles = [role for role, n in counts.items() for _ in range(n)]
+    n = min(len(roles), len(pool))
+    picked = rng.choice(len(pool), size=n, replace=False) if n else []
+    out = []
+    for role, i in zip(roles, picked, strict=False):
+        atoms = pool[int(i)]
+        atoms.info["split"] = role
+        out.append(atoms)
+    return out

@@ -37,7 +37,7 @@ def run(ctx: IterationContext) -> None:
         seed=ctx.seed,
         executor=loop.executor,
     )
-    for frame in result.candidates:
+    for frame in (*result.candidates, *result.visited):
         frame.info.update(iteration=it, source="explore")
     failures = []
     for f in result.failures:
@@ -45,6 +45,7 @@ def run(ctx: IterationContext) -> None:
             frame.info.update(iteration=it, md_failure=f.reason, failure_step=f.step, frame=k)
             failures.append(frame)
     write_extxyz(ctx.dir.candidates, result.candidates)
+    write_extxyz(ctx.dir.visited, result.visited)
     write_extxyz(ctx.dir.md_failures, failures)
     total = {
         k: sum(c[k] for c in result.counts.values()) for k in ("accurate", "candidate", "failed")
@@ -56,6 +57,7 @@ def run(ctx: IterationContext) -> None:
         walker_steps=result.steps,
         graph_builds=result.rebuilds,
         candidates=len(result.candidates),
+        visited=len(result.visited),
         md_failures=len(result.failures),
         counts=result.counts,
         fractions=result.fractions(),
