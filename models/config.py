@@ -139,6 +139,10 @@ class ModelConfig(BaseModel):
         return () if value == LongRange.NONE else tuple(value.split("+"))
 
 
+STEP_BUDGET = 400
+"""The default ``step_budget``: optimiser steps a member aims for when ``max_epochs`` is unset."""
+
+
 class EnsembleConfig(BaseModel):
     """How the K members are trained."""
 
@@ -148,6 +152,12 @@ class EnsembleConfig(BaseModel):
     mode: EnsembleMode = Field(EnsembleMode.DEEP)
     max_epochs: int | None = Field(
         None, ge=1, description="epoch cap per member (default: scaled with the data)"
+    )
+    step_budget: int = Field(
+        STEP_BUDGET,
+        ge=1,
+        description="optimiser steps a member aims for when max_epochs is unset (the scaled "
+        "epochs are step_budget / batches per epoch)",
     )
     wall_time_s: float | None = Field(
         None, gt=0, description="wall-time cap per member, s (default: scaled with the data)"
@@ -215,8 +225,9 @@ class EnsembleConfig(BaseModel):
 
         The rules (the README's ``train`` section gives them to users, with the figures):
 
-        - ``max_epochs``: :data:`STEP_BUDGET` optimiser steps, i.e. ``STEP_BUDGET /
-          ceil(n_train / batch_size)`` epochs, within :data:`EPOCH_RANGE`. Convergence
+        - ``max_epochs``: ``step_budget`` optimiser steps (:data:`STEP_BUDGET` by default),
+          i.e. ``step_budget / ceil(n_train / batch_size)`` epochs, within
+          :data:`EPOCH_RANGE`. Convergence
           follows the number of updates, not of passes, so a small file gets many epochs and
           a large one few. A snapshot ensemble's one run holds K cycles: K times as many.
         - ``patience``: a :data:`PATIENCE_FRACTION` of ``max_epochs``, at least
@@ -235,7 +246,8 @@ class EnsembleConfig(BaseModel):
         steps = max(1, math.ceil(n_train / self.batch_size))
         runs = self.members if self.mode == EnsembleMode.SNAPSHOT else 1  # cycles in one run
         low, high = (runs * bound for bound in EPOCH_RANGE)
-        epochs = self.max_epochs or _clip(math.ceil(runs * STEP_BUDGET / steps), low, high)
+        budget = self.step_budget
+        epochs = self.max_epochs or _clip(math.ceil(runs * budget / steps), low, high)
         patience = self.patience or max(MIN_PATIENCE, round(PATIENCE_FRACTION * epochs))
         wall = self.wall_time_s or float(
             _clip(round(WALL_S_PER_ATOM_EPOCH * n_atoms * epochs), *WALL_RANGE_S)
@@ -247,8 +259,6 @@ class EnsembleConfig(BaseModel):
 
 SCALED_FIELDS = ("max_epochs", "patience", "wall_time_s")
 """EnsembleConfig fields that default to a value scaled with the data (:meth:`scaled_to`)."""
-STEP_BUDGET = 400
-"""Optimiser steps a member aims for when ``max_epochs`` is unset."""
 EPOCH_RANGE = (20, 200)
 """Bounds of the scaled ``max_epochs``."""
 PATIENCE_FRACTION = 0.2
