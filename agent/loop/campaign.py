@@ -23,7 +23,9 @@ Every label outside the test set has one role (its ``split``, :mod:`chemgap.comm
 number is scored on the data it was fitted on: ``train`` (the members' training data),
 ``holdout`` (``system.holdout_fraction``: early stopping and the learning curve's validation
 errors), ``calibration`` (``system.calibration_fraction``: the uncertainty calibration and the
-trust levels, *scored* on the holdout and the test set), ``test`` (the fixed yardstick,
+trust levels, *scored* on the holdout and the test set) — in each iteration both drawn at random
+from the frames the walkers visited, not from the selection's top (``steps/select.py``) —
+``test`` (the fixed yardstick,
 :mod:`chemgap.agent.testset`, never fitted on) and ``isolated_atom`` (the models' reference
 energies E0, :mod:`chemgap.agent.reference_energies`, never trained on).
 """

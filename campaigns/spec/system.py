@@ -33,14 +33,16 @@ class SystemConfig(Section):
         0.2,
         gt=0,
         lt=1,
-        description="labels kept out of training for early stopping and validation errors",
+        description="labels kept out of training for early stopping and validation errors (of "
+        "the initial labels, and of each batch drawn at random from the frames visited)",
     )
     calibration_fraction: float = Field(
         0.2,
         gt=0,
         lt=1,
         description="labels kept out of training to fit the uncertainty calibration and trust "
-        "levels on (never the early-stopping set)",
+        "levels on (never the early-stopping set; of each batch, drawn at random from the "
+        "frames visited)",
     )
 
 
