@@ -1,8 +1,13 @@
-"""Shared fixtures: one local Ray instance for the whole session, seeded RNGs."""
+"""Shared fixtures: one local Ray instance for the whole session, seeded RNGs, a spy on the
+region search's final judgement.
+"""
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,3 +48,34 @@ def ray_ships_this_module(ray_session, request):
     cloudpickle.register_pickle_by_value(request.module)
     yield
     cloudpickle.unregister_pickle_by_value(request.module)
+
+
+def _spy_on_judge(monkeypatch, snapshot: Callable[[list[Any]], list[Any]]) -> list[list[Any]]:
+    """Record ``snapshot(regions)`` each time the region search judges its hypotheses
+    (``search._judge``, which runs last: silent, severity, level).
+    """
+    from chemgap.agent.diagnostics import search
+
+    calls: list[list[Any]] = []
+    judge = search._judge
+
+    def spy(regions: list[Any], cfg: Any) -> None:
+        judge(regions, cfg)
+        calls.append(snapshot(regions))
+
+    monkeypatch.setattr(search, "_judge", spy)
+    return calls
+
+
+@pytest.fixture
+def judged(monkeypatch) -> list[list[Any]]:
+    """Every hypothesis each region search tested, once judged: the live objects (the folding
+    that follows shows on them).
+    """
+    return _spy_on_judge(monkeypatch, list)
+
+
+@pytest.fixture
+def judged_copies(monkeypatch) -> list[list[Any]]:
+    """The same as :func:`judged`, as deep copies taken when judged (before any folding)."""
+    return _spy_on_judge(monkeypatch, copy.deepcopy)

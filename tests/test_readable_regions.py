@@ -10,7 +10,6 @@ matters).
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from types import SimpleNamespace
@@ -27,7 +26,6 @@ from click.testing import CliRunner
 from chemgap.agent.cli.diagnose import diagnose as diagnose_cmd
 from chemgap.agent.cli.diagnose import inspect as inspect_cmd
 from chemgap.agent.diagnostics import diagnose as diagnose_mod
-from chemgap.agent.diagnostics import search as regions_mod
 from chemgap.agent.diagnostics.diagnose import diagnose, load_previous, load_regions, write_regions
 from chemgap.agent.diagnostics.features import (
     PROVENANCE_FEATURES,
@@ -477,21 +475,7 @@ def test_rules_read_in_plain_set_notation_with_units():
     )
 
 
-@pytest.fixture
-def judged(monkeypatch) -> list[list[Region]]:
-    """Deep copies of every hypothesis a search hands to Benjamini-Hochberg, once judged."""
-    calls: list[list[Region]] = []
-    judge = regions_mod._judge
-
-    def spy(regions: list[Region], cfg: DiagnosticsConfig) -> None:
-        judge(regions, cfg)
-        calls.append(copy.deepcopy(regions))
-
-    monkeypatch.setattr(regions_mod, "_judge", spy)
-    return calls
-
-
-def test_folding_keeps_the_representative_and_records_the_folded(judged):
+def test_folding_keeps_the_representative_and_records_the_folded(judged_copies):
     """A flag ``hot`` and an environment class holding most of its atoms (Jaccard ≥ 0.8), the
     class the more severe: the flag represents both, with exactly its own statistics; the
     class is listed in ``folded`` with its id, Jaccard index and statistics, and its id and
@@ -512,7 +496,7 @@ def test_folding_keeps_the_representative_and_records_the_folded(judged):
     found = search_regions(
         f, err, err.copy(), DiagnosticsConfig(bootstrap=200), methods=["slice", "cluster"]
     )
-    (tested,) = judged
+    (tested,) = judged_copies
     before = {r.id: r for r in tested}
     rep = next(r for r in found.regions if r.machine_rule == "hot = yes")
     cls = before[region_id("environment = env2")]

@@ -27,20 +27,6 @@ from chemgap.campaigns.spec import DiagnosticsConfig
 ALPHA = 0.05
 
 
-@pytest.fixture
-def judged(monkeypatch) -> list[list[Region]]:
-    """Every hypothesis each search tests, once judged (the live objects)."""
-    calls: list[list[Region]] = []
-    judge = search_mod._judge
-
-    def spy(regions: list[Region], cfg: DiagnosticsConfig) -> None:
-        judge(regions, cfg)
-        calls.append(list(regions))
-
-    monkeypatch.setattr(search_mod, "_judge", spy)
-    return calls
-
-
 # --------------------------------------------------------------------------- the level
 def test_fcr_level_and_the_resamples_it_needs():
     """1 - R alpha / m; the bootstrap draws enough resamples for the level's tails.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chemgap.agent.diagnostics import search as regions_mod
 from chemgap.agent.diagnostics.explain import explain_empty
 from chemgap.agent.diagnostics.features import FeatureKind, Features
 from chemgap.agent.diagnostics.regions import (
@@ -33,20 +32,6 @@ from chemgap.agent.diagnostics.stats import (
 from chemgap.campaigns.spec import DiagnosticsConfig
 
 ALPHA = 0.05
-
-
-@pytest.fixture
-def judged(monkeypatch) -> list[list[Region]]:
-    """Every hypothesis each search hands to Benjamini-Hochberg, after it is judged."""
-    calls: list[list[Region]] = []
-    judge = regions_mod._judge
-
-    def spy(regions: list[Region], cfg: DiagnosticsConfig) -> None:
-        judge(regions, cfg)
-        calls.append(list(regions))
-
-    monkeypatch.setattr(regions_mod, "_judge", spy)
-    return calls
 
 
 # --------------------------------------------------------------------------- both sides of a cut
