@@ -4,6 +4,7 @@ workers are killed mid-task, both end ``done`` with every failure categorised in
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 import threading
@@ -130,7 +131,10 @@ def test_killed_ray_workers_are_retried_and_the_campaign_completes(tmp_path, ray
         thread.join(timeout=10)
     assert set(killed) == set(kinds), killed
     statuses = Counter(status for _, _, status in rows(tmp_path / "run" / "data.db"))
-    assert statuses == {"ok": 8 + 4 + 4}, statuses
+    # initial labels, test set, the isolated atom, and the batch its selection says it chose
+    chosen = json.loads((tmp_path / "run" / "iterations" / "001" / "selection.json").read_text())
+    assert 1 <= chosen["selected"] <= 4
+    assert statuses == {"ok": 8 + 4 + 1 + chosen["selected"]}, statuses
 
 
 def test_fault_names_cover_the_categories():
