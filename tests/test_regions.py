@@ -371,3 +371,36 @@ def test_a_region_whose_uncertainty_exceeds_its_error_is_never_silent(
         error_to_uncertainty=3.0,
     )
     assert _silent(region, DiagnosticsConfig()) is silent
+
+
+def test_a_region_whose_interval_includes_no_effect_is_not_reported():
+    """The test and the interval give one verdict: a rule the rank test finds (q 2e-3) but
+    whose selection-aware ratio CI includes 1 is not significant; one whose CI excludes 1 is.
+
+    Broken variant caught: significance from q and the ratio alone (organics-xtb listed `group
+    = carbonyl` at q 2e-3 beside a CI of 0.75–2.65).
+    """
+    from chemgap.agent.diagnostics.search import _require_interval
+
+    def region(ci: tuple[float, float]) -> Region:
+        return Region(
+            id="R" + str(ci[0]),
+            rule="group = carbonyl",
+            conditions=[],
+            method="slice",
+            n_atoms=40,
+            n_structures=8,
+            coverage=0.1,
+            mean_error=0.15,
+            ci=(0.08, 0.26),
+            baseline=0.1,
+            ratio=1.52,
+            ratio_ci=ci,
+            p_value=1e-4,
+            q_value=2e-3,
+            significant=True,
+        )
+
+    wide, tight = region((0.75, 2.65)), region((1.2, 1.9))
+    assert _require_interval([wide, tight]) == 1
+    assert not wide.significant and tight.significant
