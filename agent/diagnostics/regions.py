@@ -115,8 +115,9 @@ Statistics (per candidate, then across candidates):
   reported, at least 95 % of the time while the unadjusted one does not is checked by
   simulation (``tests/test_region_selection.py``);
 - a region is reported when its q-value is ≤ alpha, its error ratio to the baseline is
-  ≥ ``min_ratio`` and it holds ≥ ``min_region_atoms`` atoms (a conjunction: and it is worse
-  than its parent). Findings whose atom sets overlap
+  ≥ ``min_ratio``, its selection-aware ratio CI excludes 1 (the rank test and the interval give
+  one verdict: ``search._require_interval``) and it holds ≥ ``min_region_atoms`` atoms (a
+  conjunction: and it is worse than its parent). Findings whose atom sets overlap
   strongly (Jaccard index ≥ :data:`MERGE_JACCARD`) are folded under the most readable one
   (:func:`fold_overlapping`; its statistics stay its own, the others are listed with theirs),
   and the ranking prefers the readable region when severities are within their CIs

@@ -51,7 +51,9 @@ class RegionSearch:
             (R of that level: the significant rules, folded ones included, before merging)
             and ``conjunctions`` (``{"tested", "folded", "dropped"}``: significant
             conjunctions tested against their parents, those folded under their parent's
-            region, those without one and so not significant; :func:`_against_parents`).
+            region, those without one and so not significant; :func:`_against_parents`;
+            and ``ci_includes_1``, rules BH selected whose adjusted ratio CI still includes 1,
+            not reported: :func:`_require_interval`).
     """
 
     regions: list[Region]
