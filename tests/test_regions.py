@@ -337,6 +337,28 @@ def test_a_rule_naming_an_absent_feature_raises_rather_than_matching_no_atom():
     assert isinstance(err.value, KeyError) and err.value.feature == "group:nitrile"
 
 
+def significant_region(**fields) -> Region:
+    """A significant slice region over 40 atoms of 8 structures, ``fields`` overriding."""
+    base = dict(
+        id="R0",
+        rule="coordination ≤ 9",
+        conditions=[],
+        method="slice",
+        n_atoms=40,
+        n_structures=8,
+        coverage=0.1,
+        mean_error=0.15,
+        ci=(0.12, 0.18),
+        baseline=0.05,
+        ratio=3.0,
+        ratio_ci=(2.0, 4.0),
+        p_value=1e-4,
+        q_value=1e-3,
+        significant=True,
+    )
+    return Region(**{**base, **fields})
+
+
 @pytest.mark.parametrize(
     ("mean_error", "uncertainty_mean", "silent"),
     [(0.12, 0.26, False), (0.30, 0.10, True)],
@@ -352,21 +374,9 @@ def test_a_region_whose_uncertainty_exceeds_its_error_is_never_silent(
     """
     from chemgap.agent.diagnostics.search import _silent
 
-    region = Region(
-        id="R0",
-        rule="coordination ≤ 9",
-        conditions=[],
-        method="slice",
-        n_atoms=40,
-        n_structures=4,
-        coverage=0.1,
+    region = significant_region(
         mean_error=mean_error,
-        ci=(0.9 * mean_error, 1.1 * mean_error),
-        baseline=0.05,
         ratio=mean_error / 0.05,
-        ratio_ci=(2.0, 3.0),
-        p_value=1e-4,
-        significant=True,
         uncertainty_mean=uncertainty_mean,
         error_to_uncertainty=3.0,
     )
@@ -383,22 +393,8 @@ def test_a_region_whose_interval_includes_no_effect_is_not_reported():
     from chemgap.agent.diagnostics.search import _require_interval
 
     def region(ci: tuple[float, float]) -> Region:
-        return Region(
-            id="R" + str(ci[0]),
-            rule="group = carbonyl",
-            conditions=[],
-            method="slice",
-            n_atoms=40,
-            n_structures=8,
-            coverage=0.1,
-            mean_error=0.15,
-            ci=(0.08, 0.26),
-            baseline=0.1,
-            ratio=1.52,
-            ratio_ci=ci,
-            p_value=1e-4,
-            q_value=2e-3,
-            significant=True,
+        return significant_region(
+            id=f"R{ci[0]}", rule="group = carbonyl", ratio=1.52, ratio_ci=ci, q_value=2e-3
         )
 
     wide, tight = region((0.75, 2.65)), region((1.2, 1.9))
