@@ -299,7 +299,7 @@ def test_whole_finder_reports_noise_no_more_often_than_alpha(judged):
         assert {r.method for r in tested} >= {"slice", "cluster"}
         assert bool(found.regions) == any(r.significant for r in tested)
         # R of the level: BH's selection, those whose interval then includes 1 too
-        n_sig = sum(r.significant for r in tested) + found.summary["conjunctions"]["ci_includes_1"]
+        n_sig = sum(r.significant for r in tested) + found.summary["ci_includes_1"]
         for r in found.regions:
             assert r.ci_level == pytest.approx(fcr_level(n_sig, len(tested), ALPHA))
         conjunctions += any(r.parent is not None for r in tested)

@@ -51,9 +51,9 @@ class RegionSearch:
             (R of that level: the significant rules, folded ones included, before merging)
             and ``conjunctions`` (``{"tested", "folded", "dropped"}``: significant
             conjunctions tested against their parents, those folded under their parent's
-            region, those without one and so not significant; :func:`_against_parents`;
-            and ``ci_includes_1``, rules BH selected whose adjusted ratio CI still includes 1,
-            not reported: :func:`_require_interval`).
+            region, those without one and so not significant; :func:`_against_parents`), and
+            ``ci_includes_1`` (rules BH selected whose adjusted ratio CI still includes 1, not
+            reported: :func:`_require_interval`).
     """
 
     regions: list[Region]
@@ -153,7 +153,13 @@ def search_regions(
         two_sided=[r.complement is not None for r in regions],
     )
     n_significant = sum(r.significant for r in regions)
-    summary.update(ci_level=level, n_significant=n_significant, conjunctions=conjunctions)
+    ci_includes_1 = conjunctions.pop("ci_includes_1", 0)  # _test's count, not a conjunction's
+    summary.update(
+        ci_level=level,
+        n_significant=n_significant,
+        conjunctions=conjunctions,
+        ci_includes_1=ci_includes_1,
+    )
     for i, j in under.items():  # a conjunction not worse than its parent: under its region
         mi, mj = candidates[i].mask, candidates[j].mask
         fold_into(regions[j], regions[i], float((mi & mj).sum() / (mi | mj).sum()))
